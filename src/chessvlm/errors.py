@@ -1,0 +1,18 @@
+"""User-facing errors: each names the file (and line or sample) and what is wrong."""
+
+from __future__ import annotations
+
+
+class ChessVLMError(Exception):
+    """An error caused by user input or environment, shown to the user without a traceback."""
+
+
+class InputError(ChessVLMError):
+    """Bad input data: names the file, the line or sample, and the problem."""
+
+    def __init__(self, source: str, problem: str, line: int | None = None) -> None:
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {problem}")
+        self.source = source
+        self.line = line
+        self.problem = problem
