@@ -13,7 +13,7 @@ from chessvlm.errors import InputError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,7 +43,9 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def iter_jsonl(path: str | Path, *, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(
+    path: str | Path, *, allow_truncated_tail: bool = False
+) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, record)` for each non-empty line of a JSONL file.
 
     A malformed line raises `InputError` naming the file and line. With
