@@ -95,12 +95,13 @@ from chessvlm.positions import (
     SQUARE_CLASSES,
     TARGETS,
     AnswerError,
-    answer_text,
     board_from_fen,
     castling_letters,
+    compact_rows,
     en_passant_square,
     is_legal_position,
     parse_answer,
+    seed_json,
     square_symbols,
 )
 
@@ -268,8 +269,9 @@ def _match_ids(
     _reject_duplicates(label_ids, "labels")
     prediction_ids = [str(record["id"]) for record in predictions]
     _reject_duplicates(prediction_ids, "predictions")
-    extra = sorted(set(prediction_ids) - set(label_ids))
-    missing = [i for i in label_ids if i not in set(prediction_ids)]
+    predicted = set(prediction_ids)
+    extra = sorted(predicted - set(label_ids))
+    missing = [i for i in label_ids if i not in predicted]
     problems = []
     if missing and not allow_missing:
         problems.append(f"{len(missing)} labels have no prediction ({_some(missing)})")
@@ -359,8 +361,11 @@ def _read_prediction(prediction: dict | None, true_board: chess.Board, target: s
         return _Reading(None, False, (MISSING_PREDICTION,), False, exact_json=False)
     if prediction.get("answer") is not None:
         parsed = parse_answer(str(prediction["answer"]), target)
-        expected = json.loads(answer_text(true_board, target))
-        exact = parsed.board is not None and _canonical(parsed.data) == _canonical(expected)
+        exact = (
+            parsed.board is not None
+            and parsed.board.board_fen() == true_board.board_fen()
+            and _canonical(parsed.data) == _canonical(_target_object(true_board, target))
+        )
         codes = tuple(parsed.error_codes)
         return _Reading(parsed.board, parsed.valid_json, codes, target == "seed", exact)
     if prediction.get("fen") is not None:
@@ -372,6 +377,11 @@ def _read_prediction(prediction: dict | None, true_board: chess.Board, target: s
         # A placement-only FEN states no side to move, castling or en passant.
         return _Reading(board, True, (), states_metadata=len(fen.split()) > 1)
     return _Reading(None, False, (str(prediction["error"]),), False, exact_json=False)
+
+
+def _target_object(board: chess.Board, target: str) -> dict:
+    """The JSON object that `answer_text(board, target)` serialises."""
+    return seed_json(board) if target == "seed" else {"board": compact_rows(board)}
 
 
 def _canonical(data: object) -> object:
