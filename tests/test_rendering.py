@@ -253,7 +253,9 @@ def test_render_many_writes_every_job_in_order(tmp_path, workers: int) -> None:
         assert np.array_equal(pixels(Image.open(job.path)), pixels(expected))
 
 
-def test_render_many_names_the_image_of_a_bad_fen(tmp_path) -> None:
-    job = RenderJob("not a fen", RenderParams(), str(tmp_path / "x.png"))
-    with pytest.raises(InputError, match=r"x\.png"):
-        list(render_many([job]))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_render_many_names_the_image_of_a_bad_fen(tmp_path, workers: int) -> None:
+    good = [RenderJob(chess.STARTING_FEN, RenderParams(), str(tmp_path / f"{i}.png")) for i in "ab"]
+    bad = RenderJob("not a fen", RenderParams(), str(tmp_path / "x.png"))
+    with pytest.raises(InputError, match=r"x\.png: cannot render 'not a fen'"):
+        list(render_many([*good, bad], workers=workers, chunk_size=1))

@@ -62,13 +62,15 @@ class PieceSet:
 
 
 PIECE_SETS: dict[str, PieceSet] = {
-    "cburnett": PieceSet("chess", "chess.svg", "GPL-2.0-or-later"),
+    "cburnett": PieceSet("chess", "chess.svg", "GPL-3.0-or-later (as shipped in python-chess)"),
     "merida": PieceSet("pychess-data", "merida", "GPL-2.0-or-later"),
     "maestro": PieceSet("pychess-data", "maestro", "CC BY-NC-SA 4.0"),
     "dubrovny": PieceSet("pychess-data", "dubrovny", "CC BY-NC-SA 4.0"),
     "alpha": PieceSet("pychess-data", "alpha", "free for personal non-commercial use"),
     "kaneo": PieceSet("pychess-data", "kaneo", "CC BY 4.0"),
-    "alpha-png": PieceSet("chessboard-image", "alpha", "MIT (package)"),
+    "alpha-png": PieceSet(
+        "chessboard-image", "alpha", "MIT (package); Alpha design non-commercial"
+    ),
     "wikipedia-png": PieceSet("chessboard-image", "wikipedia", "MIT (package)"),
     "uscf-png": PieceSet("chessboard-image", "uscf", "MIT (package)"),
 }
@@ -564,13 +566,16 @@ class RenderJob:
     last_move: str | None = None
 
 
-def render_job(job: RenderJob, renderer: Renderer = render_board) -> None:
-    """Draw one job's board and write its file."""
+def _job_board(job: RenderJob) -> tuple[chess.Board, chess.Move | None]:
     try:
-        board = chess.Board(job.fen)
-        move = chess.Move.from_uci(job.last_move) if job.last_move else None
+        return chess.Board(job.fen), chess.Move.from_uci(job.last_move) if job.last_move else None
     except ValueError as error:
         raise InputError(job.path, f"cannot render {job.fen!r} ({error})") from None
+
+
+def render_job(job: RenderJob, renderer: Renderer = render_board) -> None:
+    """Draw one job's board and write its file."""
+    board, move = _job_board(job)
     save_image(renderer(board, job.params, move), job.path, job.params)
 
 
@@ -587,7 +592,8 @@ def render_many(
 ) -> Iterator[RenderJob]:
     """Draw and write every job with `workers` processes, yielding each job, in input order,
     once its file is complete. Jobs are read lazily and only a few chunks are in flight, so
-    `jobs` may be a long generator; a consumer that stops early loses no finished file."""
+    `jobs` may be a long generator; a consumer that stops early loses no finished file.
+    A bad FEN or move raises `InputError` naming the job's image path."""
     if workers <= 1:
         for job in jobs:
             render_job(job, renderer)
@@ -597,6 +603,10 @@ def render_many(
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         while chunk := list(islice(iterator, chunk_size)):
+            # Bad input is caught here, not in a worker: InputError cannot be rebuilt from
+            # its pickled message, and a failed unpickle breaks the whole pool.
+            for job in chunk:
+                _job_board(job)
             pending.append((chunk, pool.submit(_render_chunk, chunk, renderer)))
             if len(pending) >= 2 * workers:
                 done, future = pending.popleft()
