@@ -96,6 +96,7 @@ def test_run_info_is_merged_and_paths_absolute(run_dir: Path):
 def test_report_renders_tables_plots_and_gallery(run_dir: Path, tmp_path: Path):
     run = load_run(run_dir)
     assert run.name == "tiny-lora"
+    assert load_run(run_dir / "metrics.json") == run
     assert run.predictions == run_dir / "predictions.jsonl"
     out = tmp_path / "report"
     markdown = write_report([run], out, worst=5).read_text()

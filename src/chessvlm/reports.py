@@ -25,11 +25,12 @@ A run directory holds:
   Relative paths (`adapter`, `train_data`, `test_data`, `image_base_dir`, `predictions`) are
   taken relative to the run directory; `write_run_info` stores them absolute.
 
-A metrics JSON file may carry the same path keys under `"sources"` (`chessvlm metrics` writes
-them), so a lone metrics file can still feed the gallery; `run.json` and the report command's
-`--test_data` / `--image_base_dir` take precedence, in the order command line, `run.json`,
-`sources`. Labels in the JSON dataset's `.jsonl` form have image paths relative to their own
-folder, which is the default image base directory.
+Naming a run folder's `metrics.json` reads the whole folder. Any other metrics JSON file may
+carry the same path keys under `"sources"` (`chessvlm metrics` writes them), so a lone metrics
+file can still feed the gallery. Precedence: the report command's `--test_data` /
+`--image_base_dir`, then `run.json`, then `sources`. The image base directory defaults to the
+labels' folder (right for the JSON dataset's `{split}.jsonl`, whose image paths are relative to
+it); the VLM dataset's paths are relative to the `--image_base_dir` it was made for.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def load_run(
 ) -> Run:
     """Read a run directory or a metrics JSON file (see the module docstring)."""
     path = Path(path)
+    if path.name == "metrics.json" and path.is_file():
+        path = path.parent  # a run folder's own metrics file: read the whole folder
     if path.is_dir():
         folder, metrics_path = path, path / "metrics.json"
     else:
@@ -426,11 +429,15 @@ def write_report(
 
 
 def _unique_names(runs: Sequence[Run]) -> list[Run]:
-    seen: dict[str, int] = {}
+    """The runs, renamed `name (2)`, ... where names (or their file names) would clash."""
+    taken: set[str] = set()
     unique = []
     for run in runs:
-        seen[run.name] = seen.get(run.name, 0) + 1
-        name = run.name if seen[run.name] == 1 else f"{run.name} ({seen[run.name]})"
+        name, number = run.name, 1
+        while _slug(name) in taken:
+            number += 1
+            name = f"{run.name} ({number})"
+        taken.add(_slug(name))
         unique.append(replace(run, name=name))
     return unique
 
@@ -557,11 +564,9 @@ def _plots_section(runs: Sequence[Run], out: Path) -> list[Block]:
 
 
 def _save_figure(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    _pyplot().close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -594,7 +599,7 @@ def _class_accuracy_figure(runs: Sequence[Run]):
         axis.set_ylim(0, 1.05)
         axis.grid(axis="y", alpha=0.3)
     axes[1].set_xticks(range(len(SQUARE_CLASSES)), _class_names())
-    axes[0].legend(loc="lower right", fontsize="small")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     axes[0].set_title("Accuracy by square class (white pieces upper case)")
     return figure
 
@@ -612,14 +617,17 @@ def _short_count(value: int) -> str:
 
 def _confusion_figure(run: Run):
     plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
     counts = run.metrics["confusion_matrix"]["counts"]
-    shares = [[value / sum(row) if sum(row) else 0.0 for value in row] for row in counts]
+    # Shares of each true class on a log scale, so that rare confusions stay visible.
+    shares = [[value / sum(row) if value else float("nan") for value in row] for row in counts]
     figure, axis = plt.subplots(figsize=(7, 6))
-    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    image = axis.imshow(shares, cmap="Blues", norm=LogNorm(vmin=1e-4, vmax=1))
     for row, values in enumerate(counts):
         for column, value in enumerate(values):
             if value:
-                dark = shares[row][column] > 0.6
+                colour = "white" if shares[row][column] > 0.1 else "black"
                 axis.text(
                     column,
                     row,
@@ -627,15 +635,15 @@ def _confusion_figure(run: Run):
                     ha="center",
                     va="center",
                     fontsize=6,
-                    color="white" if dark else "black",
+                    color=colour,
                 )
     names = _class_names()
     axis.set_xticks(range(len(names)), names)
     axis.set_yticks(range(len(names)), names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(f"{run.name}: squares of parsed answers (colour: share of the true class)")
-    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_title(f"{run.name}: squares of parsed answers")
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class (log)")
     return figure
 
 
