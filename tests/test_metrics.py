@@ -51,7 +51,7 @@ def compact_case() -> tuple[list[dict], list[dict]]:
     predictions = [
         {"id": "exact", "answer": answer_text(START, "compact"), "answer_tokens": 78},
         {"id": "one_off", "answer": compact(edited_rows(START, "e2", ".")), "answer_tokens": 78},
-        {"id": "garbage", "answer": "I see a chess board.", "answer_tokens": 10},
+        {"id": "garbage", "answer": "I see a", "answer_tokens": 10, "truncated": True},
         {"id": "truncated", "answer": '{"board": ["4k3", "8", '},
         {"id": "wrapped", "answer": wrapped, "answer_tokens": 90},
         {"id": "two_kings", "answer": compact(edited_rows(KINGS, "a1", "K"))},
@@ -81,7 +81,7 @@ def test_compact_headline_figures(compact_case):
     assert m["mean_wrong_squares"] == 130 / 6
     assert m["boards_with_at_most_one_error"] == 4 / 6
     assert m["error_counts"] == {"invalid_json": 1, "no_json": 1}
-    assert m["answer_tokens"] == {"mean": 64.0, "median": 78.0, "max": 90, "n": 4}
+    assert m["answer_tokens"] == {"mean": 64.0, "median": 78.0, "max": 90, "n": 4, "truncated": 1}
     assert m["boards_per_second"] == 2.0
     assert m["metadata_accuracy"] is None
     json.dumps(m)  # JSON-serialisable

@@ -111,7 +111,7 @@ def test_report_renders_tables_plots_and_gallery(run_dir: Path, tmp_path: Path):
         "1 of 4 test images are missing",
         "image missing: ",  # test_3 is wrong and has no image
         "c6: n read as N",
-        "| Answer tokens (mean / median / max) | 78.0 / 78 / 78 |",
+        "| Answer tokens: mean / median / max (answers cut at the limit) | 78.0 / 78 / 78 (0) |",
         "## By image style",
         "| black_bottom |",
     ):

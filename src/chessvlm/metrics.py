@@ -7,8 +7,8 @@ Labels are records of the VLM dataset (`{split}.json`: `id`, `image`, `conversat
 `fen`, ...). The truth is always the label's full `fen`. Predictions are JSONL records of one of
 three kinds, matched to labels by `id`:
 
-- `{"id", "answer", "answer_tokens"?, "seconds"?}`: a model's raw answer, read with
-  `positions.parse_answer(answer, target)`;
+- `{"id", "answer", "answer_tokens"?, "seconds"?, "truncated"?}`: a model's raw answer, read
+  with `positions.parse_answer(answer, target)`;
 - `{"id", "fen"}`: a board from any other system, a placement-only or full FEN (used only when
   the record has no `answer`);
 - `{"id", "error"}` (answer missing or null): the system could not answer this sample (for
@@ -60,7 +60,8 @@ unparsed answer counts as wrong on all 64 squares and on every per-sample test b
   `recall` (right / support, all samples, so squares of unparsed answers are misses; null
   when the class never occurs).
 - `answer_tokens`: `mean`, `median`, `max` and `n` of the predictions' `answer_tokens`, over the
-  predictions that carry it (null when none do).
+  predictions that carry it (null when none do), and `truncated`: how many answers were cut
+  at the generation limit (predictions marked `"truncated": true`).
 - `boards_per_second`: answered samples / `elapsed_seconds` when given, else answered samples /
   the sum of the predictions' `seconds` (each sample's share of its batch's wall time) when
   every answered prediction carries it, else null.
@@ -461,11 +462,13 @@ def _answer_tokens(scores: Sequence[SampleScore]) -> dict | None:
     ]
     if not tokens:
         return None
+    truncated = sum(bool(s.prediction and s.prediction.get("truncated")) for s in scores)
     return {
         "mean": statistics.fmean(tokens),
         "median": statistics.median(tokens),
         "max": max(tokens),
         "n": len(tokens),
+        "truncated": truncated,
     }
 
 

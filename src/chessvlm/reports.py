@@ -226,7 +226,7 @@ def _count(value: int | None) -> str:
 def _tokens(value: dict | None) -> str:
     if value is None:
         return "—"
-    return f"{value['mean']:.1f} / {value['median']:g} / {value['max']}"
+    return f"{value['mean']:.1f} / {value['median']:g} / {value['max']} ({value['truncated']:,})"
 
 
 def _duration(seconds: float | None) -> str:
@@ -259,7 +259,7 @@ RESULT_ROWS: tuple[tuple[str, str, Callable], ...] = (
     ("occupied_square_accuracy", "Occupied-square accuracy", percent),
     ("mean_wrong_squares", "Mean wrong squares per board", _number),
     ("boards_with_at_most_one_error", "Boards with at most one wrong square", percent),
-    ("answer_tokens", "Answer tokens (mean / median / max)", _tokens),
+    ("answer_tokens", "Answer tokens: mean / median / max (answers cut at the limit)", _tokens),
     ("boards_per_second", "Boards per second", _number),
 )
 BREAKDOWN_COLUMNS: tuple[tuple[str, str, Callable], ...] = (
