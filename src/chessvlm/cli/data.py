@@ -1,5 +1,235 @@
-"""`chessvlm` subcommands for data (being written)."""
+"""`chessvlm data synth|import|vlm` and `chessvlm create-vlm-dataset` (the seed's step 1)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+SPLIT_DEFAULTS = {"train": 1000, "val": 100, "test": 200}
 
 
 def register(subparsers) -> None:
-    """Add this module's subcommands."""
+    """Add the `data` command group and the seed-named `create-vlm-dataset` command."""
+    data = subparsers.add_parser(
+        "data",
+        help="make datasets: render synthetic boards, import the seed's data, build VLM data",
+        description="Make the JSON dataset (images + labels) and the VLM dataset from it.",
+    )
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    _register_synth(commands)
+    _register_import(commands)
+    _add_vlm_arguments(
+        commands.add_parser(
+            "vlm", help="same as `chessvlm create-vlm-dataset`", description=_VLM_DESCRIPTION
+        )
+    )
+    _add_vlm_arguments(
+        subparsers.add_parser(
+            "create-vlm-dataset",
+            help="JSON dataset -> VLM conversation dataset (seed step 1)",
+            description=_VLM_DESCRIPTION,
+        )
+    )
+
+
+def _register_synth(commands) -> None:
+    parser = commands.add_parser(
+        "synth",
+        help="render positions from synthetic games into a JSON dataset",
+        description=(
+            "Play synthetic games, keep varied positions (openings to bare-king endings, with "
+            "their real side to move, castling and en passant), render each as a board image "
+            "and write DIR/images/ and DIR/{train,val,test}.jsonl. Deterministic for --seed; "
+            "an interrupted run resumes when rerun with the same arguments."
+        ),
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder (DIR)")
+    for split, default in SPLIT_DEFAULTS.items():
+        parser.add_argument(
+            f"--{split}",
+            type=_non_negative_int,
+            default=default,
+            help=f"{split} images (default {default})",
+        )
+    parser.add_argument("--seed", type=int, default=0, help="seed of games and looks (default 0)")
+    parser.add_argument(
+        "--style", default="mixed", help="rendering style: mixed (default), seed or simple"
+    )
+    parser.add_argument(
+        "--test-style",
+        "--test_style",
+        dest="test_style",
+        help="rendering style of the test split (default: --style), to measure held-out looks",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=os.cpu_count() or 1,
+        help="rendering processes (default: one per CPU)",
+    )
+    parser.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from chessvlm.datasets import synth_json_dataset
+
+    counts = {split: getattr(args, split) for split in SPLIT_DEFAULTS}
+    written = synth_json_dataset(
+        args.out, counts, args.seed, args.style, args.test_style, workers=args.workers
+    )
+    summary = ", ".join(f"{split} {count}" for split, count in written.items())
+    print(f"synthetic dataset in {args.out}: {summary}")
+    return 0
+
+
+def _register_import(commands) -> None:
+    parser = commands.add_parser(
+        "import",
+        help="import the seed's data (CSV + images, or the Hugging Face layout)",
+        description=(
+            "Import the seed's data into a JSON dataset in DIR. --format csv: a folder of "
+            "{train,validation,test}.csv (or one CSV) with columns image_path, fen (placement), "
+            "active_color, castling_rights, en_passant_target_square[, best_continuation]; "
+            "image paths may use backslashes. --format hf: bingbangboom/chess-puzzles-images-mini "
+            "as parquet files or a `datasets` save_to_disk folder (Arrow files). Images are "
+            "checked and copied unchanged into DIR/images/. Rerun to resume."
+        ),
+    )
+    parser.add_argument("--format", choices=("csv", "hf"), required=True, dest="fmt")
+    parser.add_argument("--source", type=Path, required=True, help="the layout's folder or file")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder (DIR)")
+    parser.add_argument(
+        "--split", help="split of a single-file --source (default: guessed from its name)"
+    )
+    parser.add_argument(
+        "--image-root",
+        "--image_root",
+        dest="image_root",
+        type=Path,
+        help="folder CSV image paths are relative to (default: the CSV's folder, then .)",
+    )
+    parser.add_argument(
+        "--max-samples",
+        "--max_samples",
+        dest="max_samples",
+        type=_non_negative_int,
+        help="import at most this many rows per split",
+    )
+    _add_skip_bad(parser, "DIR/skipped.jsonl")
+    parser.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from chessvlm.datasets import import_json_dataset
+
+    results = import_json_dataset(
+        args.out,
+        args.fmt,
+        args.source,
+        split=args.split,
+        image_root=args.image_root,
+        max_samples=args.max_samples,
+        skip_bad=args.skip_bad,
+    )
+    _print_results(f"imported into {args.out}", results, args.out / "skipped.jsonl")
+    return 0
+
+
+_VLM_DESCRIPTION = (
+    "Convert a JSON dataset (DATA_DIR/{train,val,test}.jsonl) into the VLM dataset "
+    "(OUTPUT_DIR/{train,val,test}.json): the seed's conversation format with one fixed prompt "
+    "per target, image paths relative to --base_dir (give the same folder to training and "
+    "evaluation as --image_base_dir)."
+)
+
+
+def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data_dir",
+        "--data-dir",
+        dest="data_dir",
+        type=Path,
+        required=True,
+        help="JSON dataset folder",
+    )
+    parser.add_argument(
+        "--output_dir",
+        "--output-dir",
+        dest="output_dir",
+        type=Path,
+        help="where to write {train,val,test}.json (default: DATA_DIR/vlm)",
+    )
+    parser.add_argument(
+        "--base_dir",
+        "--base-dir",
+        dest="base_dir",
+        type=Path,
+        help="image paths are written relative to this folder (default: DATA_DIR)",
+    )
+    parser.add_argument(
+        "--max_samples",
+        "--max-samples",
+        dest="max_samples",
+        type=_non_negative_int,
+        help="at most this many samples per split",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("compact", "seed"),
+        default="compact",
+        help="answer format: compact board rows (default) or the seed's verbose JSON",
+    )
+    parser.add_argument(
+        "--no-image-check",
+        "--no_image_check",
+        dest="check_images",
+        action="store_false",
+        help="only check that image files exist instead of decoding each one",
+    )
+    _add_skip_bad(parser, "OUTPUT_DIR/skipped.jsonl")
+    parser.set_defaults(func=_run_vlm)
+
+
+def _run_vlm(args: argparse.Namespace) -> int:
+    from chessvlm.datasets import create_vlm_dataset
+
+    output_dir = args.output_dir or args.data_dir / "vlm"
+    results = create_vlm_dataset(
+        args.data_dir,
+        output_dir,
+        base_dir=args.base_dir,
+        max_samples=args.max_samples,
+        target=args.target,
+        skip_bad=args.skip_bad,
+        check_images=args.check_images,
+    )
+    _print_results(
+        f"VLM dataset ({args.target}) in {output_dir}", results, output_dir / "skipped.jsonl"
+    )
+    return 0
+
+
+def _add_skip_bad(parser: argparse.ArgumentParser, listing: str) -> None:
+    parser.add_argument(
+        "--skip-bad",
+        "--skip_bad",
+        dest="skip_bad",
+        action="store_true",
+        help=f"skip bad samples instead of stopping, listing each with the reason in {listing}",
+    )
+
+
+def _print_results(title: str, results: dict[str, tuple[int, int]], skipped_file: Path) -> None:
+    summary = ", ".join(f"{split} {written}" for split, (written, _) in results.items())
+    print(f"{title}: {summary or 'nothing new'}")
+    skipped = sum(bad for _, bad in results.values())
+    if skipped:
+        print(f"skipped {skipped} bad sample(s), listed in {skipped_file}")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
