@@ -14,7 +14,7 @@ from chessvlm.errors import ChessVLMError
 from chessvlm.io import atomic_write_json, atomic_write_jsonl
 from chessvlm.metrics import compute_metrics
 from chessvlm.positions import answer_text, compact_rows
-from chessvlm.reports import load_run, percent, write_report, write_run_info
+from chessvlm.reports import Run, load_run, percent, write_report, write_run_info
 
 FENS = [
     chess.STARTING_FEN,
@@ -85,6 +85,16 @@ def run_dir(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path]:
+    """One run's report, written once for the tests that read it."""
+    root = tmp_path_factory.mktemp("tiny")
+    make_run(root / "run", make_dataset(root / "data"))
+    run = load_run(root / "run")
+    write_report([run], root / "report", worst=5)
+    return run, root / "report"
+
+
 def test_run_info_is_merged_and_paths_absolute(run_dir: Path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["name"] == "tiny-lora" and info["steps"] == 12 and info["eval_seconds"] == 2.0
@@ -93,13 +103,17 @@ def test_run_info_is_merged_and_paths_absolute(run_dir: Path):
         write_run_info(run_dir, learning_rate=1e-4)
 
 
-def test_report_renders_tables_plots_and_gallery(run_dir: Path, tmp_path: Path):
+def test_load_run_reads_the_run_folder(run_dir: Path):
     run = load_run(run_dir)
     assert run.name == "tiny-lora"
     assert load_run(run_dir / "metrics.json") == run
     assert run.predictions == run_dir / "predictions.jsonl"
-    out = tmp_path / "report"
-    markdown = write_report([run], out, worst=5).read_text()
+    assert run.test_data == run_dir.parent / "data/test.jsonl"
+
+
+def test_report_renders_tables_plots_and_gallery(tiny_report: tuple[Run, Path]):
+    run, out = tiny_report
+    markdown = (out / "report.md").read_text()
     metrics = run.metrics
     for expected in (
         "| Per-square accuracy (all answers) | " + percent(metrics["per_square_accuracy"]),
@@ -136,9 +150,8 @@ def test_report_renders_tables_plots_and_gallery(run_dir: Path, tmp_path: Path):
             assert picture.width > 50 and picture.height > 50
 
 
-def test_gallery_marks_wrong_squares_in_red(run_dir: Path, tmp_path: Path):
-    out = tmp_path / "report"
-    write_report([load_run(run_dir)], out)
+def test_gallery_marks_wrong_squares_in_red(tiny_report: tuple[Run, Path]):
+    _, out = tiny_report
     with Image.open(out / "gallery/tiny-lora_00_board.png") as picture:
         board = picture.convert("RGB")
     # chess.svg draws 45-unit squares inside a 15-unit coordinate margin (390 units in all).
@@ -179,23 +192,26 @@ def test_load_run_errors(tmp_path: Path):
         write_report([], tmp_path / "out")
 
 
-def test_cli_metrics_then_report(run_dir: Path, tmp_path: Path, capsys):
-    labels = tmp_path / "data/test.jsonl"
+def test_cli_metrics_then_report_with_vlm_labels(run_dir: Path, tmp_path: Path, capsys):
+    # VLM dataset labels live elsewhere; their image paths are relative to --image_base_dir.
+    records = [json.loads(line) for line in (tmp_path / "data/test.jsonl").read_text().splitlines()]
+    vlm = [
+        {
+            "id": r["id"],
+            "image": r["image_path"],
+            "fen": r["fen"],
+            "flipped": r["flipped"],
+            "style": r["style"],
+            "target": "compact",
+        }
+        for r in records
+    ]
+    labels = tmp_path / "vlm/test.json"
+    atomic_write_json(labels, vlm)
     output = tmp_path / "scored/metrics.json"
-    code = main(
-        [
-            "metrics",
-            "--labels",
-            str(labels),
-            "--predictions",
-            str(run_dir / "predictions.jsonl"),
-            "--output",
-            str(output),
-            "--elapsed_seconds",
-            "2",
-        ]
-    )
-    assert code == 0
+    args = ["metrics", "--labels", str(labels), "--output", str(output)]
+    args += ["--predictions", str(run_dir / "predictions.jsonl"), "--elapsed_seconds", "2"]
+    assert main([*args, "--image_base_dir", str(tmp_path / "data")]) == 0
     written = json.loads(output.read_text())
     assert written["boards_per_second"] == 2.0 and written["target"] == "compact"
     assert written["sources"]["test_data"] == str(labels.resolve())
@@ -203,6 +219,12 @@ def test_cli_metrics_then_report(run_dir: Path, tmp_path: Path, capsys):
     assert main(["report", str(output), "--out", str(tmp_path / "report")]) == 0
     markdown = (tmp_path / "report/report.md").read_text()
     assert "c6: n read as N" in markdown  # the gallery found the labels via "sources"
+    assert "![test image test_1](gallery/scored_00_image.png)" in markdown
+    # Without the image folder the gallery still renders and counts the missing images.
+    assert main(["metrics", *args[1:]]) == 0
+    assert main(["report", str(output), "--out", str(tmp_path / "report2")]) == 0
+    markdown = (tmp_path / "report2/report.md").read_text()
+    assert "4 of 4 test images are missing" in markdown
 
 
 def test_cli_metrics_reports_mismatched_ids(run_dir: Path, tmp_path: Path, capsys):
