@@ -185,6 +185,16 @@ def _finish_split(out_dir: Path, split: str) -> tuple[int, int]:
     return len(records), len(skipped)
 
 
+def _done_summary(out_dir: Path, split: str) -> tuple[int, int]:
+    """`(written, skipped)` of a split finished by an earlier run."""
+    with (out_dir / f"{split}.jsonl").open(encoding="utf-8") as handle:
+        written = sum(1 for _ in handle)
+    skipped = 0
+    if (out_dir / SKIPPED).exists():
+        skipped = sum(e.get("split") == split for _, e in iter_jsonl(out_dir / SKIPPED))
+    return written, skipped
+
+
 def _id_width(count: int) -> int:
     # Zero-padded ids sort in sample order, which is how a finished split is written.
     return max(6, len(str(max(count - 1, 0))))
@@ -298,7 +308,7 @@ def import_json_dataset(
     A bad row (unreadable or impossible position, missing or corrupt image) raises
     `InputError` naming it, after every finished row has been saved; with `skip_bad` it is
     listed in `skipped.jsonl` instead. `max_samples` caps each split. Returns
-    `(written, skipped)` per split.
+    `(written, skipped)` per split, splits finished by an earlier run included.
     """
     out_dir = Path(out_dir)
     splits = find_splits(fmt, source, split)
@@ -316,6 +326,7 @@ def import_json_dataset(
     results = {}
     for name, files in splits.items():
         if _split_done(out_dir, name):
+            results[name] = _done_summary(out_dir, name)
             continue
         total = count_samples(fmt, files)
         samples = iter_samples(fmt, name, files, image_root)

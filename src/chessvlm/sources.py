@@ -157,28 +157,43 @@ def _enemy_attacks(board: chess.Board) -> int:
     return attacked
 
 
+def _piece_types(board: chess.Board) -> list[int]:
+    """Piece type on each square (0 when empty): one table per ply instead of a lookup per move."""
+    types = [0] * 64
+    for piece_type, mask in (
+        (chess.PAWN, board.pawns),
+        (chess.KNIGHT, board.knights),
+        (chess.BISHOP, board.bishops),
+        (chess.ROOK, board.rooks),
+        (chess.QUEEN, board.queens),
+        (chess.KING, board.kings),
+    ):
+        for square in chess.scan_forward(mask):
+            types[square] = piece_type
+    return types
+
+
 def _move_weights(board: chess.Board, moves: list[chess.Move], appetite: float) -> list[float]:
-    """Heuristic preference for each legal move; only relative sizes matter."""
+    """Heuristic preference for each pseudo-legal move; only relative sizes matter."""
     attacked = _enemy_attacks(board)
-    pieces = chess.popcount(board.occupied)
+    types = _piece_types(board)
     opening = board.ply() < _OPENING_PLIES
-    endgame = pieces <= _ENDGAME_PIECES
+    endgame = chess.popcount(board.occupied) <= _ENDGAME_PIECES
     back_rank = chess.BB_RANK_1 if board.turn == chess.WHITE else chess.BB_RANK_8
     weights = []
     for move in moves:
-        moved = board.piece_type_at(move.from_square)
-        captured = chess.PAWN if board.is_en_passant(move) else board.piece_type_at(move.to_square)
-        gain = _VALUES[captured] if captured else 0
-        weight = 1.0
-        if captured:
-            weight += appetite * (1 + gain)
-        hangs = moved != chess.KING and _VALUES[moved] > gain
-        if hangs and attacked & chess.BB_SQUARES[move.to_square]:
+        moved, captured = types[move.from_square], types[move.to_square]
+        if moved == chess.PAWN and move.to_square == board.ep_square:
+            captured = chess.PAWN  # en passant: a pawn only reaches that square by capturing
+        gain = _VALUES[captured]
+        weight = 1.0 + appetite * (1 + gain) if captured else 1.0
+        if moved != chess.KING and _VALUES[moved] > gain and attacked & (1 << move.to_square):
             weight *= 0.1  # would lose material
         if move.promotion:
             weight += 40.0 if move.promotion == chess.QUEEN else 1.0
         if moved == chess.KING:
-            if board.is_castling(move):
+            # Castling is the only king move of two files.
+            if abs(move.from_square - move.to_square) == 2:
                 weight += 10.0
             elif not endgame:
                 weight *= 0.15
