@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import random
 from collections import Counter
 
@@ -234,6 +235,16 @@ def test_save_png_is_lossless_and_jpeg_is_close(tmp_path) -> None:
         save_image(image, tmp_path / "b.png", jpeg_params)
     with pytest.raises(ValueError, match="quality"):
         encode_image(image, "jpeg")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_png_encoding_is_valid_and_lossless(mode: str) -> None:
+    image = render_board(chess.Board(), RenderParams("maestro", size=256)).convert(mode)
+    data = encode_image(image, "png")
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert decoded.mode == mode and decoded.size == image.size
+        assert np.array_equal(pixels(decoded), pixels(image))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
