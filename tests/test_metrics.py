@@ -190,6 +190,14 @@ def test_seed_target_metadata_and_bad_answers():
     }
 
 
+def test_placement_only_labels_take_metadata_from_their_fields():
+    fields = {"active_color": "w", "castling_rights": "KQkq", "en_passant_target_square": "d6"}
+    labels = [{"id": "a", "fen": EP.board_fen(), **fields}]
+    m = compute_metrics(labels, [{"id": "a", "answer": answer_text(EP, "seed")}], "seed")
+    assert m["exact_json_match"] == m["fen_accuracy"] == 1.0
+    assert m["metadata_accuracy"]["en_passant"] == 1.0
+
+
 def test_fen_predictions_from_any_system():
     labels = [label("start", START, "plain", False), label("ep", EP, "plain", False)]
     labels.append(label("bad", KINGS, "plain", False))
@@ -243,23 +251,36 @@ def test_partial_scoring_counts_missing_and_errored_samples():
 
 
 def test_bad_labels_and_target():
+    answer_x = [{"id": "a", "answer": "x"}]
     with pytest.raises(ChessVLMError, match="unknown target"):
-        compute_metrics([label("a", START, "p", False)], [{"id": "a", "answer": "x"}], "verbose")
-    with pytest.raises(InputError, match=r"sample 0 .*invalid FEN"):
-        compute_metrics([{"id": "a", "fen": "zz"}], [{"id": "a", "answer": "x"}], "compact")
+        compute_metrics([label("a", START, "p", False)], answer_x, "verbose")
+    with pytest.raises(InputError, match=r"labels sample 0 \(id a\): invalid FEN"):
+        compute_metrics([{"id": "a", "fen": "zz w - - 0 1"}], answer_x, "seed")
+    with pytest.raises(InputError, match=r"sample 0 \(id a\): impossible position"):
+        compute_metrics([{"id": "a", "fen": "8/8/8/8/8/8/8/8 w - - 0 1"}], answer_x, "seed")
+    with pytest.raises(InputError, match=r"record 0: prediction a has no 'answer', 'fen' or"):
+        compute_metrics([label("a", START, "p", False)], [{"id": "a", "seconds": 1}], "compact")
     with pytest.raises(InputError, match="sample 0 has no 'id' or no 'fen'"):
-        compute_metrics([{"id": "a"}], [{"id": "a", "answer": "x"}], "compact")
+        compute_metrics([{"id": "a"}], answer_x, "compact")
     with pytest.raises(ChessVLMError, match="no labels"):
         compute_metrics([], [], "compact")
 
 
 def test_readers(tmp_path):
     vlm = tmp_path / "test.json"
-    vlm.write_text(json.dumps([{"id": "a", "fen": START.fen(), "target": "seed"}]))
+    turns = [
+        {"from": "user", "value": "<image>\nRead the board."},
+        {"from": "assistant", "value": answer_text(START, "seed")},
+    ]
+    record = {"id": "a", "image": "a.png", "conversations": turns, "fen": START.fen()}
+    vlm.write_text(json.dumps([{**record, "target": "seed"}]))
     assert read_labels(vlm)[0]["id"] == "a"
     assert infer_target(read_labels(vlm)) == "seed"
+    vlm.write_text(json.dumps([{**record, "conversations": turns[:1]}]))
+    with pytest.raises(InputError, match=r"record 0 .*conversations"):
+        read_labels(vlm)
     jsonl = tmp_path / "test.jsonl"
-    jsonl.write_text(json.dumps({"id": "a", "fen": START.fen()}) + "\n")
+    jsonl.write_text(json.dumps({"id": "a", "image_path": "a.png", "fen": START.fen()}) + "\n")
     assert infer_target(read_labels(jsonl)) == "compact"
     with pytest.raises(ChessVLMError, match="mix targets"):
         infer_target([{"target": "seed"}, {"target": "compact"}])
@@ -269,7 +290,7 @@ def test_readers(tmp_path):
         read_labels(broken)
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text('{"id": "a", "answer": "x"}\n{"id": "b", "seconds": 1}\n')
-    with pytest.raises(InputError, match=r"predictions.jsonl:2: prediction has no 'answer'"):
+    with pytest.raises(InputError, match=r"predictions.jsonl:2: prediction b has no 'answer'"):
         read_predictions(predictions)
     predictions.write_text('{"answer": "x"}\n')
     with pytest.raises(InputError, match=r"predictions.jsonl:1: prediction has no 'id'"):

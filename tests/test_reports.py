@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from chessvlm.cli import main
+from chessvlm.datasets import vlm_record
 from chessvlm.errors import ChessVLMError
 from chessvlm.io import atomic_write_json, atomic_write_jsonl
 from chessvlm.metrics import compute_metrics
@@ -196,15 +197,7 @@ def test_cli_metrics_then_report_with_vlm_labels(run_dir: Path, tmp_path: Path, 
     # VLM dataset labels live elsewhere; their image paths are relative to --image_base_dir.
     records = [json.loads(line) for line in (tmp_path / "data/test.jsonl").read_text().splitlines()]
     vlm = [
-        {
-            "id": r["id"],
-            "image": r["image_path"],
-            "fen": r["fen"],
-            "flipped": r["flipped"],
-            "style": r["style"],
-            "target": "compact",
-        }
-        for r in records
+        vlm_record(r, chess.Board(r["fen"]), r["image_path"], "compact", r["id"]) for r in records
     ]
     labels = tmp_path / "vlm/test.json"
     atomic_write_json(labels, vlm)

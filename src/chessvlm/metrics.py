@@ -4,8 +4,11 @@ Inputs
 ------
 Labels are records of the VLM dataset (`{split}.json`: `id`, `image`, `conversations`, `fen`,
 `flipped`, `style`, `target`) or of the JSON dataset (`{split}.jsonl`: `id`, `image_path`,
-`fen`, ...). The truth is always the label's full `fen`. Predictions are JSONL records of one of
-three kinds, matched to labels by `id`:
+`fen`, ...). The truth is the label's `fen`: a full FEN, or a placement whose side to move,
+castling rights and en passant square are in `active_color`, `castling_rights` and
+`en_passant_target_square` (the seed's own JSON datasets).
+
+Predictions are JSONL records of one of three kinds, matched to labels by `id`:
 
 - `{"id", "answer", "answer_tokens"?, "seconds"?, "truncated"?}`: a model's raw answer, read
   with `positions.parse_answer(answer, target)`;
@@ -81,7 +84,6 @@ unparsed answer counts as wrong on all 64 squares and on every per-sample test b
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -90,6 +92,7 @@ from pathlib import Path
 
 import chess
 
+from chessvlm.datasets import read_json_dataset, read_vlm_dataset
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import iter_jsonl
 from chessvlm.positions import (
@@ -105,6 +108,7 @@ from chessvlm.positions import (
     seed_json,
     square_symbols,
 )
+from chessvlm.sources import checked_board
 
 MISSING_PREDICTION = "missing_prediction"
 MAIN_FIGURES = (
@@ -152,30 +156,28 @@ class SampleScore:
 
 def read_labels(path: str | Path) -> list[dict]:
     """Label records from a VLM dataset (`.json` list) or a JSON dataset (`.jsonl`) file."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return [record for _, record in iter_jsonl(path)]
-    if not path.is_file():
-        raise InputError(str(path), "file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise InputError(str(path), f"not valid JSON ({error.msg})", line=error.lineno) from None
-    if not isinstance(data, list) or not all(isinstance(record, dict) for record in data):
-        raise InputError(str(path), "expected a JSON list of label records")
-    return data
+    if Path(path).suffix == ".jsonl":
+        return [record for record, _ in read_json_dataset(path)]
+    return read_vlm_dataset(path)
 
 
 def read_predictions(path: str | Path) -> list[dict]:
     """Prediction records from a JSONL file, each checked to have an id and something to score."""
     records = []
     for line, record in iter_jsonl(path):
-        if "id" not in record:
-            raise InputError(str(path), "prediction has no 'id'", line=line)
-        if not any(record.get(key) is not None for key in ("answer", "fen", "error")):
-            raise InputError(str(path), "prediction has no 'answer', 'fen' or 'error'", line=line)
+        problem = _prediction_problem(record)
+        if problem:
+            raise InputError(str(path), problem, line=line)
         records.append(record)
     return records
+
+
+def _prediction_problem(record: dict) -> str | None:
+    if "id" not in record:
+        return "prediction has no 'id'"
+    if not any(record.get(key) is not None for key in ("answer", "fen", "error")):
+        return f"prediction {record['id']} has no 'answer', 'fen' or 'error'"
+    return None
 
 
 def infer_target(labels: Iterable[dict]) -> str:
@@ -266,6 +268,10 @@ def _match_ids(
     for index, label in enumerate(labels):
         if "id" not in label or "fen" not in label:
             raise InputError("labels", f"sample {index} has no 'id' or no 'fen'")
+    for index, record in enumerate(predictions):
+        problem = _prediction_problem(record)
+        if problem:
+            raise InputError("predictions", f"record {index}: {problem}")
     label_ids = [str(label["id"]) for label in labels]
     _reject_duplicates(label_ids, "labels")
     prediction_ids = [str(record["id"]) for record in predictions]
@@ -279,7 +285,7 @@ def _match_ids(
     if extra:
         problems.append(f"{len(extra)} predictions match no label ({_some(extra)})")
     if problems:
-        hint = " (use partial scoring to count missing predictions as unparseable)"
+        hint = " (`chessvlm metrics --partial` scores them as unparseable answers)"
         raise ChessVLMError("; ".join(problems) + (hint if missing and not allow_missing else ""))
     return dict(zip(prediction_ids, predictions, strict=True))
 
@@ -308,10 +314,14 @@ class _Reading:
 
 
 def _score_one(index: int, label: dict, prediction: dict | None, target: str) -> SampleScore:
-    try:
-        true_board = board_from_fen(str(label["fen"]))
-    except AnswerError as error:
-        raise InputError("labels", f"sample {index} (id {label['id']}): {error}") from None
+    # JSON dataset labels may hold a placement-only FEN with the metadata in separate fields.
+    true_board = checked_board(
+        str(label["fen"]),
+        f"labels sample {index} (id {label['id']})",
+        label.get("active_color"),
+        label.get("castling_rights"),
+        label.get("en_passant_target_square"),
+    )
     reading = _read_prediction(prediction, true_board, target)
     pred_board = reading.board
     metadata_right = None

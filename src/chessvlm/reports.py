@@ -45,6 +45,7 @@ from pathlib import Path
 
 import chess
 
+from chessvlm.datasets import resolve_image
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from chessvlm.metrics import (
@@ -720,8 +721,9 @@ def _run_gallery(run: Run, out: Path, worst: int) -> list[Block]:
 
 
 def _image_path(label: dict, base: Path) -> Path | None:
-    relative = label.get("image") or label.get("image_path")
-    return base / str(relative) if relative else None
+    if label.get("image_path"):
+        return resolve_image(base, str(label["image_path"]))
+    return base / str(label["image"]) if label.get("image") else None
 
 
 def _unparsed_examples(unparsed: Sequence[SampleScore], limit: int = 3) -> list[Block]:
