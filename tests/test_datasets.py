@@ -122,6 +122,9 @@ def test_unknown_style_and_changed_settings_are_refused(synth_dir, tmp_path):
         _synth(tmp_path, style="fancy")
     with pytest.raises(ChessVLMError, match=r"other settings \(counts differ\)"):
         _synth(synth_dir, counts={"train": 11, "val": 3, "test": 4}, test_style="seed")
+    (tmp_path / "dataset.json").write_text("{")
+    with pytest.raises(InputError, match=r"dataset.json: unreadable"):
+        _synth(tmp_path)
 
 
 class _Interrupt(Exception):

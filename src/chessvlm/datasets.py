@@ -139,7 +139,10 @@ def _claim_output(out_dir: Path, settings: dict) -> None:
     """Record how `out_dir` is made, or refuse when it was made with other settings."""
     manifest = out_dir / MANIFEST
     if manifest.exists():
-        previous = json.loads(manifest.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(str(manifest), "unreadable; choose another --out") from None
         if previous != settings:
             changed = sorted(
                 k for k in {*previous, *settings} if previous.get(k) != settings.get(k)
@@ -155,34 +158,58 @@ def _claim_output(out_dir: Path, settings: dict) -> None:
         stale.unlink()
 
 
-def _progress_path(out_dir: Path, split: str) -> Path:
-    return out_dir / _PROGRESS_DIR / f"{split}.jsonl"
+class _SplitProgress:
+    """The progress logs of a split being written: its finished records and skipped samples.
+
+    Records are appended in sample order (every producer here is ordered), so the finished
+    log becomes `{split}.jsonl` by an atomic rename, whatever the size of the split.
+    """
+
+    def __init__(self, out_dir: Path, split: str) -> None:
+        self.out_dir, self.split = out_dir, split
+        self.records = JsonlAppender(_progress_path(out_dir, split))
+        self.skipped = JsonlAppender(_progress_path(out_dir, split, skipped=True))
+        self.done = self.records.done_ids | self.skipped.done_ids
+
+    def __enter__(self) -> _SplitProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.records.close()
+        self.skipped.close()
+
+    def finish(self) -> tuple[int, int]:
+        """Publish `{split}.jsonl`, list the skipped samples in `skipped.jsonl`, drop the logs.
+
+        Returns `(written, skipped)`.
+        """
+        skipped_log = _progress_path(self.out_dir, self.split, skipped=True)
+        skipped = [{"split": self.split, **entry} for _, entry in iter_jsonl(skipped_log)]
+        listing = self.out_dir / SKIPPED
+        if skipped or listing.exists():
+            others = []
+            if listing.exists():
+                others = [e for _, e in iter_jsonl(listing) if e.get("split") != self.split]
+            atomic_write_jsonl(listing, others + skipped)
+        os.replace(self.records.path, self.out_dir / f"{self.split}.jsonl")
+        _split_done(self.out_dir, self.split)  # removes the remaining log
+        return len(self.records.done_ids), len(skipped)
+
+
+def _progress_path(out_dir: Path, split: str, skipped: bool = False) -> Path:
+    return out_dir / _PROGRESS_DIR / (f"{split}.skipped.jsonl" if skipped else f"{split}.jsonl")
 
 
 def _split_done(out_dir: Path, split: str) -> bool:
+    """Whether the split was finished; then removes any progress log a crash left behind."""
     if not (out_dir / f"{split}.jsonl").exists():
         return False
-    # A crash between writing the split and removing its log leaves the log behind.
-    _progress_path(out_dir, split).unlink(missing_ok=True)
+    for skipped in (False, True):
+        _progress_path(out_dir, split, skipped).unlink(missing_ok=True)
+    folder = out_dir / _PROGRESS_DIR
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     return True
-
-
-def _finish_split(out_dir: Path, split: str) -> tuple[int, int]:
-    """Write `{split}.jsonl` from the progress log, list its skipped samples, drop the log."""
-    log_path = _progress_path(out_dir, split)
-    entries = sorted((entry for _, entry in iter_jsonl(log_path)), key=lambda e: e["id"])
-    records = [entry for entry in entries if "skipped" not in entry]
-    skipped = [{"split": split, **entry} for entry in entries if "skipped" in entry]
-    if skipped or (out_dir / SKIPPED).exists():
-        others = []
-        if (out_dir / SKIPPED).exists():
-            others = [e for _, e in iter_jsonl(out_dir / SKIPPED) if e.get("split") != split]
-        atomic_write_jsonl(out_dir / SKIPPED, others + skipped)
-    atomic_write_jsonl(out_dir / f"{split}.jsonl", records)
-    log_path.unlink()
-    if not any((out_dir / _PROGRESS_DIR).iterdir()):
-        (out_dir / _PROGRESS_DIR).rmdir()
-    return len(records), len(skipped)
 
 
 def _done_summary(out_dir: Path, split: str) -> tuple[int, int]:
@@ -263,19 +290,19 @@ def _write_synth_split(
     from chessvlm import rendering
 
     width = _id_width(count)
-    with JsonlAppender(_progress_path(out_dir, split)) as log:
+    with _SplitProgress(out_dir, split) as progress:
 
         def jobs() -> Iterator[rendering.RenderJob]:
             for index, position in enumerate(stream):
                 sample_id = f"{split}_{index:0{width}d}"
-                if sample_id in log.done_ids:
+                if sample_id in progress.done:
                     continue
                 # Seeded per sample, so a resumed run draws the same look for each image.
                 params = rendering.sample_render_params(style, random.Random(f"{seed}/{sample_id}"))
                 path = out_dir / IMAGES_DIR / f"{sample_id}{rendering.image_extension(params)}"
                 yield rendering.RenderJob(position.fen, params, str(path), position.last_move)
 
-        with _progress_bar(count, len(log.done_ids), f"synth {split}") as bar:
+        with _progress_bar(count, len(progress.done), f"synth {split}") as bar:
             for job in rendering.render_many(jobs(), workers, chunk_size):
                 path = Path(job.path)
                 record = json_record(
@@ -285,9 +312,9 @@ def _write_synth_split(
                     flipped=job.params.flipped,
                     style=job.params.name,
                 )
-                log.write(record)
+                progress.records.write(record)
                 bar.update()
-    return _finish_split(out_dir, split)[0]
+    return progress.finish()[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,21 +369,22 @@ def _import_split(
 ) -> tuple[int, int]:
     width = _id_width(total)
     with (
-        JsonlAppender(_progress_path(out_dir, split)) as log,
-        _progress_bar(total, len(log.done_ids), f"import {split}") as bar,
+        _SplitProgress(out_dir, split) as progress,
+        _progress_bar(total, len(progress.done), f"import {split}") as bar,
     ):
         for sample in samples:
             sample_id = f"{split}_{sample.index:0{width}d}"
-            if sample_id in log.done_ids:
+            if sample_id in progress.done:
                 continue
             try:
-                log.write(_import_sample(out_dir, fmt, sample_id, sample))
+                progress.records.write(_import_sample(out_dir, fmt, sample_id, sample))
             except InputError as error:
                 if not skip_bad:
                     raise
-                log.write({"id": sample_id, "where": sample.where, "skipped": error.problem})
+                entry = {"id": sample_id, "where": sample.where, "skipped": error.problem}
+                progress.skipped.write(entry)
             bar.update()
-    return _finish_split(out_dir, split)
+    return progress.finish()
 
 
 def _import_sample(out_dir: Path, fmt: str, sample_id: str, sample) -> dict:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import chess
 
-from chessvlm.errors import InputError
+from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.positions import board_with_metadata, seed_validity_errors
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +257,8 @@ def find_splits(fmt: str, source: str | Path, split: str | None = None) -> dict[
     `source` is a directory of the layout or one of its files; a file's split is `split` when
     given, else guessed from its name or folder (`validation` is read as `val`).
     """
+    if fmt not in IMPORT_FORMATS:
+        raise ChessVLMError(f"unknown import format {fmt!r}; choose {' or '.join(IMPORT_FORMATS)}")
     source = Path(source)
     suffixes = (".csv",) if fmt == "csv" else (".parquet", ".arrow")
     if source.is_file():

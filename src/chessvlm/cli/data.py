@@ -6,6 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+from chessvlm.positions import TARGETS
+from chessvlm.sources import IMPORT_FORMATS
+
 SPLIT_DEFAULTS = {"train": 1000, "val": 100, "test": 200}
 
 
@@ -96,7 +99,7 @@ def _register_import(commands) -> None:
             "checked and copied unchanged into DIR/images/. Rerun to resume."
         ),
     )
-    parser.add_argument("--format", choices=("csv", "hf"), required=True, dest="fmt")
+    parser.add_argument("--format", choices=IMPORT_FORMATS, required=True, dest="fmt")
     parser.add_argument("--source", type=Path, required=True, help="the layout's folder or file")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder (DIR)")
     parser.add_argument(
@@ -176,7 +179,7 @@ def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=("compact", "seed"),
+        choices=TARGETS,
         default="compact",
         help="answer format: compact board rows (default) or the seed's verbose JSON",
     )
