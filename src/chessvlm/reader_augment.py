@@ -1,0 +1,106 @@
+"""Training augmentation for the board reader, on whole batches of decoded boards.
+
+It imitates what users feed: boards cropped a little loose or tight (margins, shifts, a
+slightly wrong aspect), shown at lower resolution (blur), in other colours, and saved as JPEG.
+Every transform keeps each square inside its own image cell, so labels do not move.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# Sampling parameter = input extent / output extent: above 1 the board shrinks inside a
+# margin, below 1 its outer ring of squares is cropped by up to ~1/5 square.
+SCALE_RANGE = (0.95, 1.1)
+SHIFT = 0.04  # in [-1, 1] image coordinates: up to 1/6 of a square
+MIN_RESOLUTION = 0.3
+JPEG_QUALITY = (25, 95)
+
+
+def _uniform(generator: torch.Generator, size: int, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator)
+
+
+def _chance(generator: torch.Generator, size: int, probability: float) -> torch.Tensor:
+    return torch.rand(size, generator=generator) < probability
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1]."""
+    x = images.float() / 255.0
+    x = _reframe(x, generator)
+    x = _lower_resolution(x, generator)
+    x = _recolour(x, generator)
+    x = _jpeg(x, generator)
+    noisy = _chance(generator, len(x), 0.2).nonzero().flatten()
+    sigma = _uniform(generator, len(noisy), 0.0, 0.03).view(-1, 1, 1, 1)
+    x[noisy] += sigma * torch.randn(x[noisy].shape, generator=generator)
+    return x.clamp_(0.0, 1.0)
+
+
+def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    n = len(x)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = _uniform(generator, n, *SCALE_RANGE)
+    theta[:, 1, 1] = theta[:, 0, 0] * _uniform(generator, n, 0.97, 1.03)
+    theta[:, :, 2] = _uniform(generator, 2 * n, -SHIFT, SHIFT).view(n, 2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = F.grid_sample(
+        torch.ones_like(x[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    # What shows around a loosely cropped board: a page or window background of one colour.
+    background = torch.rand(n, 3, 1, 1, generator=generator)
+    return moved + (1.0 - inside) * background
+
+
+def _lower_resolution(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
+    if len(chosen) == 0:
+        return x
+    size = x.shape[-1]
+    low = int(size * float(_uniform(generator, 1, MIN_RESOLUTION, 1.0)))
+    small = F.interpolate(x[chosen], size=(low, low), mode="bilinear", antialias=True)
+    x = x.clone()
+    x[chosen] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
+def _recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Saturation, contrast, brightness and channel order as one 3x3 colour matrix per board."""
+    n = len(x)
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    saturation = _uniform(generator, n, 0.5, 1.5)
+    saturation[_chance(generator, n, 0.1)] = 0.0  # some users feed grayscale scans
+    # gray + s * (x - gray), with gray = luma . x
+    matrix = saturation.view(n, 1, 1) * torch.eye(3) + (1 - saturation).view(n, 1, 1) * luma
+    # Board themes come in every hue: swapping channels makes new ones for free.
+    for index in _chance(generator, n, 0.25).nonzero().flatten().tolist():
+        matrix[index] = matrix[index, torch.randperm(3, generator=generator)]
+    contrast = _uniform(generator, n, 0.7, 1.3).view(n, 1, 1)
+    brightness = _uniform(generator, n, 0.75, 1.25).view(n, 1, 1)
+    mean = x.mean(dim=(1, 2, 3)).view(n, 1, 1)
+    # brightness * (mean + contrast * (M x - mean))
+    bias = (brightness * (1 - contrast) * mean).expand(n, 3, 1)
+    flat = torch.baddbmm(bias, brightness * contrast * matrix, x.reshape(n, 3, -1))
+    return flat.view_as(x).clamp_(0.0, 1.0)
+
+
+def _jpeg(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    chosen = _chance(generator, len(x), 0.3).nonzero().flatten().tolist()
+    if not chosen:
+        return x
+    quality = int(torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (1,), generator=generator))
+    x = x.clone()
+    for index in chosen:
+        pixels = (x[index] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+        decoded = np.array(Image.open(buffer).convert("RGB"))
+        x[index] = torch.from_numpy(decoded).permute(2, 0, 1).float() / 255.0
+    return x

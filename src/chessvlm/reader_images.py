@@ -1,0 +1,159 @@
+"""Board images for the board reader: robust decoding to one square RGB array per image.
+
+Training, evaluation and `chessvlm predict` all go through `load_board_image`, so a board is
+resampled the same way whatever the command. Bad files raise `InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from chessvlm.errors import InputError
+
+T = TypeVar("T")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Below 8 px per square the pieces are a few pixels and no reader can be trusted.
+MIN_SIDE = 64
+# A board cropped to its squares is square; allow margins, coordinates outside the squares,
+# and slightly off crops, but refuse e.g. a whole screenshot.
+MAX_ASPECT = 1.3
+# PIL's decompression-bomb guard, raised: a 12k x 12k scan is a plausible, if silly, input.
+MAX_PIXELS = 150_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_board_image(source: str | Path | bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode a board image to RGB, checked to be a plausible board.
+
+    Grayscale, palette, 16-bit and transparent images are converted (transparency over white,
+    as a page would show it); EXIF rotation is applied. `draft_size` lets JPEG decode directly
+    at a reduced scale no smaller than that. Raises `InputError` for files that are missing,
+    empty, not images, truncated, too small, far from square or too large.
+    """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    image = _open(source, name, draft_size)
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise InputError(name, f"image is {width}x{height} px; a board needs {MIN_SIDE} px or more")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputError(
+            name, f"image is {width}x{height} px, not a board cropped to its 8x8 squares"
+        )
+    return _to_rgb(image)
+
+
+def load_board_image(source: str | Path | bytes, size: int) -> np.ndarray:
+    """A board image as a `size` x `size` x 3 uint8 RGB array (see `open_board_image`)."""
+    image = open_board_image(source, draft_size=size)
+    # reducing_gap: a fast integer pre-reduction of big images before the bilinear filter.
+    resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.array(resized, dtype=np.uint8)
+
+
+def _open(source: str | Path | bytes, name: str, draft_size: int | None) -> Image.Image:
+    if not isinstance(source, bytes):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(name, "no such image file")
+        if path.stat().st_size == 0:
+            raise InputError(name, "empty file")
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if draft_size:
+            # JPEG decodes at a reduced scale directly: huge photos load in milliseconds.
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise InputError(name, f"image too large ({error})") from None
+    except UnidentifiedImageError:
+        raise InputError(name, "not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(name, f"cannot decode image ({error})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit and float grayscale: stretch to 8 bits rather than let convert() clip.
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
+        image = Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def collect_image_paths(arguments: Sequence[str]) -> list[tuple[str, str | None]]:
+    """Expand files, folders and glob patterns into `(path, problem)` pairs, in the given order.
+
+    A folder gives its image files (by suffix), sorted; a pattern the shell did not expand is
+    expanded here. An argument that matches nothing comes back with a problem instead of
+    stopping the others.
+    """
+    items: list[tuple[str, str | None]] = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            found = sorted(
+                str(path)
+                for path in Path(argument).iterdir()
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            )
+            items.extend((path, None) for path in found)
+            if not found:
+                items.append((argument, "folder holds no image files"))
+        elif os.path.exists(argument) or not glob.has_magic(argument):
+            items.append((argument, None))
+        else:
+            matches = sorted(path for path in glob.glob(argument) if os.path.isfile(path))
+            items.extend((path, None) for path in matches)
+            if not matches:
+                items.append((argument, "no file matches this pattern"))
+    return items
+
+
+def iter_loaded(
+    sources: Sequence[str | Path],
+    load: Callable[[str | Path], T],
+    *,
+    workers: int = 2,
+    lookahead: int = 128,
+) -> Iterator[tuple[T | None, InputError | None]]:
+    """Apply `load` (e.g. `load_board_image` at a size) to each source in a small thread pool.
+
+    Pillow releases the GIL while decoding, so threads overlap decoding with the caller's
+    work. Yields `(value, None)` or `(None, error)` per source, in order, with at most
+    `lookahead` images decoded ahead of the caller so that memory stays bounded.
+    """
+
+    def guarded(source: str | Path) -> tuple[T | None, InputError | None]:
+        try:
+            return load(source), None
+        except InputError as error:
+            return None, error
+
+    pending: deque[Future] = deque()
+    remaining = iter(sources)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for source in islice(remaining, lookahead):
+            pending.append(pool.submit(guarded, source))
+        while pending:
+            result = pending.popleft().result()
+            for source in islice(remaining, 1):
+                pending.append(pool.submit(guarded, source))
+            yield result

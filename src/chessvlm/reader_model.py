@@ -1,0 +1,261 @@
+"""Board reader networks: encoders whose features line up with the 64 squares, and their heads.
+
+Both encoders end in an 8x8 feature map whose cell (row, col) sees exactly the image square
+at that place: the CNN through a stem and pools whose strides multiply to one square, the CLIP
+ViT through an input of 8 patches a side (256 px for ViT-B/32, not the seed's 224 px, whose
+7x7 patch grid straddles the squares).
+
+The square head classifies each cell as it appears in the image; the meta head says whether
+black is at the bottom ("flipped") and, where the labels make it learnable, whether black is
+to move. Image-order predictions are turned into the standard square order with the predicted
+orientation (`image_cell_squares`), so a flipped board is read rotated, never mirrored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import chess
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chessvlm.errors import ChessVLMError
+from chessvlm.positions import SQUARE_CLASSES
+
+NUM_CLASSES = len(SQUARE_CLASSES)
+GRID = 8
+ENCODERS = ("cnn", "clip")
+META_OUTPUTS = ("flipped", "black_to_move")
+_PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
+_KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
+_BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
+# CLIP's own pixel statistics; the CNN learns its scale, so plain centring is enough there.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ReaderSpec:
+    """What to build: the encoder and the input size (the board is resized to a square).
+
+    `clip_model` names pretrained CLIP weights (hub id or local folder); without it the ViT is
+    built from `clip_config` (`CLIPVisionConfig` fields; the defaults are ViT-B/32) with random
+    weights.
+    """
+
+    encoder: str = "cnn"
+    image_size: int = 256
+    widths: tuple[int, ...] = (24, 32, 64, 128)
+    clip_model: str | None = None
+    clip_config: dict[str, Any] = field(default_factory=dict)
+    freeze_encoder: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored in the checkpoint's `reader.json`."""
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReaderSpec:
+        """Inverse of `to_dict`."""
+        return cls(**{**data, "widths": tuple(data.get("widths", cls.widths))})
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SquareCNN(nn.Module):
+    """A small CNN whose output cells are the board's squares.
+
+    A non-overlapping stem (stride = square size / 8) and three 2x2 pools bring the image to
+    8x8; 3x3 convolutions in between are centred, so each output cell is centred on its square
+    (stride-2 convolutions would centre it on the square's corner).
+    """
+
+    def __init__(self, image_size: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        square = image_size // GRID
+        if image_size % (GRID * 8) or len(widths) != 4:
+            raise ChessVLMError(
+                f"CNN reader needs an image size that is a multiple of 64 and 4 widths; "
+                f"got {image_size} and {list(widths)}"
+            )
+        stem_stride = square // 8
+        w0, w1, w2, w3 = widths
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, w0, stem_stride, stride=stem_stride),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(inplace=True),
+            _conv_block(w0, w1),
+            nn.MaxPool2d(2),
+            _conv_block(w1, w2),
+            nn.MaxPool2d(2),
+            _conv_block(w2, w3),
+            nn.MaxPool2d(2),
+            _conv_block(w3, w3),
+        )
+        self.out_channels = w3
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`pixels` B x 3 x S x S (normalised) -> features B x C x 8 x 8."""
+        return self.layers(pixels)
+
+
+class ClipSquareEncoder(nn.Module):
+    """A CLIP vision tower fed 8 patches a side, its patch tokens laid out as the 8x8 board."""
+
+    def __init__(self, spec: ReaderSpec, *, pretrained: bool) -> None:
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        if pretrained and spec.clip_model:
+            try:
+                self.clip = CLIPVisionModel.from_pretrained(spec.clip_model)
+            except OSError as error:
+                raise ChessVLMError(
+                    f"cannot load CLIP weights {spec.clip_model!r} ({error}); pass a local folder "
+                    "with the model files, or train from random weights without --clip_model"
+                ) from None
+            spec.clip_config = self.clip.config.to_dict()
+        else:
+            # A saved pretrained config keeps its own image size (7x7 position embeddings,
+            # resampled at run time); a fresh ViT is built for 8x8 patches directly.
+            config = CLIPVisionConfig(**{"image_size": spec.image_size, **spec.clip_config})
+            self.clip = CLIPVisionModel(config)
+        patch = self.clip.config.patch_size
+        if spec.image_size != GRID * patch:
+            raise ChessVLMError(
+                f"CLIP patches of {patch} px need a {GRID * patch} px board so that each patch "
+                f"is one square; got image size {spec.image_size}"
+            )
+        self.out_channels = self.clip.config.hidden_size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`pixels` B x 3 x S x S (normalised) -> patch features B x C x 8 x 8."""
+        # Pretrained towers know a 7x7 grid: their position embeddings are resampled to 8x8.
+        hidden = self.clip(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        patches = hidden[:, 1:, :]
+        return patches.transpose(1, 2).reshape(pixels.shape[0], -1, GRID, GRID)
+
+
+class BoardReader(nn.Module):
+    """Encoder + per-square 13-class head + meta head (flipped, black to move)."""
+
+    def __init__(self, spec: ReaderSpec, *, pretrained: bool = True) -> None:
+        super().__init__()
+        if spec.encoder not in ENCODERS:
+            raise ChessVLMError(f"unknown encoder {spec.encoder!r}; choose from {ENCODERS}")
+        self.spec = spec
+        if spec.encoder == "cnn":
+            self.encoder: nn.Module = SquareCNN(spec.image_size, spec.widths)
+            mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        else:
+            self.encoder = ClipSquareEncoder(spec, pretrained=pretrained)
+            mean, std = _CLIP_MEAN, _CLIP_STD
+        if spec.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        channels = self.encoder.out_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.square_head = nn.Conv2d(channels, NUM_CLASSES, 1)
+        # Orientation is global (coordinates in the corners, which side's pawns advance where),
+        # so the meta head sees every cell in place rather than a pooled average.
+        self.meta_head = nn.Sequential(
+            nn.Conv2d(channels, 8, 1),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(8 * GRID * GRID, 64),
+            nn.ReLU(inplace=True),
+            nn.Linear(64, len(META_OUTPUTS)),
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`images` B x 3 x S x S in [0, 1] -> square logits B x 64 x 13 (image order) and
+        meta logits B x 2 (flipped, black to move)."""
+        features = self.encoder((images - self.mean) / self.std)
+        squares = self.square_head(features).flatten(2).transpose(1, 2)
+        return squares, self.meta_head(features)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint must carry: all, except a frozen pretrained encoder's."""
+        skip_encoder = self.spec.freeze_encoder and self.spec.clip_model is not None
+        return {
+            name: tensor
+            for name, tensor in self.state_dict().items()
+            if not (skip_encoder and name.startswith("encoder."))
+        }
+
+
+def image_cell_squares(flipped: bool) -> list[int]:
+    """The python-chess square drawn in each image cell, cells row by row from the top left.
+
+    White at the bottom: the top-left cell is a8. Black at the bottom (flipped): the board is
+    turned half a turn, so the top-left cell is h1 and the bottom-left h8.
+    """
+    return [
+        chess.square(GRID - 1 - col, row) if flipped else chess.square(col, GRID - 1 - row)
+        for row in range(GRID)
+        for col in range(GRID)
+    ]
+
+
+_CELL_SQUARES = {flipped: torch.tensor(image_cell_squares(flipped)) for flipped in (False, True)}
+_SQUARE_CELLS = {flipped: torch.argsort(cells) for flipped, cells in _CELL_SQUARES.items()}
+
+
+def to_image_order(values: torch.Tensor, flipped: bool, dim: int = -1) -> torch.Tensor:
+    """Reorder per-square `values` (square order along `dim`) into image-cell order."""
+    return values.index_select(dim, _CELL_SQUARES[flipped].to(values.device))
+
+
+def to_square_order(values: torch.Tensor, flipped: bool, dim: int = -1) -> torch.Tensor:
+    """Reorder per-cell `values` (image-cell order along `dim`) into square order."""
+    return values.index_select(dim, _SQUARE_CELLS[flipped].to(values.device))
+
+
+def decode_squares(log_probs: torch.Tensor, *, chess_rules: bool) -> list[int]:
+    """Class index per square from `log_probs` (64 x 13, square order).
+
+    With `chess_rules`, the most likely board that has no pawn on rank 1 or 8 and exactly one
+    king of each colour (diagram positions always have both kings), changing as little
+    probability as possible; otherwise the per-square argmax.
+    """
+    scores = log_probs.detach().clone().float()
+    if chess_rules:
+        for pawn in _PAWN_CLASSES:
+            scores[_BACK_RANK_SQUARES, pawn] = float("-inf")
+    classes = scores.argmax(dim=1)
+    if chess_rules:
+        for king in _KING_CLASSES:
+            classes = _one_king(scores, classes, king)
+    return classes.tolist()
+
+
+def _one_king(scores: torch.Tensor, classes: torch.Tensor, king: int) -> torch.Tensor:
+    holders = (classes == king).nonzero().flatten()
+    if len(holders) > 1:
+        keep = holders[scores[holders, king].argmax()]
+        for square in holders.tolist():
+            if square != keep:
+                scores[square, king] = float("-inf")
+                classes[square] = scores[square].argmax()
+    elif len(holders) == 0:
+        current = scores.gather(1, classes.unsqueeze(1)).squeeze(1)
+        cost = current - scores[:, king]
+        # Never take a square from the other king: that would trade one missing king for another.
+        cost[torch.isin(classes, torch.tensor(_KING_CLASSES))] = float("inf")
+        classes[cost.argmin()] = king
+    return classes
+
+
+def square_loss(square_logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all squares (logits B x 64 x 13, labels B x 64 in image order)."""
+    return F.cross_entropy(square_logits.reshape(-1, NUM_CLASSES), image_labels.reshape(-1))

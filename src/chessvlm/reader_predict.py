@@ -1,0 +1,200 @@
+"""`chessvlm predict`: positions from board images, with a reader checkpoint or a VLM.
+
+The model folder decides the path: a reader checkpoint (`reader.json`) reads boards with the
+fast reader; anything else is loaded as a Qwen2-VL model or adapter and asked the prompt it
+was trained with. Either way each image gives a placement; the metadata an image cannot show
+comes from the user's flags, and each result says where every part came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import chess
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.positions import board_with_metadata, compact_rows, seed_json
+from chessvlm.reader_images import iter_loaded, open_board_image
+
+FORMATS = ("json", "fen", "compact")
+CASTLING_INFERRED = (
+    "consistent with the placement: every king and rook still on its original square is "
+    "assumed unmoved (an image cannot show castling rights; pass --castling to set them)"
+)
+EN_PASSANT_DEFAULT = "none: an image cannot show it (pass --en-passant to set it)"
+TO_MOVE_ASSUMED = "white, assumed: the image does not show it (pass --to-move to set it)"
+
+
+@dataclass
+class Placement:
+    """What a model read from one image: the pieces, plus what it knows of the rest."""
+
+    board: chess.Board
+    notes: dict[str, str] = field(default_factory=dict)
+    black_to_move_probability: float | None = None
+
+
+@dataclass
+class Metadata:
+    """The user's metadata flags; None means 'not given'."""
+
+    to_move: str | None = None
+    castling: str | None = None
+    en_passant: str | None = None
+
+
+def predict_images(
+    model: str,
+    sources: Sequence[str],
+    *,
+    batch_size: int = 32,
+    decode: str | None = None,
+    max_new_tokens: int | None = None,
+) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
+    """Read each image with the model folder `model` (reader checkpoint or VLM), in order.
+
+    Yields `(source, placement, None)`, or `(source, None, error)` for an image that cannot be
+    read, without stopping the others.
+    """
+    from chessvlm.reader import is_reader_checkpoint
+
+    if is_reader_checkpoint(model):
+        yield from _reader_placements(model, sources, batch_size, decode)
+    else:
+        yield from _vlm_placements(model, sources, batch_size, max_new_tokens)
+
+
+def _reader_placements(
+    model: str, sources: Sequence[str], batch_size: int, decode: str | None
+) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
+    from chessvlm.reader import load_reader, predict_boards
+
+    reader = load_reader(model)
+    for source, reading, error in predict_boards(
+        reader, sources, batch_size=batch_size, decode=decode
+    ):
+        if reading is None:
+            yield str(source), None, error
+            continue
+        side = "black" if reading.flipped else "white"
+        confidence = _confidence(reading.flipped_probability)
+        notes = {
+            "placement": f"board reader {model}",
+            "orientation": f"{side} at the bottom (probability {confidence:.3f})",
+        }
+        yield str(source), Placement(reading.board, notes, reading.black_to_move_probability), None
+
+
+def _vlm_placements(
+    model: str, sources: Sequence[str], batch_size: int, max_new_tokens: int | None
+) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
+    from chessvlm.datasets import PROMPTS
+    from chessvlm.generation import default_max_new_tokens, generate_answers
+    from chessvlm.modeling import load_model_and_processor, resolve_model
+
+    run_config = resolve_model(model).run_config
+    target = run_config.get("target", "compact")
+    # A base model never trained here has no prompt of its own: it is asked the compact one.
+    prompt = run_config.get("prompt") or PROMPTS[target]
+    vlm, processor = load_model_and_processor(model)
+    options = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens or default_max_new_tokens(target),
+        "image_size": run_config.get("image_size"),
+    }
+    items = zip(sources, iter_loaded(sources, open_board_image, lookahead=batch_size), strict=True)
+    while chunk := list(islice(items, batch_size)):
+        images = [image for _, (image, _) in chunk if image is not None]
+        answers = iter(
+            generate_answers(vlm, processor, images, prompt, **options) if images else []
+        )
+        for source, (image, error) in chunk:
+            if image is None:
+                yield str(source), None, error
+            else:
+                yield str(source), *_vlm_placement(next(answers).answer, target, str(source), model)
+
+
+def _vlm_placement(
+    answer: str, target: str, source: str, model: str
+) -> tuple[Placement | None, ChessVLMError | None]:
+    from chessvlm.positions import parse_answer
+
+    parsed = parse_answer(answer, target)
+    if parsed.board is None:
+        codes = ", ".join(parsed.error_codes)
+        return None, InputError(
+            source, f"the model's answer is not a board ({codes}): {answer[:200]!r}"
+        )
+    return Placement(parsed.board, {"placement": f"VLM {model} ({target} answer)"}), None
+
+
+def _confidence(probability: float) -> float:
+    return max(probability, 1.0 - probability)
+
+
+def complete_position(placement: Placement, flags: Metadata) -> tuple[chess.Board, dict[str, str]]:
+    """The placement with side to move, castling rights and en passant square, and a note on
+    where each came from: the flags first, then what the model read, then safe defaults."""
+    notes = dict(placement.notes)
+    if flags.to_move:
+        to_move = flags.to_move
+        notes["to_move"] = "from --to-move"
+    elif placement.black_to_move_probability is not None:
+        black = placement.black_to_move_probability
+        to_move = "b" if black > 0.5 else "w"
+        notes["to_move"] = (
+            f"read from the image (probability {_confidence(black):.3f}): in the reader's "
+            "training data the side to move showed in the image"
+        )
+    else:
+        to_move = "w"
+        notes["to_move"] = TO_MOVE_ASSUMED
+    if flags.castling:
+        castling = flags.castling
+        notes["castling_rights"] = "from --castling"
+    else:
+        # python-chess keeps only the rights whose king and rook are on their original squares.
+        castling = "KQkq"
+        notes["castling_rights"] = CASTLING_INFERRED
+    en_passant = flags.en_passant or "-"
+    notes["en_passant"] = "from --en-passant" if flags.en_passant else EN_PASSANT_DEFAULT
+    return board_with_metadata(placement.board, to_move, castling, en_passant), notes
+
+
+def format_result(
+    source: str, board: chess.Board, notes: dict[str, str], fmt: str, *, with_name: bool
+) -> str:
+    """One image's result in `fmt`: a JSON line, or a FEN / compact answer (prefixed by the
+    image name and a tab when several images are read)."""
+    if fmt == "json":
+        return json.dumps(
+            {"image": source, "position": seed_json(board), "fen": board.fen(), "notes": notes}
+        )
+    if fmt == "fen":
+        text = board.fen()
+    elif fmt == "compact":
+        text = json.dumps({"board": compact_rows(board)})
+    else:
+        raise ChessVLMError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return f"{source}\t{text}" if with_name else text
+
+
+def check_flags(flags: Metadata) -> None:
+    """Reject metadata flags that are not FEN fields, before any model is loaded."""
+    if flags.to_move not in (None, "w", "b"):
+        raise ChessVLMError(f"--to-move must be w or b, not {flags.to_move!r}")
+    castling = flags.castling
+    if castling is not None and castling != "-" and (not castling or set(castling) - set("KQkq")):
+        raise ChessVLMError(
+            f"--castling must be a FEN castling field like KQkq or -, not {castling!r}"
+        )
+    square = flags.en_passant
+    if square not in (None, "-") and (
+        square not in chess.SQUARE_NAMES
+        or chess.square_rank(chess.parse_square(square)) not in (2, 5)
+    ):
+        raise ChessVLMError(f"--en-passant must be a square on rank 3 or 6 like e3, not {square!r}")

@@ -1,0 +1,334 @@
+"""The board reader: square geometry in both orientations, decoding, training, checkpoints,
+evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import chess
+import numpy as np
+import pytest
+import torch
+from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
+
+from chessvlm.errors import InputError
+from chessvlm.io import read_jsonl
+from chessvlm.positions import SQUARE_CLASSES
+from chessvlm.reader import (
+    LOG_FILE,
+    STATE_FILE,
+    Reader,
+    ReaderEvalConfig,
+    ReaderTrainConfig,
+    _decode_outputs,
+    evaluate_reader,
+    image_order_labels,
+    load_reader,
+    read_arrays,
+    read_split,
+    save_checkpoint,
+    square_labels,
+    train_reader,
+)
+from chessvlm.reader_augment import augment_batch
+from chessvlm.reader_images import load_board_image
+from chessvlm.reader_model import (
+    BoardReader,
+    ReaderSpec,
+    decode_squares,
+    image_cell_squares,
+    to_image_order,
+    to_square_order,
+)
+from chessvlm.rendering import RenderParams, render_board
+
+TINY_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+}
+# A position whose every piece has a different mirror image: mirroring or a wrong rotation
+# of the square order cannot go unnoticed.
+ASYMMETRIC_FEN = "r3k2r/pp3ppp/2n5/3q4/8/1B3N2/P4PPP/R2QK2R w KQkq - 0 1"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), {"train": 8, "val": 4, "test": 6})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, dataset) -> Path:
+    """A reader trained for one short epoch (its answers are poor, its files real)."""
+    out = tmp_path_factory.mktemp("reader")
+    train_reader(_train_config(dataset, out, epochs=1))
+    return out
+
+
+def _train_config(data_dir: Path, out: Path, **overrides) -> ReaderTrainConfig:
+    settings = {"image_size": TEST_IMAGE_SIZE, "batch_size": 4, "epochs": 1, "workers": 1}
+    return ReaderTrainConfig(data_dir=str(data_dir), out=str(out), **{**settings, **overrides})
+
+
+def _one_hot_log_probs(labels: list[int]) -> torch.Tensor:
+    probs = torch.full((64, len(SQUARE_CLASSES)), 1e-4)
+    probs[torch.arange(64), torch.tensor(labels)] = 1.0
+    return probs.log()
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_image_cells_white_and_black_at_the_bottom():
+    white = image_cell_squares(flipped=False)
+    black = image_cell_squares(flipped=True)
+    # cells run row by row from the top left
+    assert [white[0], white[7], white[56], white[63]] == [chess.A8, chess.H8, chess.A1, chess.H1]
+    assert [black[0], black[7], black[56], black[63]] == [chess.H1, chess.A1, chess.H8, chess.A8]
+    assert sorted(white) == sorted(black) == list(range(64))
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_image_cells_match_where_the_renderer_draws_pieces(flipped):
+    board = chess.Board(ASYMMETRIC_FEN)
+    size = 128
+    image = np.asarray(render_board(board, RenderParams(size=size, flipped=flipped)), dtype=float)
+    empty = np.asarray(
+        render_board(chess.Board(None), RenderParams(size=size, flipped=flipped)), dtype=float
+    )
+    cell = size // 8
+    for index, square in enumerate(image_cell_squares(flipped)):
+        row, col = divmod(index, 8)
+        window = (slice(row * cell, (row + 1) * cell), slice(col * cell, (col + 1) * cell))
+        drawn = np.abs(image[window] - empty[window]).mean() > 5
+        assert drawn == (board.piece_at(square) is not None), chess.square_name(square)
+
+
+def test_labels_are_rearranged_to_image_cells_for_flipped_boards():
+    labels = torch.tensor([square_labels(ASYMMETRIC_FEN)] * 2)
+    cells = image_order_labels(labels, torch.tensor([False, True]))
+    rook, knight = SQUARE_CLASSES.index("R"), SQUARE_CLASSES.index("N")
+    # White at the bottom: a1's rook in the bottom-left cell, f3's knight at row 5, col 5.
+    assert cells[0, 56] == rook and cells[0, 5 * 8 + 5] == knight
+    # Black at the bottom: a1's rook in the top-right cell, f3's knight at row 2, col 2.
+    assert cells[1, 7] == rook and cells[1, 2 * 8 + 2] == knight
+    for flipped in (False, True):
+        back = to_square_order(to_image_order(labels[0], flipped), flipped)
+        assert torch.equal(back, labels[0])
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_outputs_in_image_order_decode_to_the_standard_board(flipped):
+    labels = torch.tensor(square_labels(ASYMMETRIC_FEN))
+    in_cells = to_image_order(_one_hot_log_probs(labels.tolist()), flipped, dim=0)
+    meta = torch.tensor([[0.9 if flipped else 0.1, 0.5]])
+    (reading,) = _decode_outputs(in_cells.unsqueeze(0), meta, "argmax", with_to_move=False)
+    assert reading.flipped is flipped
+    assert reading.board.board_fen() == chess.Board(ASYMMETRIC_FEN).board_fen()
+    mirrored = chess.Board(ASYMMETRIC_FEN).transform(chess.flip_horizontal).board_fen()
+    assert reading.board.board_fen() != mirrored
+    assert reading.black_to_move_probability is None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_chess_rules_decoding_fixes_kings_and_back_rank_pawns():
+    board = chess.Board("4k3/8/8/8/8/8/8/4K3 w - - 0 1")
+    labels = square_labels(board.fen())
+    log_probs = _one_hot_log_probs(labels)
+    king, black_king = SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k")
+    pawn, queen = SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("Q")
+    log_probs[chess.E1, king] = 1.0
+    log_probs[chess.A3, king] = 0.5  # a second, less sure white king
+    log_probs[chess.E8] = torch.tensor([0.0] + [-9.0] * 12)  # black king read as empty...
+    log_probs[chess.E8, black_king] = -1.0  # ...but with some belief in it
+    log_probs[chess.B8, pawn] = 1.0  # a pawn on rank 8, a queen second best
+    log_probs[chess.B8, queen] = 0.2
+    plain = decode_squares(log_probs, chess_rules=False)
+    ruled = decode_squares(log_probs, chess_rules=True)
+    assert plain.count(king) == 2 and black_king not in plain and plain[chess.B8] == pawn
+    assert ruled[chess.A3] == 0 and ruled[chess.E1] == king
+    assert ruled[chess.E8] == black_king
+    assert ruled[chess.B8] == queen
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [
+        (ReaderSpec(image_size=TEST_IMAGE_SIZE), TEST_IMAGE_SIZE),
+        (ReaderSpec(image_size=128), 128),
+        (ReaderSpec(encoder="clip", image_size=64, clip_config=TINY_CLIP), 64),
+    ],
+)
+def test_model_output_shapes(spec, size):
+    model = BoardReader(spec).eval()
+    squares, meta = model(torch.rand(2, 3, size, size))
+    assert squares.shape == (2, 64, len(SQUARE_CLASSES))
+    assert meta.shape == (2, 2)
+
+
+def test_clip_patches_must_be_squares():
+    with pytest.raises(Exception, match="each patch"):
+        BoardReader(ReaderSpec(encoder="clip", image_size=96, clip_config=TINY_CLIP))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ReaderSpec(image_size=TEST_IMAGE_SIZE),
+        ReaderSpec(encoder="clip", image_size=64, clip_config=TINY_CLIP),
+    ],
+)
+def test_checkpoint_round_trip(tmp_path, spec):
+    torch.manual_seed(0)
+    model = BoardReader(spec)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.eval()
+    save_checkpoint(model, tmp_path, {"spec": spec.to_dict(), "decode": "argmax"})
+    reader = load_reader(tmp_path)
+    images = torch.randint(0, 256, (3, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    expected = read_arrays(Reader(model, {"spec": spec.to_dict()}, tmp_path), images)
+    got = read_arrays(reader, images)
+    assert [r.board.board_fen() for r in got] == [r.board.board_fen() for r in expected]
+    assert [r.flipped_probability for r in got] == pytest.approx(
+        [r.flipped_probability for r in expected], abs=1e-5
+    )
+
+
+def test_augmentation_keeps_shape_and_range():
+    images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    first = augment_batch(images, torch.Generator().manual_seed(3))
+    again = augment_batch(images, torch.Generator().manual_seed(3))
+    assert first.shape == images.shape and first.dtype == torch.float32
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, images.float() / 255)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_writes_a_checkpoint_and_a_log(checkpoint):
+    config = json.loads((checkpoint / "reader.json").read_text())
+    assert config["spec"]["encoder"] == "cnn"
+    assert config["decode"] in ("argmax", "chess_rules")
+    assert set(config["val_by_decode"]) == {"argmax", "chess_rules"}
+    assert 0.0 <= config["val"]["per_square"] <= 1.0
+    assert config["predicts_to_move"] in (True, False)
+    (entry,) = read_jsonl(checkpoint / LOG_FILE)
+    assert entry["epoch"] == 1 and entry["complete"] is True
+    assert (checkpoint / STATE_FILE).is_file()
+    size = sum(path.stat().st_size for path in checkpoint.glob("reader.*"))
+    assert size < 20_000_000
+
+
+def test_training_resumes_where_it_stopped(tmp_path, dataset, capsys):
+    out = tmp_path / "run"
+    train_reader(_train_config(dataset, out, epochs=1))
+    state = torch.load(out / STATE_FILE, weights_only=False)
+    assert state["progress"]["epoch"] == 1
+    train_reader(_train_config(dataset, out, epochs=1))
+    assert "already complete" in capsys.readouterr().out
+    train_reader(_train_config(dataset, out, epochs=2))
+    entries = read_jsonl(out / LOG_FILE)
+    assert [entry["epoch"] for entry in entries] == [1, 2]
+    # 8 boards in batches of 4: the second epoch continued the step count
+    assert entries[1]["step"] == 4
+
+
+def test_training_loss_falls_on_a_few_boards(tmp_path, dataset):
+    out = tmp_path / "run"
+    config = _train_config(dataset, out, epochs=12, augment=False, learning_rate=3e-3)
+    train_reader(config)
+    losses = [entry["train_loss"] for entry in read_jsonl(out / LOG_FILE)]
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_clip_encoder_trains_a_step(tmp_path, dataset):
+    out = tmp_path / "clip"
+    config = _train_config(dataset, out, encoder="clip", clip_config=TINY_CLIP)
+    train_reader(config)
+    reader = load_reader(out)
+    assert reader.config["spec"]["encoder"] == "clip"
+    assert reader.config["spec"]["clip_config"]["hidden_size"] == 32
+
+
+def test_missing_training_image_is_named(tmp_path, dataset):
+    data = tmp_path / "data"
+    data.mkdir()
+    records = read_jsonl(dataset / "train.jsonl")
+    records[1]["image_path"] = "images/nowhere.png"
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (data / "val.jsonl").write_text((dataset / "val.jsonl").read_text())
+    (data / "images").symlink_to(dataset / "images")
+    with pytest.raises(InputError, match=r"nowhere\.png.*train_0001"):
+        train_reader(_train_config(data, tmp_path / "out"))
+
+
+def test_bad_label_is_named_with_its_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text(
+        '{"id": "a", "image_path": "a.png", "fen": "8/8/8/8/8/8/8/8 w - - 0 1"}\n'
+        '{"id": "b", "image_path": "b.png", "fen": "not a fen"}\n'
+    )
+    with pytest.raises(InputError, match=r"train\.jsonl:2"):
+        read_split(tmp_path, "train")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_writes_predictions_metrics_and_run(tmp_path, dataset, checkpoint):
+    out = tmp_path / "eval"
+    config = ReaderEvalConfig(model=str(checkpoint), data_dir=str(dataset), output=str(out))
+    metrics = evaluate_reader(config)
+    predictions = read_jsonl(out / "predictions.jsonl")
+    assert [p["id"] for p in predictions] == [f"test_{i:04d}" for i in range(6)]
+    for prediction in predictions:
+        chess.Board(prediction["fen"] + " w - - 0 1")  # a placement FEN
+        assert isinstance(prediction["flipped_pred"], bool)
+    assert metrics["n_samples"] == 6
+    assert json.loads((out / "metrics.json").read_text())["n_samples"] == 6
+    run = json.loads((out / "run.json").read_text())
+    assert run["kind"] == "reader" and run["image_base_dir"] == str(dataset)
+    assert metrics["reader"]["model_load_seconds"] < 2
+
+
+def test_evaluate_resumes_and_counts_unreadable_images(tmp_path, dataset, checkpoint):
+    data = tmp_path / "data"
+    data.mkdir()
+    records = read_jsonl(dataset / "test.jsonl")
+    for record in records:
+        record["image_path"] = str(dataset / record["image_path"])
+    records[2]["image_path"] = str(tmp_path / "missing.png")
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "eval"
+    config = ReaderEvalConfig(model=str(checkpoint), data_dir=str(data), output=str(out))
+    evaluate_reader(config)
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    # an interruption mid-write: three lines kept, the fourth cut in half
+    (out / "predictions.jsonl").write_text("".join(lines[:3]) + lines[3][:10])
+    metrics = evaluate_reader(config)
+    ids = [p["id"] for p in read_jsonl(out / "predictions.jsonl")]
+    assert sorted(ids) == sorted(r["id"] for r in records)
+    errors = [p for p in read_jsonl(out / "predictions.jsonl") if "error" in p]
+    assert [p["id"] for p in errors] == ["test_0002"]
+    assert "no such image file" in errors[0]["error"]
+    assert metrics["n_samples"] == 6
+
+
+def test_reading_matches_single_image_loading(dataset, checkpoint):
+    reader = load_reader(checkpoint)
+    paths = sorted((dataset / "images").glob("test_*.png"))
+    arrays = [load_board_image(path, reader.image_size) for path in paths]
+    together = read_arrays(reader, arrays)
+    alone = [read_arrays(reader, [array])[0] for array in arrays]
+    assert [r.board.board_fen() for r in together] == [r.board.board_fen() for r in alone]
