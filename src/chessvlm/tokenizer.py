@@ -60,9 +60,11 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# The reduced vocabulary's share of frequent Qwen2 tokens: enough for English prompts to
-# tokenize into about as many tokens as with the full vocabulary (measured in docs/training.md).
-COMMON_TOKENS = 4096
+# The reduced vocabulary's share of frequent Qwen2 tokens, so that text outside the corpus (a
+# user's own prompt) still splits mostly into words (~1.7x Qwen2's token count, measured in
+# docs/training.md) while the output layer stays a few times smaller than the rest of a small
+# model's compute.
+COMMON_TOKENS = 1024
 
 
 @lru_cache(maxsize=1)
@@ -180,16 +182,18 @@ def build_qwen2_tokenizer(keep_texts: Iterable[str] | None = None, common_tokens
 def chess_corpus(boards: int = 300, seed: int = 0) -> list[str]:
     """Texts whose Qwen2 tokenization the small models' vocabulary keeps exactly.
 
-    The chat template's fixed text and the answers of both targets for random piece
-    placements with random side to move, castling rights and en passant squares, so every
-    square symbol appears in every context a row can put it in.
+    The chat template's fixed text, the VLM dataset's prompts, and the answers of both
+    targets for random piece placements with random side to move, castling rights and en
+    passant squares, so every square symbol appears in every context a row can put it in.
     """
     import chess
 
+    from chessvlm.datasets import PROMPTS
     from chessvlm.positions import TARGETS, answer_text
 
     rng = random.Random(seed)
     texts = ["system\nYou are a helpful assistant.", "user\n", "assistant\n", "\n"]
+    texts.extend(PROMPTS.values())
     for _ in range(boards):
         board = _random_board(rng, chess)
         texts.extend(answer_text(board, target) for target in TARGETS)

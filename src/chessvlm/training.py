@@ -1,0 +1,572 @@
+"""Fine-tune Qwen2-VL on a VLM dataset: LoRA (the seed's recipe) or all weights (from scratch).
+
+Built on the Hugging Face `Trainer`, so `accelerate launch` and `torchrun` run it on several
+GPUs (or CPU processes with gloo) unchanged. The loss covers only the answer tokens and the
+end-of-turn token; the system prompt, user prompt and image tokens are labelled -100.
+Checkpoints (`checkpoint-N/`) hold the adapter or model, the processor, the optimizer and
+scheduler state, and `chessvlm_config.json`; `resume` continues from the latest one at the
+same step with the same data order. `metrics.jsonl` in the output folder logs loss, learning
+rate and eval loss as training goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.io import JsonlAppender, atomic_write_jsonl
+from chessvlm.modeling import (
+    DEFAULT_BASE_MODEL,
+    TOKEN_PIXELS,
+    chat_text,
+    check_image_size,
+    default_dtype,
+    load_model_and_processor,
+    prepare_image,
+    read_run_config,
+    resolve_model,
+    write_run_config,
+)
+from chessvlm.tokenizer import END_OF_TURN
+
+IGNORE_INDEX = -100
+METRICS_LOG = "metrics.jsonl"
+SKIPPED_LOG = "skipped_samples.jsonl"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The vision tower's linear layers (attention and MLP of each block), for --lora_vision.
+_VISION_LORA_PATTERN = r"visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+
+# Defaults that depend on the kind of run (see `resolve_defaults`). LoRA: the seed's recipe.
+# From scratch (all weights of a model built by `init-model`): measured on CPU, see
+# docs/training.md; a small model needs a 10x higher rate and big batches to learn quickly.
+LORA_DEFAULTS = {
+    "batch_size": 4,
+    "gradient_accumulation_steps": 4,
+    "learning_rate": 2e-4,
+    "warmup_steps": 0.03,
+    "weight_decay": 0.0,
+}
+SCRATCH_DEFAULTS = {
+    "batch_size": 32,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 2e-3,
+    "warmup_steps": 100,
+    "weight_decay": 0.05,
+}
+FULL_DEFAULTS = {**LORA_DEFAULTS, "learning_rate": 2e-5}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `None` fields are filled by `resolve_defaults`."""
+
+    data_dir: Path
+    output_dir: Path
+    model_name: str = DEFAULT_BASE_MODEL
+    image_base_dir: Path | None = None
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_vision: bool = False
+    batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: float | None = None
+    weight_decay: float | None = None
+    lr_scheduler: str = "linear"
+    num_epochs: float = 3.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    save_steps: int = 500
+    eval_steps: int = 500
+    save_total_limit: int | None = 3
+    logging_steps: int = 10
+    max_samples: int | None = None
+    max_eval_samples: int | None = 256
+    image_size: int | None = None
+    target: str | None = None
+    max_length: int = 2048
+    resume: bool = False
+    gradient_checkpointing: bool = False
+    bf16_cpu: bool = True
+    dataloader_workers: int | None = None
+    skip_bad_samples: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sample: an image file, the prompt and the answer to learn."""
+
+    id: str
+    image: Path
+    prompt: str
+    answer: str
+
+
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """Fill the unset optimisation knobs for the kind of run.
+
+    LoRA: the seed's recipe (batch 4 x 4, lr 2e-4). All weights of a model built by
+    `init-model` (training from scratch): batch 32, lr 2e-3, warmup 100 steps, weight decay
+    0.05. All weights of a pretrained model: the seed's batch with lr 2e-5.
+    """
+    if config.use_lora:
+        defaults = LORA_DEFAULTS
+    elif resolve_model(config.model_name).run_config.get("preset"):
+        defaults = SCRATCH_DEFAULTS
+    else:
+        defaults = FULL_DEFAULTS
+    filled = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **filled)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_examples(
+    path: Path, image_base_dir: Path, target: str | None, max_samples: int | None
+) -> tuple[list[Example], str]:
+    """The examples of one VLM dataset split and the target they teach.
+
+    With `target` set, prompt and answer are rebuilt for it from each record's FEN, so one
+    VLM dataset serves both targets; otherwise the records' own turns are used.
+    """
+    from chessvlm.datasets import PROMPTS, assistant_answer, read_vlm_dataset, user_prompt
+    from chessvlm.positions import answer_text, board_from_fen
+
+    records = read_vlm_dataset(path)[:max_samples]
+    targets = Counter(record.get("target", "seed") for record in records)
+    if target is None and len(targets) > 1:
+        raise InputError(str(path), f"records mix targets {sorted(targets)}; pass --target")
+    examples = []
+    for record in records:
+        if target is None:
+            prompt, answer = user_prompt(record), assistant_answer(record)
+        elif "fen" in record:
+            prompt, answer = PROMPTS[target], answer_text(board_from_fen(record["fen"]), target)
+        else:
+            raise InputError(f"{path} (id {record['id']!r})", "no 'fen' to rebuild the answer from")
+        examples.append(Example(record["id"], image_base_dir / record["image"], prompt, answer))
+    chosen = target or next(iter(targets), "compact")
+    return examples, chosen
+
+
+def check_examples(
+    examples: list[Example], processor: Any, image_size: int, max_length: int, where: str
+) -> tuple[list[Example], list[dict]]:
+    """Split examples into usable ones and problems (missing image, longer than `max_length`).
+
+    Lengths count the chat template, the image's visual tokens, the prompt, the answer and
+    the end-of-turn token, exactly as the collator builds them; nothing is ever cut.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    tokenizer = processor.tokenizer
+    image_tokens = (image_size // TOKEN_PIXELS) ** 2
+    prompt_lengths: dict[str, int] = {}
+    good, problems = [], []
+    for example in examples:
+        if example.prompt not in prompt_lengths:
+            text = chat_text(processor, example.prompt)
+            prompt_lengths[example.prompt] = len(tokenizer(text)["input_ids"]) - 1 + image_tokens
+        length = prompt_lengths[example.prompt] + len(
+            tokenizer(example.answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+        )
+        problem = None
+        if length > max_length:
+            problem = f"{length} tokens with the prompt and image, over --max_length {max_length}"
+        else:
+            try:
+                with Image.open(example.image):
+                    pass
+            except (OSError, UnidentifiedImageError) as error:
+                problem = f"unreadable image {example.image} ({error})"
+        if problem:
+            problems.append({"where": where, "id": example.id, "problem": problem})
+        else:
+            good.append(example)
+    return good, problems
+
+
+class VLMCollator:
+    """Turn examples into a right-padded batch whose labels cover only the answer.
+
+    Each sample is the chat text of `chat_text(processor, prompt, answer)` with its board
+    resized to `image_size`; its labels are -100 except for the answer's tokens and the
+    end-of-turn token, which are checked to be exactly the answer's own tokenization.
+    Keeps every input the installed transformers wants (`mm_token_type_ids` included).
+    """
+
+    def __init__(self, processor: Any, image_size: int) -> None:
+        self.processor = processor
+        self.image_size = check_image_size(image_size)
+        self.pad_id = processor.tokenizer.pad_token_id
+
+    def __call__(self, examples: list[Example]) -> dict:
+        import torch
+
+        images = [self._image(example) for example in examples]
+        texts = [chat_text(self.processor, e.prompt, e.answer) for e in examples]
+        batch = self.processor(
+            text=texts, images=images, padding=True, padding_side="right", return_tensors="pt"
+        )
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for row, (example, length) in enumerate(zip(examples, lengths, strict=True)):
+            answer = self._answer_ids(example.answer)
+            start = length - len(answer)
+            if batch["input_ids"][row, start:length].tolist() != answer:
+                raise ChessVLMError(
+                    f"sample {example.id!r}: the answer tokenizes differently inside the chat "
+                    "text than alone, so its labels would be wrong"
+                )
+            labels[row, start:length] = batch["input_ids"][row, start:length]
+        return {**batch, "labels": labels}
+
+    def _image(self, example: Example):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(example.image) as image:
+                return prepare_image(image, self.image_size)
+        except (OSError, UnidentifiedImageError) as error:
+            raise InputError(
+                f"sample {example.id!r}", f"unreadable image {example.image} ({error})"
+            ) from None
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        tokenizer = self.processor.tokenizer
+        return tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def lora_config(config: TrainConfig) -> Any:
+    """The seed's LoRA (r 16, alpha 32, dropout 0.1 on the language model's projections),
+    optionally extended to the vision tower's attention and MLP layers."""
+    from peft import LoraConfig
+
+    targets: list[str] | str = list(LORA_TARGETS)
+    if config.lora_vision:
+        text = "|".join(LORA_TARGETS)
+        targets = rf".*\.({text})|.*{_VISION_LORA_PATTERN}"
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def training_precision() -> tuple[Any, dict]:
+    """Weights dtype for LoRA and the Trainer's mixed-precision flags for this machine.
+
+    GPU: bf16 where supported, else fp16 (LoRA weights stay fp32, so the fp16 scaler works).
+    CPU: fp32 weights; bf16 autocast is decided by `TrainConfig.bf16_cpu`.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = default_dtype(device)
+    return dtype, {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def build_model(config: TrainConfig, image_size: int) -> tuple[Any, Any]:
+    """Load the model to train (LoRA-wrapped unless `use_lora` is off) and its processor."""
+    import torch
+
+    lora_dtype, _ = training_precision()
+    # Full training keeps fp32 master weights; mixed precision comes from autocast.
+    dtype = lora_dtype if config.use_lora else torch.float32
+    model, processor = load_model_and_processor(
+        config.model_name, dtype=dtype, image_size=image_size, for_training=True
+    )
+    if config.use_lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(config))
+    model.config.use_cache = False
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer callbacks
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training, saving a checkpoint, once `minutes` of training have passed."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.start = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class RunFiles(TrainerCallback):
+    """Write `metrics.jsonl` as logs come and `chessvlm_config.json` into every checkpoint."""
+
+    def __init__(self, output_dir: Path, run_config: dict) -> None:
+        self.output_dir = output_dir
+        self.run_config = run_config
+        self.start = time.monotonic()
+        self.log: JsonlAppender | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.log = JsonlAppender(self.output_dir / METRICS_LOG, key="step")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.log:
+            self.log.close()
+            self.log = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.log and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            record["elapsed_s"] = round(time.monotonic() - self.start, 1)
+            self.log.write(record)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = self.output_dir / f"checkpoint-{state.global_step}"
+            write_run_config(folder, {**self.run_config, "step": state.global_step})
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class VLMTrainer(Trainer):
+    """`Trainer` whose resume restores a fully trained Qwen2-VL's weights.
+
+    transformers 5.x saves Qwen2-VL under the hub's key names (`visual.*`, `model.*`) but the
+    Trainer reloads a checkpoint's state dict without renaming, so every key is "unexpected"
+    and resuming silently keeps the freshly loaded weights (transformers issue #43701). Full
+    models are therefore reloaded through `from_pretrained`, which renames; adapters already
+    resume correctly through PEFT.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from peft import PeftModel
+
+        model = model or self.model
+        if isinstance(model, PeftModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict())
+        return None
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as `config` says and return the output folder (final adapter or model).
+
+    The output folder then holds the adapter (LoRA) or the whole model, the processor and
+    `chessvlm_config.json`, and loads with `modeling.load_model_and_processor`.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    config = resolve_defaults(config)
+    output_dir = Path(config.output_dir)
+    last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
+    if last and not config.resume:
+        raise ChessVLMError(
+            f"{output_dir} already holds checkpoints; pass --resume to continue the run, "
+            "or choose another --output_dir"
+        )
+    image_size = check_image_size(config.image_size or _model_image_size(config.model_name))
+    model, processor = build_model(config, image_size)
+    train_set, eval_set, target, prompt = _datasets(config, processor, image_size)
+    run_config = _run_config(config, image_size, target, prompt, len(train_set))
+    trainer = VLMTrainer(
+        model=model,
+        args=_training_arguments(config, has_eval=bool(eval_set)),
+        train_dataset=train_set,
+        eval_dataset=eval_set or None,
+        data_collator=VLMCollator(processor, image_size),
+        processing_class=processor,
+        callbacks=_callbacks(config, output_dir, run_config),
+    )
+    trainer.train(resume_from_checkpoint=last if config.resume else None)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        write_run_config(output_dir, {**run_config, "step": trainer.state.global_step})
+    return output_dir
+
+
+def _model_image_size(model_name: str) -> int:
+    from chessvlm.modeling import image_size_for
+
+    return image_size_for(model_name)
+
+
+def _datasets(
+    config: TrainConfig, processor: Any, image_size: int
+) -> tuple[list[Example], list[Example], str, str]:
+    data_dir = Path(config.data_dir)
+    base = Path(config.image_base_dir or data_dir)
+    train_path, val_path = data_dir / "train.json", data_dir / "val.json"
+    examples, target = load_examples(train_path, base, config.target, config.max_samples)
+    prompts = {example.prompt for example in examples}
+    if len(prompts) != 1:
+        raise InputError(str(train_path), "training needs one fixed prompt; records differ")
+    val: list[Example] = []
+    if val_path.is_file():
+        val, _ = load_examples(val_path, base, target, config.max_eval_samples)
+    checked = [
+        check_examples(split, processor, image_size, config.max_length, str(path))
+        for split, path in ((examples, train_path), (val, val_path))
+    ]
+    problems = checked[0][1] + checked[1][1]
+    if problems and not config.skip_bad_samples:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(
+            f"{first['where']} (id {first['id']!r})",
+            f"{first['problem']}{more}; fix the data or pass --skip_bad_samples",
+        )
+    if problems:
+        atomic_write_jsonl(Path(config.output_dir) / SKIPPED_LOG, problems)
+        print(f"skipped {len(problems)} bad samples, listed in {config.output_dir}/{SKIPPED_LOG}")
+    if not checked[0][0]:
+        raise InputError(str(train_path), "no usable training samples")
+    return checked[0][0], checked[1][0], target, prompts.pop()
+
+
+def _run_config(config: TrainConfig, image_size: int, target: str, prompt: str, n: int) -> dict:
+    source = resolve_model(config.model_name)
+    base = source.base
+    if Path(base).exists():
+        base = str(Path(base).resolve())
+    return {
+        "target": target,
+        "prompt": prompt,
+        "image_size": image_size,
+        "base_model": base,
+        "preset": source.run_config.get("preset"),
+        "use_lora": config.use_lora,
+        "lora_vision": config.lora_vision if config.use_lora else False,
+        "train_samples": n,
+        "training": {key: getattr(config, key) for key in _RECORDED_KNOBS},
+    }
+
+
+_RECORDED_KNOBS = (
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_steps",
+    "weight_decay",
+    "num_epochs",
+    "max_steps",
+    "seed",
+)
+
+
+def _training_arguments(config: TrainConfig, has_eval: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    _, precision = training_precision()
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        precision = {"bf16": config.bf16_cpu, "fp16": False, "use_cpu": True}
+    workers = config.dataloader_workers
+    if workers is None:
+        workers = 4 if on_gpu else 0
+    return TrainingArguments(
+        output_dir=str(config.output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps or -1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=workers,
+        report_to="none",
+        **precision,
+    )
+
+
+def _callbacks(config: TrainConfig, output_dir: Path, run_config: dict) -> list:
+    callbacks: list = [RunFiles(output_dir, run_config)]
+    if config.max_minutes:
+        callbacks.append(TimeBudget(config.max_minutes))
+    return callbacks
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge
+
+
+def merge_adapter(adapter: str | Path, out: str | Path) -> Path:
+    """Merge a LoRA adapter into its base weights; save model + processor in the hub layout.
+
+    The merged folder loads like any hub model and keeps the adapter's run config (target,
+    prompt, image size), with `merged_from` naming the adapter.
+    """
+    import torch
+
+    source = resolve_model(adapter)
+    if source.adapter is None:
+        raise ChessVLMError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ChessVLMError(f"{out} already exists and is not empty; pick another --out")
+    model, processor = load_model_and_processor(adapter, dtype=torch.float32, device="cpu")
+    merged = model.merge_and_unload()
+    stored = _stored_dtype(source.base)
+    merged.to(stored).save_pretrained(out)
+    processor.save_pretrained(out)
+    run_config = {**read_run_config(adapter), "merged_from": str(Path(adapter).resolve())}
+    write_run_config(out, {**run_config, "use_lora": False})
+    return out
+
+
+def _stored_dtype(base: str) -> Any:
+    """The dtype the base model's weights are stored in (fp32 when the config does not say)."""
+    import torch
+    from transformers import AutoConfig
+
+    from chessvlm.modeling import hf_token
+
+    config = AutoConfig.from_pretrained(base, token=hf_token())
+    dtype = getattr(config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -1,0 +1,328 @@
+"""Training with the tiny preset: label masking, learning, adapters, merge, resume, 2 processes."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import chess
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from chessvlm.cli import main
+from chessvlm.datasets import PROMPTS, vlm_record
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.modeling import (
+    chat_text,
+    init_model,
+    load_model_and_processor,
+    prepare_image,
+    read_run_config,
+)
+from chessvlm.positions import SQUARE_CLASSES, square_symbols
+from chessvlm.training import (
+    IGNORE_INDEX,
+    Example,
+    TrainConfig,
+    VLMCollator,
+    load_examples,
+    lora_config,
+    merge_adapter,
+    resolve_defaults,
+    train,
+)
+
+SIZE = 56  # the tiny preset's board size
+COLOURS = [(i * 19 % 256, i * 53 % 256, i * 97 % 256) for i in range(len(SQUARE_CLASSES))]
+
+
+def _draw(board: chess.Board, size: int) -> Image.Image:
+    """A board as one flat colour per square class: learnable by a tiny model."""
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    step = size // 8
+    for square, symbol in enumerate(square_symbols(board)):
+        x, y = chess.square_file(square) * step, (7 - chess.square_rank(square)) * step
+        colour = COLOURS[SQUARE_CLASSES.index(symbol)]
+        draw.rectangle([x, y, x + step - 1, y + step - 1], fill=colour)
+    return image
+
+
+def _positions(rng: random.Random, count: int) -> list[chess.Board]:
+    boards = []
+    for _ in range(count):
+        board = chess.Board()
+        for _ in range(rng.randint(0, 30)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        boards.append(board)
+    return boards
+
+
+def make_vlm_dataset(root: Path, train: int = 16, val: int = 4) -> Path:
+    """A VLM dataset in the real on-disk format, images in `root/images`."""
+    rng = random.Random(0)
+    (root / "images").mkdir(parents=True)
+    for split, count in (("train", train), ("val", val)):
+        records = []
+        for index, board in enumerate(_positions(rng, count)):
+            name = f"images/{split}_{index}.png"
+            _draw(board, SIZE + 4 * index).save(root / name)  # sizes vary on purpose
+            look = {"flipped": False, "style": "flat"}
+            records.append(vlm_record(look, board, name, "compact", f"{split}_{index}"))
+        (root / f"{split}.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_vlm_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _config(data: Path, tiny: Path, out: Path, **overrides) -> TrainConfig:
+    settings = {
+        "batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "warmup_steps": 0,
+        "max_steps": 4,
+        "save_steps": 100,
+        "eval_steps": 100,
+        "logging_steps": 1,
+        "bf16_cpu": False,
+        **overrides,
+    }
+    return TrainConfig(data_dir=data, output_dir=out, model_name=str(tiny), **settings)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> list[float]:
+    return [record["loss"] for record in _metrics(out) if "loss" in record]
+
+
+def _logits(model, processor, image: Image.Image) -> torch.Tensor:
+    inputs = processor(
+        text=[chat_text(processor, PROMPTS["compact"])],
+        images=[prepare_image(image, SIZE)],
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Collator
+
+
+def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny, tmp_path):
+    model, processor = load_model_and_processor(tiny, device="cpu")
+    answers = ['{"board": ["r . b q k b n r"]}', "short"]
+    examples = []
+    for index, (answer, size) in enumerate(zip(answers, (SIZE, 3 * SIZE), strict=True)):
+        path = tmp_path / f"{index}.png"
+        _draw(chess.Board(), size).save(path)
+        examples.append(Example(str(index), path, f"Prompt number {index}.", answer))
+    batch = VLMCollator(processor, SIZE)(examples)
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((batch["input_ids"] == image_id).sum()) == 2 * 4  # both boards on one grid
+    for row, example in enumerate(examples):
+        labelled = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten()
+        length = int(batch["attention_mask"][row].sum())
+        prompt_length = len(tokenizer(chat_text(processor, example.prompt))["input_ids"]) + 3
+        # Contiguous, ending at the last real token, starting right after the prompt.
+        assert labelled.tolist() == list(range(prompt_length, length))
+        text = tokenizer.decode(batch["labels"][row, labelled])
+        assert text == example.answer + "<|im_end|>"
+        assert not batch["mm_token_type_ids"][row, labelled].any()  # no image token has loss
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()  # right pad
+    assert batch["attention_mask"][1, -1] == 0  # the shorter answer is padded on the right
+    # The model's loss is the mean cross-entropy of exactly those answer tokens.
+    with torch.no_grad():
+        output = model(**batch)
+    logits, labels = output.logits[:, :-1], batch["labels"][:, 1:]
+    manual = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    assert torch.allclose(output.loss, manual, atol=1e-5)
+
+
+def test_unreadable_image_names_the_sample(tiny, tmp_path):
+    _, processor = load_model_and_processor(tiny, device="cpu")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(InputError, match="sample 'b7'"):
+        VLMCollator(processor, SIZE)([Example("b7", broken, "Read.", "x")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loading and defaults
+
+
+def test_target_rebuilds_prompt_and_answer_from_fen(data):
+    examples, target = load_examples(data / "train.json", data, "seed", 2)
+    assert target == "seed" and len(examples) == 2
+    assert examples[0].prompt == PROMPTS["seed"]
+    assert json.loads(examples[0].answer)["pieces"]
+    own, own_target = load_examples(data / "train.json", data, None, None)
+    assert own_target == "compact" and len(own) == 16
+    assert json.loads(own[0].answer)["board"]
+
+
+def test_defaults_follow_the_kind_of_run(data, tiny, tmp_path):
+    lora = resolve_defaults(TrainConfig(data_dir=data, output_dir=tmp_path, model_name=str(tiny)))
+    assert (lora.batch_size, lora.gradient_accumulation_steps, lora.learning_rate) == (4, 4, 2e-4)
+    scratch = resolve_defaults(
+        TrainConfig(data_dir=data, output_dir=tmp_path, model_name=str(tiny), use_lora=False)
+    )
+    assert (scratch.batch_size, scratch.learning_rate, scratch.warmup_steps) == (32, 2e-3, 100)
+    assert scratch.weight_decay == 0.05
+    mine = resolve_defaults(_config(data, tiny, tmp_path, use_lora=False, learning_rate=0.1))
+    assert mine.learning_rate == 0.1 and mine.batch_size == 4
+
+
+def test_lora_vision_adapts_the_vision_blocks_only_when_asked(tiny, data, tmp_path):
+    from peft import get_peft_model
+
+    for vision in (False, True):
+        model, _ = load_model_and_processor(tiny, device="cpu", for_training=True)
+        config = _config(data, tiny, tmp_path, lora_vision=vision)
+        names = {n for n, _ in get_peft_model(model, lora_config(config)).named_modules()}
+        assert any(n.endswith("language_model.layers.0.mlp.down_proj.lora_A") for n in names)
+        assert any(n.endswith("visual.blocks.0.attn.qkv.lora_A") for n in names) == vision
+        assert not any("patch_embed.proj.lora" in n for n in names)
+
+
+def test_bad_samples_stop_training_or_are_skipped_and_listed(data, tiny, tmp_path):
+    records = json.loads((data / "train.json").read_text())
+    records[3]["image"] = "images/missing.png"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.json").write_text(json.dumps(records))
+    config = _config(broken, tiny, tmp_path / "run", image_base_dir=data, max_steps=1)
+    with pytest.raises(InputError, match=r"train_3.*unreadable image"):
+        train(config)
+    config.skip_bad_samples = True
+    out = train(config)
+    skipped = [
+        json.loads(line) for line in (out / "skipped_samples.jsonl").read_text().splitlines()
+    ]
+    assert [entry["id"] for entry in skipped] == ["train_3"]
+    assert read_run_config(out)["train_samples"] == 15
+
+
+def test_answer_longer_than_the_context_is_reported(data, tiny, tmp_path):
+    with pytest.raises(InputError, match="over --max_length 100"):
+        train(_config(data, tiny, tmp_path / "run", max_length=100))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+
+
+def test_loss_falls_when_training_all_weights(data, tiny, tmp_path):
+    out = train(
+        _config(data, tiny, tmp_path / "run", use_lora=False, learning_rate=5e-3, max_steps=12)
+    )
+    losses = _losses(out)
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < losses[0] - 1.0
+    assert read_run_config(out)["use_lora"] is False
+    model, _ = load_model_and_processor(out, device="cpu")  # a full model folder loads back
+    assert model.config.image_token_id == read_tiny_config(tiny)["image_token_id"]
+
+
+def read_tiny_config(tiny: Path) -> dict:
+    return json.loads((tiny / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def adapter(data, tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "run"
+    return train(_config(data, tiny, out, learning_rate=2e-2, max_steps=3, eval_steps=3))
+
+
+def test_adapter_saves_reloads_and_changes_the_output(adapter, tiny):
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "tokenizer_config.json").is_file()
+    run = read_run_config(adapter)
+    assert run["base_model"] == str(tiny.resolve())
+    assert run["target"] == "compact" and run["image_size"] == SIZE
+    assert run["prompt"] == PROMPTS["compact"]
+    image = _draw(chess.Board(), SIZE)
+    base, processor = load_model_and_processor(tiny, device="cpu")
+    adapted, _ = load_model_and_processor(adapter, device="cpu")  # base found from the adapter
+    assert not torch.allclose(_logits(base, processor, image), _logits(adapted, processor, image))
+    again, _ = load_model_and_processor(tiny, adapter=adapter, device="cpu")
+    assert torch.equal(_logits(adapted, processor, image), _logits(again, processor, image))
+    eval_losses = [r for r in _metrics(adapter) if "eval_loss" in r]
+    assert eval_losses and eval_losses[0]["step"] == 3
+
+
+def test_merge_gives_the_same_output_as_base_plus_adapter(adapter, tmp_path):
+    image = _draw(chess.Board(), SIZE)
+    adapted, processor = load_model_and_processor(adapter, device="cpu")
+    assert main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    merged, merged_processor = load_model_and_processor(tmp_path / "merged", device="cpu")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert read_run_config(tmp_path / "merged")["image_size"] == SIZE
+    expected = _logits(adapted, processor, image)
+    assert torch.allclose(_logits(merged, merged_processor, image), expected, atol=1e-5)
+    with pytest.raises(ChessVLMError, match="not a LoRA adapter"):
+        merge_adapter(tmp_path / "merged", tmp_path / "again")
+
+
+def test_resume_continues_at_the_saved_step_as_if_never_stopped(data, tiny, tmp_path):
+    common = {"use_lora": False, "learning_rate": 5e-3, "lr_scheduler": "constant"}
+    straight = train(_config(data, tiny, tmp_path / "straight", max_steps=4, **common))
+    stopped = _config(data, tiny, tmp_path / "stopped", max_steps=2, save_steps=2, **common)
+    train(stopped)
+    with pytest.raises(ChessVLMError, match="--resume"):
+        train(_config(data, tiny, tmp_path / "stopped", max_steps=4, **common))
+    resumed = train(_config(data, tiny, tmp_path / "stopped", max_steps=4, resume=True, **common))
+    assert [r["step"] for r in _metrics(resumed) if "loss" in r] == [1, 2, 3, 4]
+    assert read_run_config(resumed)["step"] == 4
+    assert _losses(resumed) == pytest.approx(_losses(straight), abs=1e-4)
+
+
+def test_time_budget_stops_with_a_checkpoint(data, tiny, tmp_path):
+    out = train(_config(data, tiny, tmp_path / "run", max_minutes=1e-6, max_steps=50))
+    assert read_run_config(out)["step"] == 1
+    assert read_run_config(out / "checkpoint-1")["step"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_run_with_gloo(data, tiny, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(_free_port()), str(Path(sys.executable).parent / "chessvlm"), "train",
+        "--data_dir", str(data), "--output_dir", str(out), "--model_name", str(tiny),
+        "--full", "--batch_size", "4", "--num_epochs", "1", "--warmup_steps", "0",
+        "--logging_steps", "1", "--no_bf16_cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 16 samples, 4 per process, 2 processes: 2 steps (one process alone would take 4).
+    assert read_run_config(out)["step"] == 2
+    assert len(_losses(out)) == 2
+    assert (out / "model.safetensors").is_file()
