@@ -4,8 +4,8 @@ import random
 
 import chess
 import pytest
-import torch
 from PIL import Image
+from scrambled_model import scramble
 
 from chessvlm.generation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -19,21 +19,6 @@ from chessvlm.positions import answer_text, parse_answer
 from chessvlm.tokenizer import build_qwen2_tokenizer
 
 PROMPT = "Read the board."
-
-
-def scramble(model, seed=0, std=0.5):
-    """Redraw the weight matrices large: a random model with decisive, image-dependent output.
-
-    The tiny model as initialised (std 0.02) answers the same token forever, which could not
-    show a batch differing from single runs; with large weights every image gets its own
-    chaotic answer, so any padding leak changes tokens.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return model
 
 
 @pytest.fixture(scope="module")

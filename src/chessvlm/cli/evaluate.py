@@ -1,5 +1,107 @@
-"""`chessvlm` subcommands for evaluate (being written)."""
+"""`chessvlm evaluate` (the seed's step 3): answers for a test set, then the SPEC metrics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_DESCRIPTION = """\
+Ask a model about every board of a VLM test set (greedy, batched), log each answer to a
+predictions JSONL as it comes (a rerun resumes), then write the metrics JSON to --output.
+The baseline is the same command with the base model and no adapter, e.g.
+`--model_path Qwen/Qwen2-VL-2B-Instruct`; it is asked the test data's prompt. Under
+`torchrun --nproc_per_node N` or `accelerate launch` the test set is split across the
+processes and process 0 merges the predictions and writes the metrics."""
+
+# The figures printed after a run; the metrics JSON holds them all.
+_SUMMARY = (
+    "valid_json_rate",
+    "valid_position_rate",
+    "exact_json_match",
+    "fen_accuracy",
+    "per_square_accuracy",
+    "per_square_accuracy_parsed_only",
+    "exact_board_match",
+    "all_empty_baseline",
+    "boards_per_second",
+)
 
 
 def register(subparsers) -> None:
-    """Add this module's subcommands."""
+    """Add the `evaluate` command."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="generate answers for a test set and compute the metrics (seed step 3)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model_path",
+        required=True,
+        help="model folder, adapter folder written by `chessvlm train`, or hub id",
+    )
+    parser.add_argument("--test_data", type=Path, required=True, help="VLM test set (test.json)")
+    parser.add_argument(
+        "--image_base_dir", type=Path, required=True, help="folder the image paths are under"
+    )
+    parser.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument(
+        "--base_model",
+        help="base model of the adapter in --model_path (default: the one it records)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        help="predictions JSONL (default: <output stem>.predictions.jsonl beside --output)",
+    )
+    parser.add_argument("--batch_size", type=_positive_int, default=8, help="default 8")
+    parser.add_argument(
+        "--max_new_tokens",
+        type=_positive_int,
+        help="answer length limit (default: 100 for compact, 1600 for seed)",
+    )
+    parser.add_argument(
+        "--max_samples", type=_positive_int, help="evaluate the first N test samples only"
+    )
+    parser.add_argument(
+        "--constrained",
+        action="store_true",
+        help="decode under the target's grammar so every answer is valid JSON (xgrammar)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the headline figures."""
+    from chessvlm.evaluation import EvaluateConfig, evaluate, predictions_path, process_state
+
+    config = EvaluateConfig(
+        model_path=args.model_path,
+        test_data=args.test_data,
+        image_base_dir=args.image_base_dir,
+        output=args.output,
+        base_model=args.base_model,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_samples=args.max_samples,
+        constrained=args.constrained,
+        predictions=args.predictions,
+    )
+    metrics = evaluate(config)
+    if process_state().is_main_process:
+        for key in _SUMMARY:
+            print(f"{key}: {_format(metrics.get(key))}")
+        print(f"predictions: {predictions_path(config)}")
+        print(f"metrics: {args.output}")
+    return 0
+
+
+def _format(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value

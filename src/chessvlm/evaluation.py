@@ -1,0 +1,364 @@
+"""`chessvlm evaluate`: generate an answer for every test board, log it, then score the log.
+
+Predictions go to a JSONL file beside the metrics (`<output stem>.predictions.jsonl` unless
+named), one line per test sample, appended and flushed as each batch finishes:
+
+    {"id", "answer", "answer_tokens", "seconds", "truncated", "parsed_board", "parse_errors"}
+
+`answer` is the raw text, `parsed_board` the placement it states (FEN placement field, null
+when it cannot be read), `parse_errors` the `positions.AnswerError` codes, `seconds` the
+sample's share of its batch's wall time, `truncated` whether it hit `max_new_tokens`. A test
+image that is missing or unreadable gives `{"id", "answer": null, "error": "missing_image" |
+"unreadable_image", "error_detail", "seconds"}`: scored as a failed answer, never a crash.
+
+A rerun skips every id already logged, so an interrupted evaluation resumes and loses nothing
+(a line torn by a crash is dropped and that sample redone). Under `torchrun` or `accelerate
+launch` each process takes every N-th sample and logs to its own part file
+(`<predictions stem>.part<rank>.jsonl`); process 0 then merges the parts into the predictions
+file (atomically, in test order), computes the metrics and writes them. `boards_per_second`
+is therefore one process's rate.
+
+The baseline is the same command on the base model: `--model_path Qwen/Qwen2-VL-2B-Instruct`
+and no adapter; it is asked the test data's own prompt, like the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
+
+if TYPE_CHECKING:
+    from chessvlm.generation import Generation
+
+PREDICTIONS_SUFFIX = ".predictions.jsonl"
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of one evaluation (the `chessvlm evaluate` flags)."""
+
+    model_path: str
+    test_data: str | Path
+    image_base_dir: str | Path
+    output: str | Path
+    base_model: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    max_samples: int | None = None
+    constrained: bool = False
+    predictions: str | Path | None = None
+
+
+def predictions_path(config: EvaluateConfig) -> Path:
+    """The predictions JSONL: `config.predictions`, else beside the metrics JSON."""
+    if config.predictions is not None:
+        return Path(config.predictions)
+    output = Path(config.output)
+    return output.with_name(output.stem + PREDICTIONS_SUFFIX)
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Generate the missing predictions, merge them, and compute and write the metrics.
+
+    Returns the metrics dict written to `config.output` (on every process of a distributed
+    run). Raises `ChessVLMError` for bad settings or input.
+    """
+    from chessvlm.datasets import read_vlm_dataset
+    from chessvlm.metrics import infer_target
+
+    if config.batch_size < 1:
+        raise ChessVLMError("--batch_size must be at least 1")
+    all_labels = read_vlm_dataset(config.test_data)
+    labels = all_labels[: config.max_samples] if config.max_samples else all_labels
+    target = infer_target(labels)
+    plan = plan_model(config, target, _dataset_prompt(labels, str(config.test_data)))
+    predictions = predictions_path(config)
+    test_ids = [str(record["id"]) for record in all_labels]
+    done = _logged_ids(predictions, test_ids)
+
+    state = process_state()
+    shard = labels[state.process_index :: state.num_processes]
+    todo = [record for record in shard if str(record["id"]) not in done]
+    if todo:
+        part = _part_path(predictions, state.process_index, state.num_processes)
+        _predict(config, plan, todo, target, part, state.device, state.is_local_main_process)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        merged = merge_predictions(predictions, test_ids)
+        wanted = {str(record["id"]) for record in labels}
+        scored = [record for record in merged if str(record["id"]) in wanted]
+        _write_metrics(
+            config, labels, scored, target, _sources(config, plan, target, scored, state)
+        )
+    state.wait_for_everyone()
+    return json.loads(Path(config.output).read_text(encoding="utf-8"))
+
+
+def process_state() -> Any:
+    """accelerate's view of this run's processes (alone, `torchrun` or `accelerate launch`).
+
+    Without a GPU (or under `accelerate launch --cpu`) the processes work on the CPU and
+    talk over gloo; accelerate only looks for CPU processes when told so.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    return PartialState(cpu=cpu)
+
+
+def _dataset_prompt(labels: list[dict], where: str) -> str:
+    """The one prompt of the test data (every record's user turn must ask the same)."""
+    from chessvlm.datasets import user_prompt
+
+    prompts = {user_prompt(record) for record in labels}
+    if len(prompts) > 1:
+        raise InputError(where, f"records ask {len(prompts)} different prompts; expected one")
+    return prompts.pop()
+
+
+def _part_path(predictions: Path, rank: int, world_size: int) -> Path:
+    """Where one process logs: the predictions file itself when it works alone."""
+    if world_size == 1:
+        return predictions
+    return predictions.with_name(f"{predictions.name.removesuffix('.jsonl')}.part{rank}.jsonl")
+
+
+def _part_files(predictions: Path) -> list[Path]:
+    stem = predictions.name.removesuffix(".jsonl")
+    return sorted(predictions.parent.glob(f"{stem}.part*.jsonl"))
+
+
+def _read_logs(predictions: Path) -> list[dict]:
+    """Every record of the predictions file and of its part files, in that order.
+
+    A last line torn by a crash (or still being written by another process) is skipped.
+    """
+    records = []
+    for path in [predictions, *_part_files(predictions)]:
+        if path.is_file():
+            records.extend(record for _, record in iter_jsonl(path, allow_truncated_tail=True))
+    return records
+
+
+def _logged_ids(predictions: Path, test_ids: list[str]) -> set[str]:
+    """The ids already predicted; ids foreign to the test data mean a wrong predictions file."""
+    logged = {str(record["id"]) for record in _read_logs(predictions)}
+    strangers = sorted(logged - set(test_ids))
+    if strangers:
+        raise InputError(
+            str(predictions),
+            f"holds {len(strangers)} ids that are not in the test data (e.g. "
+            f"{', '.join(strangers[:3])}): it belongs to another test set; pass another "
+            "--predictions or remove it",
+        )
+    return logged
+
+
+def merge_predictions(predictions: Path, test_ids: list[str]) -> list[dict]:
+    """Merge the part files into `predictions` (one record per id, in test order).
+
+    The merged file is written atomically before the parts are removed, so a crash in
+    between leaves duplicates that the next merge drops, never a loss. Returns the records.
+    """
+    by_id: dict[str, dict] = {}
+    for record in _read_logs(predictions):
+        by_id.setdefault(str(record["id"]), record)
+    order = {sample_id: index for index, sample_id in enumerate(test_ids)}
+    merged = sorted(by_id.values(), key=lambda record: order.get(str(record["id"]), len(order)))
+    atomic_write_jsonl(predictions, merged)
+    for part in _part_files(predictions):
+        part.unlink()
+    return merged
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What to load and how to ask it: base model, adapter, prompt and board size."""
+
+    base: str
+    adapter: str | None
+    prompt: str
+    image_size: int
+
+
+def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPlan:
+    """Work out the model to load and the prompt and board size it was trained with.
+
+    A model trained here records its target and prompt: a model taught another target is an
+    error; when its prompt differs from the test data's, the trained prompt is asked (with a
+    warning), since the seed's mistake was asking something else at evaluation than it
+    trained on. Models without a record (the base model: the baseline) get the data's prompt.
+    """
+    from chessvlm.modeling import DEFAULT_IMAGE_SIZE, resolve_model
+
+    name, adapter = config.model_path, None
+    if config.base_model:
+        if not (Path(config.model_path) / "adapter_config.json").is_file():
+            raise ChessVLMError(
+                f"--base_model is for adapter folders, and {config.model_path} holds no "
+                "adapter_config.json; pass the model alone as --model_path"
+            )
+        name, adapter = config.base_model, config.model_path
+    source = resolve_model(name, adapter)
+    trained = source.run_config
+    if trained.get("target") and trained["target"] != target:
+        raise ChessVLMError(
+            f"{config.model_path} was trained for the {trained['target']!r} target but "
+            f"{config.test_data} holds {target!r} answers; make the test data for that target"
+        )
+    prompt = trained.get("prompt") or data_prompt
+    if prompt != data_prompt:
+        print(
+            f"chessvlm: warning: {config.test_data} asks another prompt than "
+            f"{config.model_path} was trained with; asking the trained prompt",
+            file=sys.stderr,
+        )
+    image_size = int(trained.get("image_size") or DEFAULT_IMAGE_SIZE)
+    return ModelPlan(source.base, source.adapter, prompt, image_size)
+
+
+def _predict(
+    config: EvaluateConfig,
+    plan: ModelPlan,
+    records: list[dict],
+    target: str,
+    log_path: Path,
+    device: Any,
+    show_progress: bool,
+) -> None:
+    """Generate answers for `records` and append one prediction line per record."""
+    from tqdm import tqdm
+
+    from chessvlm.generation import generate_answers
+    from chessvlm.modeling import load_model_and_processor
+
+    model, processor = load_model_and_processor(
+        plan.base, plan.adapter, device=device, image_size=plan.image_size
+    )
+    max_new_tokens = _max_new_tokens(config, target)
+    bar = tqdm(total=len(records), desc="evaluate", unit="board", disable=not show_progress)
+    with JsonlAppender(log_path) as log, bar:
+        for start in range(0, len(records), config.batch_size):
+            batch = records[start : start + config.batch_size]
+            readable, images = [], []
+            for record in batch:
+                image, failure = _open_image(Path(config.image_base_dir), record)
+                if failure is not None:
+                    log.write(failure)
+                else:
+                    readable.append(record)
+                    images.append(image)
+            generations = generate_answers(
+                model,
+                processor,
+                images,
+                plan.prompt,
+                batch_size=config.batch_size,
+                max_new_tokens=max_new_tokens,
+                constrained_target=target if config.constrained else None,
+                image_size=plan.image_size,
+            )
+            for record, generation in zip(readable, generations, strict=True):
+                log.write(prediction_record(str(record["id"]), generation, target))
+            bar.update(len(batch))
+
+
+def _max_new_tokens(config: EvaluateConfig, target: str) -> int:
+    from chessvlm.generation import default_max_new_tokens
+
+    return config.max_new_tokens or default_max_new_tokens(target, config.constrained)
+
+
+def _open_image(base_dir: Path, record: dict) -> tuple[Any, dict | None]:
+    """The record's image as RGB, or the prediction line that records why it failed."""
+    from PIL import Image
+
+    started = time.perf_counter()
+    path = base_dir / record["image"]
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB"), None
+    except FileNotFoundError:
+        code, detail = "missing_image", f"image not found: {path}"
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        code, detail = "unreadable_image", f"cannot read image {path}: {error}"
+    failure = {
+        "id": str(record["id"]),
+        "answer": None,
+        "error": code,
+        "error_detail": detail,
+        "seconds": time.perf_counter() - started,
+    }
+    return None, failure
+
+
+def prediction_record(sample_id: str, generation: Generation, target: str) -> dict:
+    """The predictions-file line of one generated answer (see the module docstring)."""
+    from chessvlm.positions import parse_answer
+
+    parsed = parse_answer(generation.answer, target)
+    return {
+        "id": sample_id,
+        "answer": generation.answer,
+        "answer_tokens": generation.answer_tokens,
+        "seconds": generation.seconds,
+        "truncated": generation.truncated,
+        "parsed_board": parsed.board.board_fen() if parsed.board is not None else None,
+        "parse_errors": parsed.error_codes,
+    }
+
+
+def _sources(
+    config: EvaluateConfig, plan: ModelPlan, target: str, predictions: list[dict], state: Any
+) -> dict:
+    """What was run, under the `run.json` keys the report reads (`reports.RUN_INFO_KEYS`).
+
+    `eval_seconds` is the generation time: the samples' seconds summed over every run that
+    produced them (resumes included), divided by the number of processes sharing the work.
+    """
+    settings = [
+        "constrained decoding (xgrammar)" if config.constrained else "greedy decoding",
+        f"batch {config.batch_size}",
+        f"max_new_tokens {_max_new_tokens(config, target)}",
+    ]
+    if state.num_processes > 1:
+        settings.append(f"{state.num_processes} processes")
+    seconds = sum(float(record.get("seconds") or 0.0) for record in predictions)
+    return {
+        "model": plan.base,
+        "adapter": str(Path(plan.adapter).resolve()) if plan.adapter else None,
+        "target": target,
+        "test_data": str(Path(config.test_data).resolve()),
+        "image_base_dir": str(Path(config.image_base_dir).resolve()),
+        "predictions": str(predictions_path(config).resolve()),
+        "eval_seconds": seconds / state.num_processes,
+        "device": _device_name(state),
+        "notes": ", ".join(settings),
+    }
+
+
+def _device_name(state: Any) -> str:
+    import torch
+
+    device = torch.device(state.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{state.num_processes}x {name}" if state.num_processes > 1 else name
+
+
+def _write_metrics(
+    config: EvaluateConfig, labels: list[dict], predictions: list[dict], target: str, sources: dict
+) -> None:
+    from chessvlm.metrics import compute_metrics
+
+    metrics = compute_metrics(labels, predictions, target)
+    metrics["sources"] = sources
+    atomic_write_json(config.output, metrics)

@@ -1,0 +1,264 @@
+"""`chessvlm evaluate` end to end on the tiny model: predictions log, resume, processes, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import chess
+import pytest
+from PIL import Image
+from scrambled_model import scrambled_tiny_model
+
+import chessvlm.generation
+import chessvlm.modeling
+from chessvlm.cli import main
+from chessvlm.datasets import vlm_record
+from chessvlm.errors import ChessVLMError
+from chessvlm.evaluation import EvaluateConfig, evaluate, predictions_path
+from chessvlm.io import read_jsonl
+from chessvlm.reports import load_run
+
+BOARDS = [
+    chess.Board(),
+    chess.Board("r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"),
+    chess.Board("8/8/4k3/8/2K5/8/8/8 b - - 0 60"),
+    chess.Board("r3k2r/8/8/3pP3/8/8/8/R3K2R w KQkq d6 0 1"),
+    chess.Board("6k1/5ppp/8/8/8/8/5PPP/3R2K1 w - - 0 30"),
+    chess.Board("rnbqkbnr/pp1ppppp/8/2p5/4P3/8/PPPP1PPP/RNBQKBNR w KQkq c6 0 2"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return scrambled_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def make_test_set(folder, count=6, target="compact", missing=(), corrupt=()):
+    """A VLM test set of `count` noise images (ids t0, t1, ...), some missing or corrupt."""
+    records = []
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        sample_id = f"t{index}"
+        image = f"images/{sample_id}.png"
+        if index in corrupt:
+            (folder / image).write_bytes(b"not a png")
+        elif index not in missing:
+            Image.effect_noise((56, 56), 30 + 11 * index).convert("RGB").save(folder / image)
+        records.append(vlm_record({}, BOARDS[index % len(BOARDS)], image, target, sample_id))
+    path = folder / "test.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def config_for(model_dir, test_data, output, **settings):
+    settings.setdefault("batch_size", 2)
+    settings.setdefault("max_new_tokens", 10)
+    return EvaluateConfig(
+        model_path=str(model_dir),
+        test_data=test_data,
+        image_base_dir=test_data.parent,
+        output=output,
+        **settings,
+    )
+
+
+def answers(path):
+    return {record["id"]: record.get("answer") for record in read_jsonl(path)}
+
+
+def test_cli_evaluates_end_to_end_with_bad_images(model_dir, tmp_path, capsys):
+    test_data = make_test_set(tmp_path / "data", missing={2}, corrupt={4})
+    output = tmp_path / "run" / "metrics.json"
+    arguments = [
+        "evaluate", "--model_path", str(model_dir), "--test_data", str(test_data),
+        "--image_base_dir", str(test_data.parent), "--output", str(output),
+        "--batch_size", "4", "--constrained",
+    ]  # fmt: skip
+    code = main(arguments)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "per_square_accuracy:" in printed and "metrics.predictions.jsonl" in printed
+
+    metrics = json.loads(output.read_text())
+    assert metrics["n_samples"] == 6
+    assert metrics["valid_json_rate"] == pytest.approx(4 / 6)  # constrained: every answer
+    assert metrics["n_parsed"] == 4
+    assert metrics["error_counts"] == {"missing_image": 1, "unreadable_image": 1}
+    assert metrics["answer_tokens"]["n"] == 4
+    assert metrics["sources"]["model"] == str(model_dir)
+    assert "constrained" in metrics["sources"]["notes"]
+
+    predictions = read_jsonl(output.parent / "metrics.predictions.jsonl")
+    assert [record["id"] for record in predictions] == [f"t{i}" for i in range(6)]
+    for record in predictions:
+        if record["id"] in ("t2", "t4"):
+            assert record["answer"] is None and "error_detail" in record
+        else:
+            assert record["parsed_board"] and record["parse_errors"] == []
+            assert not record["truncated"]
+    # The report reads the run: metrics, predictions and labels are all found.
+    run = load_run(output)
+    assert run.predictions == predictions_path(config_for(model_dir, test_data, output))
+    assert run.test_data == test_data.resolve()
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying in the middle of an evaluation."""
+
+
+def test_resume_after_interruption_loses_nothing(model_dir, tmp_path, monkeypatch):
+    test_data = make_test_set(tmp_path / "data", count=5)
+    whole = config_for(model_dir, test_data, tmp_path / "whole.json")
+    evaluate(whole)
+
+    generate = chessvlm.generation.generate_answers
+    asked: list[int] = []
+
+    def crash_on_second_batch(model, processor, images, *args, **kwargs):
+        asked.append(len(images))
+        if len(asked) == 2:
+            raise SimulatedCrash
+        return generate(model, processor, images, *args, **kwargs)
+
+    monkeypatch.setattr(chessvlm.generation, "generate_answers", crash_on_second_batch)
+    interrupted = config_for(model_dir, test_data, tmp_path / "resumed.json")
+    with pytest.raises(SimulatedCrash):
+        evaluate(interrupted)
+    log = predictions_path(interrupted)
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) == 2
+    # A crash in the middle of writing the second line.
+    log.write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+
+    asked.clear()
+    monkeypatch.setattr(chessvlm.generation, "generate_answers", generate_counting(asked, generate))
+    metrics = evaluate(interrupted)
+    assert sum(asked) == 4  # only the samples not yet logged
+    resumed = read_jsonl(log)
+    assert [record["id"] for record in resumed] == [f"t{i}" for i in range(5)]
+    assert log.read_text().splitlines(keepends=True)[0] == lines[0]
+    assert answers(log) == answers(predictions_path(whole))
+    assert metrics["n_samples"] == 5
+
+
+def generate_counting(asked, generate):
+    def counting(model, processor, images, *args, **kwargs):
+        asked.append(len(images))
+        return generate(model, processor, images, *args, **kwargs)
+
+    return counting
+
+
+def test_finished_evaluation_reruns_without_loading_the_model(model_dir, tmp_path, monkeypatch):
+    test_data = make_test_set(tmp_path / "data", count=3)
+    config = config_for(model_dir, test_data, tmp_path / "metrics.json")
+    first = evaluate(config)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(chessvlm.modeling, "load_model_and_processor", no_loading)
+    assert evaluate(config)["per_square_accuracy"] == first["per_square_accuracy"]
+    # Fewer samples than were logged: scored on those only, the log keeps the rest.
+    smaller = evaluate(config_for(model_dir, test_data, tmp_path / "metrics.json", max_samples=2))
+    assert smaller["n_samples"] == 2
+    assert len(read_jsonl(predictions_path(config))) == 3
+
+
+def test_predictions_of_another_test_set_are_refused(model_dir, tmp_path):
+    test_data = make_test_set(tmp_path / "data", count=2)
+    config = config_for(model_dir, test_data, tmp_path / "metrics.json")
+    predictions_path(config).write_text('{"id": "other_7", "answer": "{}"}\n')
+    with pytest.raises(ChessVLMError, match="other_7"):
+        evaluate(config)
+
+
+def test_model_trained_for_another_target_or_prompt(model_dir, tmp_path, monkeypatch, capsys):
+    trained = shutil.copytree(model_dir, tmp_path / "trained")
+    run_config = json.loads((trained / "chessvlm_config.json").read_text())
+    test_data = make_test_set(tmp_path / "data", count=1)
+    config = config_for(trained, test_data, tmp_path / "metrics.json")
+
+    (trained / "chessvlm_config.json").write_text(json.dumps({**run_config, "target": "seed"}))
+    with pytest.raises(ChessVLMError, match="trained for the 'seed' target"):
+        evaluate(config)
+
+    taught = {**run_config, "target": "compact", "prompt": "What is on the board?"}
+    (trained / "chessvlm_config.json").write_text(json.dumps(taught))
+    prompts = []
+    generate = chessvlm.generation.generate_answers
+
+    def recording(model, processor, images, prompt, **kwargs):
+        prompts.append(prompt)
+        return generate(model, processor, images, prompt, **kwargs)
+
+    monkeypatch.setattr(chessvlm.generation, "generate_answers", recording)
+    evaluate(config)
+    assert prompts == ["What is on the board?"]
+    assert "asking the trained prompt" in capsys.readouterr().err
+
+
+def test_adapter_folder_with_base_model(model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = chessvlm.modeling.load_model(str(model_dir), chessvlm.modeling.default_dtype("cpu"))
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(adapter)
+    test_data = make_test_set(tmp_path / "data", count=2)
+
+    plain = evaluate(config_for(model_dir, test_data, tmp_path / "plain.json"))
+    adapted = evaluate(
+        config_for(adapter, test_data, tmp_path / "adapted.json", base_model=str(model_dir))
+    )
+    assert adapted["sources"]["adapter"] == str(adapter.resolve())
+    assert adapted["sources"]["model"] == str(model_dir)
+    assert answers(tmp_path / "adapted.predictions.jsonl") != answers(
+        tmp_path / "plain.predictions.jsonl"
+    )
+    assert plain["n_samples"] == adapted["n_samples"] == 2
+
+    with pytest.raises(ChessVLMError, match="--base_model is for adapter folders"):
+        evaluate(config_for(model_dir, test_data, tmp_path / "x.json", base_model="base"))
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    arguments = [
+        "evaluate", "--model_path", "nowhere", "--test_data", str(tmp_path / "missing.json"),
+        "--image_base_dir", str(tmp_path), "--output", str(tmp_path / "metrics.json"),
+    ]  # fmt: skip
+    code = main(arguments)
+    assert code == 2
+    assert "missing.json: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_test_set_and_merge(model_dir, tmp_path):
+    test_data = make_test_set(tmp_path / "data", count=5)
+    single = config_for(model_dir, test_data, tmp_path / "single.json")
+    evaluate(single)
+
+    output = tmp_path / "pair.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(Path(sys.executable).parent / "chessvlm"), "evaluate",
+        "--model_path", str(model_dir),
+        "--test_data", str(test_data),
+        "--image_base_dir", str(test_data.parent),
+        "--output", str(output),
+        "--batch_size", "2", "--max_new_tokens", "10",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    merged = tmp_path / "pair.predictions.jsonl"
+    assert [record["id"] for record in read_jsonl(merged)] == [f"t{i}" for i in range(5)]
+    assert not list(tmp_path.glob("pair.predictions.part*"))
+    assert answers(merged) == answers(predictions_path(single))
+    metrics = json.loads(output.read_text())
+    assert metrics["n_samples"] == 5
+    assert metrics["sources"]["device"] == "2x cpu"
