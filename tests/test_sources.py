@@ -50,6 +50,11 @@ def positions():
     return synthetic_positions(N_POSITIONS, seed=11)
 
 
+@pytest.fixture(scope="module")
+def boards(positions):
+    return [position.board for position in positions]
+
+
 def _position_key(board: chess.Board) -> str:
     """FEN without the move clocks: what every representation must preserve."""
     return " ".join(board.fen().split()[:4])
@@ -64,8 +69,7 @@ def test_synthetic_positions_are_deterministic_for_a_seed():
     assert synthetic_positions(200, seed=6) != first
 
 
-def test_synthetic_positions_are_distinct_legal_and_reached_by_their_last_move(positions):
-    boards = [position.board for position in positions]
+def test_synthetic_positions_are_distinct_legal_and_reached_by_their_last_move(positions, boards):
     assert len({placement_key(board) for board in boards}) == len(boards)
     for position, board in zip(positions, boards, strict=True):
         assert board.is_valid(), position.fen
@@ -74,8 +78,7 @@ def test_synthetic_positions_are_distinct_legal_and_reached_by_their_last_move(p
         assert moved is not None and moved.color != board.turn, position
 
 
-def test_synthetic_positions_carry_real_varied_metadata(positions):
-    boards = [position.board for position in positions]
+def test_synthetic_positions_carry_real_varied_metadata(boards):
     turns = Counter(board.turn for board in boards)
     assert min(turns.values()) > 0.4 * len(boards)
     castling = Counter(board.castling_xfen() for board in boards)
@@ -87,19 +90,18 @@ def test_synthetic_positions_carry_real_varied_metadata(positions):
     assert any(board.halfmove_clock > 10 for board in boards)
 
 
-def test_synthetic_positions_span_openings_to_bare_endgames(positions):
-    counts = Counter(chess.popcount(position.board.occupied) for position in positions)
+def test_synthetic_positions_span_openings_to_bare_endgames(positions, boards):
+    counts = Counter(chess.popcount(board.occupied) for board in boards)
     assert min(counts) <= 3 and max(counts) == 32
     assert len(counts) >= 28
     # No phase dominates: middlegames and endgames are both well represented.
     assert sum(n for pieces, n in counts.items() if pieces <= 10) > 0.15 * N_POSITIONS
     assert sum(n for pieces, n in counts.items() if 11 <= pieces <= 24) > 0.3 * N_POSITIONS
     promoted = [
-        position
-        for position in positions
+        board
+        for board in boards
         if any(
-            len(position.board.pieces(chess.QUEEN, color)) > 1
-            or len(position.board.pieces(chess.KNIGHT, color)) > 2
+            len(board.pieces(chess.QUEEN, color)) > 1 or len(board.pieces(chess.KNIGHT, color)) > 2
             for color in chess.COLORS
         )
     ]
@@ -127,9 +129,8 @@ def test_streams_sharing_an_exclusion_set_never_repeat_a_board():
 # --------------------------------------------------------------------------- conversions
 
 
-def test_seed_json_round_trips_on_generated_positions(positions):
-    for position in positions:
-        board = position.board
+def test_seed_json_round_trips_on_generated_positions(boards):
+    for board in boards:
         data = seed_json(board)
         assert _position_key(board_from_seed_json(data)) == _position_key(board)
         assert json.loads(json.dumps(data)) == data
@@ -140,18 +141,16 @@ def test_seed_json_round_trips_on_generated_positions(positions):
         assert (letters or "-") == board.castling_xfen()
 
 
-def test_fen_and_compact_round_trips_on_generated_positions(positions):
-    for position in positions:
-        board = position.board
+def test_fen_and_compact_round_trips_on_generated_positions(boards):
+    for board in boards:
         assert board_from_fen(board.fen()) == board
         placement = board_from_compact({"board": compact_rows(board)})
         assert placement.board_fen() == board.board_fen()
         assert board_from_fen(board.board_fen()).board_fen() == board.board_fen()
 
 
-def test_answers_parse_back_to_the_position(positions):
-    for position in positions[:500]:
-        board = position.board
+def test_answers_parse_back_to_the_position(boards):
+    for board in boards[:500]:
         compact = parse_answer(answer_text(board, "compact"), "compact")
         assert compact.valid_json and compact.board.board_fen() == board.board_fen()
         seed = parse_answer(answer_text(board, "seed"), "seed")
