@@ -11,8 +11,8 @@ varied enough for reading boards, which is all the positions are used for.
 Imports read the two layouts the seed's data exists in: its CSV + image files, and the
 Hugging Face `bingbangboom/chess-puzzles-images-mini` dataset (parquet files, or a
 `datasets.save_to_disk` folder of Arrow stream files). They yield `RawSample`s; turning a raw
-sample into a board (`sample_board`) and checking its image (`verify_image`) raise
-`InputError` naming the file and row, so callers can stop or skip.
+sample into a board (`sample_board`) raises `InputError` naming the file and row, so callers
+can stop or skip (images are checked where they are written, in `chessvlm.datasets`).
 """
 
 from __future__ import annotations
