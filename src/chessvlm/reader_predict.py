@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 
 import chess
 
@@ -20,6 +21,8 @@ from chessvlm.positions import board_with_metadata, compact_rows, seed_json
 from chessvlm.reader_images import iter_loaded, open_board_image
 
 FORMATS = ("json", "fen", "compact")
+# A model folder, a chessvlm checkpoint or a LoRA adapter has one of these; a hub id is no folder.
+VLM_FILES = ("config.json", "adapter_config.json", "chessvlm_config.json")
 CASTLING_INFERRED = (
     "consistent with the placement: every king and rook still on its original square is "
     "assumed unmoved (an image cannot show castling rights; pass --castling to set them)"
@@ -59,10 +62,16 @@ def predict_images(
     Yields `(source, placement, None)`, or `(source, None, error)` for an image that cannot be
     read, without stopping the others.
     """
-    from chessvlm.reader import is_reader_checkpoint
+    from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE, is_reader_checkpoint
 
-    if is_reader_checkpoint(model):
+    folder = Path(model)
+    if is_reader_checkpoint(folder):
         yield from _reader_placements(model, sources, batch_size, decode)
+    elif folder.is_dir() and not any((folder / name).is_file() for name in VLM_FILES):
+        raise ChessVLMError(
+            f"{model}: neither a reader checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE}) nor a "
+            f"VLM folder ({' or '.join(VLM_FILES)})"
+        )
     else:
         yield from _vlm_placements(model, sources, batch_size, max_new_tokens)
 

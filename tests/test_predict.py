@@ -1,0 +1,219 @@
+"""`chessvlm predict` and the image loading behind it: good and bad files, metadata, formats,
+reader checkpoints and VLM folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import chess
+import numpy as np
+import pytest
+from PIL import Image
+from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
+
+from chessvlm.cli import main
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.positions import answer_text
+from chessvlm.reader import ReaderTrainConfig, train_reader
+from chessvlm.reader_images import collect_image_paths, load_board_image
+from chessvlm.reader_predict import (
+    CASTLING_INFERRED,
+    TO_MOVE_ASSUMED,
+    Metadata,
+    Placement,
+    check_flags,
+    complete_position,
+    format_result,
+)
+from chessvlm.rendering import RenderParams, render_board
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    data = write_dataset(tmp_path_factory.mktemp("data"), {"train": 4, "val": 2})
+    out = tmp_path_factory.mktemp("reader")
+    config = ReaderTrainConfig(
+        data_dir=str(data), out=str(out), image_size=TEST_IMAGE_SIZE, epochs=1, batch_size=4
+    )
+    return train_reader(config)
+
+
+@pytest.fixture
+def boards(tmp_path) -> Path:
+    folder = tmp_path / "boards"
+    folder.mkdir()
+    for index, fen in enumerate([chess.STARTING_FEN, "8/8/4k3/8/8/3K4/8/8 w - - 0 1"]):
+        render_board(chess.Board(fen), RenderParams(size=128)).save(folder / f"board{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_folders_and_patterns_expand_to_images(boards, tmp_path):
+    items = collect_image_paths(
+        [str(boards), str(boards / "*.png"), str(tmp_path / "none*.png"), "missing.png"]
+    )
+    names = [(Path(path).name, problem) for path, problem in items]
+    assert names[:4] == [("board0.png", None), ("board1.png", None)] * 2
+    assert names[4] == ("none*.png", "no file matches this pattern")
+    assert names[5] == ("missing.png", None)  # reported when read, like any unreadable file
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16", "CMYK", "1"])
+def test_other_image_modes_are_converted(tmp_path, mode):
+    image = render_board(chess.Board(), RenderParams(size=128))
+    converted = image.convert("L").point(lambda v: v * 256) if mode == "I;16" else image
+    path = tmp_path / f"board.{'jpg' if mode == 'CMYK' else 'png'}"
+    (converted if mode == "I;16" else image.convert(mode)).save(path)
+    array = load_board_image(path, 64)
+    assert array.shape == (64, 64, 3) and array.dtype == np.uint8
+    assert array.std() > 20  # still a board, not a flat image
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    image = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
+    image.save(tmp_path / "clear.png")
+    assert load_board_image(tmp_path / "clear.png", 64).min() == 255
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("hello"), "not an image file"),
+        (lambda p: Image.new("RGB", (40, 40)).save(p, "PNG"), "at least|or more"),
+        (lambda p: Image.new("RGB", (300, 100)).save(p, "PNG"), "not a board cropped"),
+        (lambda p: p.write_bytes(_png_bytes()[:300]), "cannot decode"),
+    ],
+)
+def test_bad_images_give_clear_errors(tmp_path, make, problem):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(InputError, match=problem) as caught:
+        load_board_image(path, 64)
+    assert str(path) in str(caught.value)
+
+
+def test_huge_images_are_refused_or_read_at_reduced_scale(tmp_path, monkeypatch):
+    photo = render_board(chess.Board(), RenderParams(size=512)).resize((2400, 2400))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    assert load_board_image(tmp_path / "big.jpg", 64).shape == (64, 64, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    with pytest.raises(InputError, match="too large"):
+        load_board_image(tmp_path / "big.jpg", 64)
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    render_board(chess.Board(), RenderParams(size=128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def test_castling_rights_are_those_the_placement_allows():
+    start = Placement(chess.Board())
+    board, notes = complete_position(start, Metadata())
+    assert board.fen() == chess.STARTING_FEN
+    assert notes["castling_rights"] == CASTLING_INFERRED
+    assert notes["to_move"] == TO_MOVE_ASSUMED
+    moved = chess.Board("r3k2r/8/8/8/8/8/8/R4K1R w - - 0 1")
+    board, _ = complete_position(Placement(moved), Metadata())
+    assert board.castling_xfen() == "kq"
+
+
+def test_flags_set_the_metadata():
+    placement = Placement(chess.Board("4k3/8/8/3pP3/8/8/8/4K3 w - - 0 1"))
+    board, notes = complete_position(placement, Metadata("w", "-", "d6"))
+    assert board.fen() == "4k3/8/8/3pP3/8/8/8/4K3 w - d6 0 1"
+    assert notes["to_move"] == "from --to-move" and notes["castling_rights"] == "from --castling"
+
+
+def test_side_to_move_read_by_the_model_is_used_and_labelled():
+    board, notes = complete_position(Placement(chess.Board(), {}, 0.97), Metadata())
+    assert board.turn == chess.BLACK and "read from the image" in notes["to_move"]
+    board, _ = complete_position(Placement(chess.Board(), {}, 0.97), Metadata(to_move="w"))
+    assert board.turn == chess.WHITE
+
+
+@pytest.mark.parametrize(
+    "flags", [Metadata(to_move="x"), Metadata(castling="KX"), Metadata(en_passant="e4")]
+)
+def test_bad_flags_are_refused(flags):
+    with pytest.raises(ChessVLMError):
+        check_flags(flags)
+
+
+def test_formats():
+    board = chess.Board()
+    line = json.loads(format_result("a.png", board, {"x": "y"}, "json", with_name=False))
+    assert line["image"] == "a.png" and len(line["position"]["pieces"]) == 32
+    assert line["position"]["metadata"]["castling_rights"] == {
+        "white": ["K", "Q"],
+        "black": ["k", "q"],
+    }
+    assert format_result("a.png", board, {}, "fen", with_name=False) == chess.STARTING_FEN
+    assert (
+        format_result("a.png", board, {}, "fen", with_name=True) == f"a.png\t{chess.STARTING_FEN}"
+    )
+    compact = format_result("a.png", board, {}, "compact", with_name=False)
+    assert compact == answer_text(board, "compact")
+
+
+# --------------------------------------------------------------------------- command
+
+
+def test_predict_with_a_reader_reports_each_image(checkpoint, boards, capsys):
+    code = main(["predict", str(boards), str(boards / "notes.txt"), "--model", str(checkpoint)])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1
+    assert [Path(line["image"]).name for line in lines] == ["board0.png", "board1.png"]
+    for line in lines:
+        assert set(line["position"]) == {"pieces", "metadata"}
+        assert line["notes"]["castling_rights"] == CASTLING_INFERRED
+        assert "at the bottom" in line["notes"]["orientation"]
+    assert "notes.txt: not an image file" in captured.err
+
+
+def test_predict_fen_for_one_image_with_flags(checkpoint, boards, capsys):
+    args = ["predict", str(boards / "board0.png"), "--model", str(checkpoint), "--format", "fen"]
+    assert main([*args, "--to-move", "b", "--castling", "-"]) == 0
+    (fen,) = capsys.readouterr().out.splitlines()
+    assert fen.split()[1:4] == ["b", "-", "-"]
+    chess.Board(fen)
+
+
+def test_predict_with_a_vlm_folder(tmp_path, boards, monkeypatch, capsys):
+    from chessvlm import generation
+    from chessvlm.modeling import init_model
+
+    model = init_model("tiny", tmp_path / "tiny")
+    start = answer_text(chess.Board(), "compact")
+    asked = []
+
+    def fake_answers(vlm, processor, images, prompt, **options):
+        asked.append((len(images), prompt, options))
+        answers = [start, "I see a chess board."]
+        return [generation.Generation(answers[i % 2], 80, 0.1, False) for i in range(len(images))]
+
+    monkeypatch.setattr(generation, "generate_answers", fake_answers)
+    code = main(["predict", str(boards / "board*.png"), "--model", str(model), "--format", "fen"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.splitlines() == [f"{boards / 'board0.png'}\t{chess.STARTING_FEN}"]
+    assert "board1.png: the model's answer is not a board (no_json)" in captured.err
+    (images, prompt, options) = asked[0]
+    assert images == 2 and prompt.startswith("Read the chess position")
+    assert options["batch_size"] == 32
+
+
+def test_predict_with_a_folder_that_is_no_model(tmp_path, boards, capsys):
+    assert main(["predict", str(boards / "board0.png"), "--model", str(tmp_path)]) == 2
+    assert "neither a reader checkpoint" in capsys.readouterr().err
