@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 import resource
 import tempfile
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    # Other work on the machine lowers the wall-clock rates; the load average says how much.
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start\n")
     print("| size | path | format | workers | images | images/s | x SVG | images/CPU-s |")
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -114,6 +117,7 @@ def main() -> None:
             if workers == 2 and size in TARGETS:
                 verdict = "met" if rates["fast", "png"] >= TARGETS[size] else "NOT met"
                 print(f"| {size} | target {TARGETS[size]:.0f}/s (PNG, 2 workers) | {verdict} |")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at end")
 
 
 if __name__ == "__main__":

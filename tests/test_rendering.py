@@ -22,6 +22,7 @@ from chessvlm.rendering import (
     RenderParams,
     encode_image,
     image_extension,
+    is_held_out,
     piece_bitmap,
     piece_images,
     render_board,
@@ -202,6 +203,28 @@ def test_sampling_is_deterministic_and_styles_can_hold_out() -> None:
     params = [sample_render_params(held_out, random.Random(i)) for i in range(30)]
     assert {p.piece_set for p in params} == {"merida"}
     assert {p.size for p in params} <= {448, 512}
+
+
+def test_held_out_styles_share_parts_but_no_combination() -> None:
+    def looks(style: str) -> list[RenderParams]:
+        return [sample_render_params(style, random.Random(i)) for i in range(1500)]
+
+    seen, held_out = looks("mixed-seen"), looks("mixed-held-out")
+    for part in ("piece_set", "theme", "size"):
+        values = {getattr(p, part) for p in held_out}
+        assert values == {getattr(p, part) for p in seen}, part
+        assert len(values) > 1, part
+    seen_combinations = {(p.piece_set, p.theme, p.size) for p in seen}
+    held_out_combinations = {(p.piece_set, p.theme, p.size) for p in held_out}
+    assert not seen_combinations & held_out_combinations
+    assert all(is_held_out(*combination) for combination in held_out_combinations)
+
+
+def test_styles_that_cannot_draw_are_refused() -> None:
+    with pytest.raises(ChessVLMError, match="at least one"):
+        dataclasses.replace(STYLES["mixed"], themes=())
+    with pytest.raises(ChessVLMError, match="combinations must be"):
+        dataclasses.replace(STYLES["mixed"], combinations="some")
 
 
 def test_unknown_names_are_user_errors() -> None:

@@ -17,6 +17,7 @@ Piece images are read at run time from installed packages (python-chess, `pyches
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -29,8 +30,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, product
 from pathlib import Path
 
 import chess
@@ -50,7 +50,7 @@ XLINK_NS = "http://www.w3.org/1999/xlink"
 SVG_SQUARE = chess.svg.SQUARE_SIZE
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PieceSet:
     """Where a piece set's 12 images come from (authors and licences: docs/piece_sets.md).
 
@@ -150,7 +150,7 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Theme:
     """Board colours: light and dark squares, and the last-move tint laid over a square."""
 
@@ -215,7 +215,7 @@ def _check_size(size: int) -> int:
     return size
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RenderParams:
     """Everything that decides how one board image looks.
 
@@ -254,13 +254,27 @@ class RenderParams:
         return "/".join(parts)
 
 
-@dataclass(frozen=True)
+def is_held_out(piece_set: str, theme: str, size: int) -> bool:
+    """Whether a (piece set, theme, size) combination is one of the held-out fifth.
+
+    Fixed by a checksum of the names, so the split never changes between runs or machines;
+    every piece set, theme and size still appears in the other four fifths.
+    """
+    return zlib.crc32(f"{piece_set}/{theme}/{size}".encode()) % 5 == 0
+
+
+_COMBINATIONS = ("all", "seen", "held-out")
+
+
+@dataclasses.dataclass(frozen=True)
 class Style:
     """A distribution over `RenderParams`, sampled by `sample_render_params`.
 
-    To hold combinations out (e.g. a test split in piece sets, themes or sizes that training
-    never saw together), derive styles with `dataclasses.replace(STYLES["mixed"],
-    piece_sets=(...), themes=(...), sizes=(...))`.
+    `combinations` picks which (piece set, theme, size) combinations are drawn: `all`, only
+    those `is_held_out` rejects (`seen`), or only the held-out ones (`held-out`). Training on
+    a `seen` style and testing on its `held-out` twin measures looks whose parts were all
+    trained on, but never together. For other splits, derive styles with
+    `dataclasses.replace(STYLES["mixed"], piece_sets=(...), themes=(...), sizes=(...))`.
     """
 
     piece_sets: tuple[str, ...]
@@ -271,46 +285,66 @@ class Style:
     highlight_rate: float = 0.0
     jpeg_rate: float = 0.0
     jpeg_qualities: tuple[int, int] = (70, 95)
+    combinations: str = "all"
 
     def __post_init__(self) -> None:
-        if not (self.piece_sets and self.themes and self.sizes):
-            raise ChessVLMError("a style needs at least one piece set, theme and size")
         for name in self.piece_sets:
             _check_name(name, PIECE_SETS, "piece set")
         for name in self.themes:
             _check_name(name, THEMES, "board theme")
         for size in self.sizes:
             _check_size(size)
+        if self.combinations not in _COMBINATIONS:
+            raise ChessVLMError(f"combinations must be one of {', '.join(_COMBINATIONS)}")
+        combinations = product(self.piece_sets, self.themes, self.sizes)
+        if not any(self._allows(*combination) for combination in combinations):
+            raise ChessVLMError(
+                "a style needs at least one (piece set, theme, size) combination to draw"
+                f" (combinations={self.combinations!r})"
+            )
+
+    def _allows(self, piece_set: str, theme: str, size: int) -> bool:
+        if self.combinations == "all":
+            return True
+        return is_held_out(piece_set, theme, size) == (self.combinations == "held-out")
 
     def sample(self, rng: random.Random) -> RenderParams:
         """Draw one concrete set of parameters; the same `rng` state gives the same draw."""
-        piece_set = rng.choice(self.piece_sets)
-        theme = rng.choice(self.themes)
-        size = rng.choice(self.sizes)
+        while True:  # __post_init__ made sure some combination is allowed
+            piece_set = rng.choice(self.piece_sets)
+            theme = rng.choice(self.themes)
+            size = rng.choice(self.sizes)
+            if self._allows(piece_set, theme, size):
+                break
         flipped = rng.random() < self.flip_rate
         coordinates = rng.random() < self.coordinates_rate
         highlight = rng.random() < self.highlight_rate
         jpeg = rng.random() < self.jpeg_rate
-        # Drawn even for PNG, so every sample takes the same number of draws from `rng`.
+        # Drawn even for PNG, so the flags above never shift the draws that follow.
         quality = rng.randint(*self.jpeg_qualities)
         return RenderParams(
             piece_set, theme, size, flipped, coordinates, highlight, quality if jpeg else None
         )
 
 
+_MIXED = Style(
+    tuple(PIECE_SETS),
+    tuple(THEMES),
+    tuple(range(224, 513, 32)),
+    flip_rate=0.5,
+    coordinates_rate=0.5,
+    highlight_rate=0.5,
+    jpeg_rate=0.3,
+)
+
 STYLES: dict[str, Style] = {
     # The seed's data: 512 px lichess-looking boards, white at the bottom, no coordinates.
     "seed": Style(("cburnett",), ("brown",), (512,)),
     # The default for synthetic data: every set and theme, both orientations, all options.
-    "mixed": Style(
-        tuple(PIECE_SETS),
-        tuple(THEMES),
-        tuple(range(224, 513, 32)),
-        flip_rate=0.5,
-        coordinates_rate=0.5,
-        highlight_rate=0.5,
-        jpeg_rate=0.3,
-    ),
+    "mixed": _MIXED,
+    # Train on the first, test on the second: piece set, theme and size seen, never together.
+    "mixed-seen": dataclasses.replace(_MIXED, combinations="seen"),
+    "mixed-held-out": dataclasses.replace(_MIXED, combinations="held-out"),
     # Quick experiments: one look, smallest size.
     "simple": Style(("cburnett",), ("brown",), (224,)),
 }
@@ -581,7 +615,7 @@ def save_image(image: Image.Image, path: str | Path, params: RenderParams) -> No
 Renderer = Callable[[chess.BaseBoard, RenderParams, chess.Move | None], Image.Image]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RenderJob:
     """One image to draw and write; small and picklable so it can go to a worker process.
 
