@@ -81,6 +81,25 @@ def make_jobs(size: int, fmt: str, count: int, folder: str, seed: int) -> list[R
     return jobs
 
 
+def draw_only(size: int, count: int, svg_count: int, seed: int) -> tuple[float, float]:
+    """Boards drawn per CPU second, one process, no encoding or writing: (fast, SVG).
+
+    The fast path's caches are warmed by a first pass, so this is its steady state."""
+    boards = [
+        (chess.Board(job.fen), job.params, chess.Move.from_uci(job.last_move))
+        for job in make_jobs(size, "png", count, "unused", seed)
+    ]
+    rates = []
+    for renderer, sample in ((render_board, boards), (render_board_svg, boards[:svg_count])):
+        for board, params, move in sample:
+            renderer(board, params, move)
+        start = time.process_time()
+        for board, params, move in sample:
+            renderer(board, params, move)
+        rates.append(len(sample) / (time.process_time() - start))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     """Run every measurement and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,6 +136,12 @@ def main() -> None:
             if workers == 2 and size in TARGETS:
                 verdict = "met" if rates["fast", "png"] >= TARGETS[size] else "NOT met"
                 print(f"| {size} | target {TARGETS[size]:.0f}/s (PNG, 2 workers) | {verdict} |")
+    print("\nDrawing only (1 process, warm caches, no encoding or writing):\n")
+    print("| size | fast boards/CPU-s | SVG boards/CPU-s | ratio |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        fast, svg = draw_only(size, min(args.count, 1000), args.svg_count, args.seed)
+        print(f"| {size} | {fast:.0f} | {svg:.1f} | {fast / svg:.0f} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at end")
 
 
