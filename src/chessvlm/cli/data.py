@@ -57,13 +57,19 @@ def _register_synth(commands) -> None:
         )
     parser.add_argument("--seed", type=int, default=0, help="seed of games and looks (default 0)")
     parser.add_argument(
-        "--style", default="mixed", help="rendering style: mixed (default), seed or simple"
+        "--style",
+        default="mixed",
+        help=(
+            "rendering style: mixed (default: every look), seed (the seed's 512 px look), "
+            "simple (one 224 px look), mixed-seen / mixed-held-out (train / test on look "
+            "combinations never seen together)"
+        ),
     )
     parser.add_argument(
         "--test-style",
         "--test_style",
         dest="test_style",
-        help="rendering style of the test split (default: --style), to measure held-out looks",
+        help="rendering style of the test split (default: --style), e.g. mixed-held-out",
     )
     parser.add_argument(
         "--workers",
