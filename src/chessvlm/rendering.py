@@ -433,28 +433,39 @@ def _tile(
     return _square_tile(theme, size // 8, _is_light(square), highlighted, *labels)
 
 
-@functools.lru_cache(maxsize=32)
-def _empty_board(theme: str, size: int, flipped: bool, coordinates: bool) -> Image.Image:
-    """The board without pieces or highlights."""
+# 128 holds every theme at every size of the mixed style (9 x 10 boards, ~40 MB).
+@functools.lru_cache(maxsize=128)
+def _plain_board(theme: str, size: int) -> Image.Image:
+    """Empty squares only. Turning the board round keeps every square's colour where it was
+    (a1 and h8 are both dark), so one image serves both orientations."""
     image = Image.new("RGB", (size, size))
     for square in chess.SQUARES:
-        tile = _tile(square, theme, size, flipped, coordinates, highlighted=False)
-        image.paste(tile, square_origin(square, size, flipped))
+        tile = _tile(square, theme, size, flipped=False, coordinates=False, highlighted=False)
+        image.paste(tile, square_origin(square, size, flipped=False))
     return image
+
+
+_LABELLED_SQUARES = {
+    flipped: frozenset(s for s in chess.SQUARES if any(_coordinate_labels(s, flipped)))
+    for flipped in (False, True)
+}
 
 
 def render_board(
     board: chess.BaseBoard, params: RenderParams, last_move: chess.Move | None = None
 ) -> Image.Image:
     """Draw `board` as an RGB image by compositing cached bitmaps (the fast path)."""
-    look = (params.theme, params.size, params.flipped, params.coordinates)
-    image = _empty_board(*look).copy()
+    image = _plain_board(params.theme, params.size).copy()
+    moved = set()
     if params.highlight_move and last_move is not None:
-        for square in {last_move.from_square, last_move.to_square}:
-            image.paste(
-                _tile(square, *look, highlighted=True),
-                square_origin(square, params.size, params.flipped),
-            )
+        moved = {last_move.from_square, last_move.to_square}
+    labelled = _LABELLED_SQUARES[params.flipped] if params.coordinates else frozenset()
+    look = (params.theme, params.size, params.flipped, params.coordinates)
+    for square in moved | labelled:
+        image.paste(
+            _tile(square, *look, highlighted=square in moved),
+            square_origin(square, params.size, params.flipped),
+        )
     square_px = params.size // 8
     for square, piece in board.piece_map().items():
         bitmap = piece_bitmap(params.piece_set, piece.symbol(), square_px)
