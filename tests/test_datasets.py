@@ -4,7 +4,6 @@ dataset built from it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import chess
@@ -324,7 +323,7 @@ def test_compact_prompt_states_the_answer_format():
         assert phrase in prompt
 
 
-def test_seed_style_json_dataset_is_read(tmp_path):
+def test_seed_style_json_dataset_is_read(tmp_path, monkeypatch):
     """The seed's own JSON dataset: placement-only fen, metadata fields, cwd-relative images."""
     (tmp_path / "data" / "imgs").mkdir(parents=True)
     (tmp_path / "data" / "imgs" / "train_000000.png").write_bytes(image_bytes())
@@ -338,12 +337,8 @@ def test_seed_style_json_dataset_is_read(tmp_path):
     }
     (tmp_path / "json").mkdir()
     (tmp_path / "json" / "train.jsonl").write_text(json.dumps(record) + "\n")
-    cwd = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        create_vlm_dataset("json", "vlm", base_dir=".")
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    create_vlm_dataset("json", "vlm", base_dir=".")
     (entry,) = read_vlm_dataset(tmp_path / "vlm" / "train.json")
     assert entry["id"] == "train_000000" and entry["image"] == "data/imgs/train_000000.png"
     assert entry["fen"] == "4k3/8/8/8/3pP3/8/8/4K3 b - e3 0 1"
