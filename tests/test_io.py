@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from chessvlm.errors import InputError
-from chessvlm.io import JsonlAppender, atomic_write_json, iter_jsonl, read_jsonl
+from chessvlm.io import (
+    JsonlAppender,
+    atomic_write_bytes,
+    atomic_write_json,
+    iter_jsonl,
+    read_jsonl,
+)
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
@@ -47,3 +54,12 @@ def test_appender_resumes_after_a_torn_last_line(tmp_path):
         assert log.done_ids == {"a", "b"}
         log.write({"id": "c", "answer": "z"})
     assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    target = tmp_path / "image.png"
+    atomic_write_bytes(target, b"png", durable=False)
+    assert target.read_bytes() == b"png"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -12,16 +12,33 @@ from typing import Any
 from chessvlm.errors import InputError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
+
+    `durable` also flushes the data to the disk before the rename, so the file survives a power
+    loss; files that are cheap to make again (rendered images) skip it, since the rename alone
+    already survives a crashed process.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        # mkstemp makes owner-only files; give the file the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

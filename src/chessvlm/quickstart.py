@@ -1,0 +1,227 @@
+"""One command from nothing to a trained board-reading VLM, a board reader and a report.
+
+Stages, each resumable and skipped when already done:
+data (render boards) -> vlm dataset -> init small model -> train VLM (time budget) ->
+evaluate VLM -> train board reader (time budget) -> evaluate reader -> report.
+
+A stage that finished leaves `OUT/stages/<name>.json` with its result; the long stages
+(rendering, training, evaluation) also resume from their own partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from chessvlm.io import atomic_write_json
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes and budgets of a quickstart run (the defaults are the README's measured run)."""
+
+    out: Path
+    minutes: float = 18.0
+    reader_minutes: float = 4.0
+    style: str = "mixed"
+    preset: str = "small"
+    train_samples: int = 20000
+    val_samples: int = 200
+    test_samples: int = 300
+    eval_batch_size: int = 50
+    seed: int = 0
+    workers: int = max(1, os.cpu_count() or 1)
+
+    @property
+    def data_dir(self) -> Path:
+        """The rendered JSON dataset."""
+        return self.out / "data"
+
+    @property
+    def vlm_data_dir(self) -> Path:
+        """The VLM (conversation) dataset."""
+        return self.out / "vlm_data"
+
+    @property
+    def base_model_dir(self) -> Path:
+        """The untrained model built from the preset."""
+        return self.out / "models" / f"{self.preset}-init"
+
+    @property
+    def vlm_dir(self) -> Path:
+        """The trained VLM and its checkpoints."""
+        return self.out / "models" / f"{self.preset}-vlm"
+
+    @property
+    def reader_dir(self) -> Path:
+        """The trained board reader."""
+        return self.out / "models" / "reader"
+
+    def run_dir(self, name: str) -> Path:
+        """An evaluation run folder (metrics, predictions, run.json)."""
+        return self.out / "runs" / name
+
+
+def run_quickstart(config: QuickstartConfig) -> dict[str, dict]:
+    """Run every stage (resuming finished ones) and return the two runs' metrics."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    stages: list[tuple[str, Callable[[QuickstartConfig], Any]]] = [
+        ("data", _render_data),
+        ("vlm_dataset", _vlm_dataset),
+        ("init_model", _init_model),
+        ("train_vlm", _train_vlm),
+        ("evaluate_vlm", _evaluate_vlm),
+        ("train_reader", _train_reader),
+        ("evaluate_reader", _evaluate_reader),
+        ("report", _report),
+    ]
+    results = {}
+    for index, (name, stage) in enumerate(stages, start=1):
+        results[name] = _run_stage(config, f"{index}/{len(stages)} {name}", name, stage)
+    return {"vlm": results["evaluate_vlm"], "reader": results["evaluate_reader"]}
+
+
+def _run_stage(config: QuickstartConfig, title: str, name: str, stage: Callable) -> Any:
+    marker = config.out / "stages" / f"{name}.json"
+    if marker.is_file():
+        tqdm.write(f"[{title}] done before, skipped")
+        return json.loads(marker.read_text(encoding="utf-8"))["result"]
+    tqdm.write(f"[{title}] ...")
+    started = time.monotonic()
+    result = stage(config)
+    seconds = round(time.monotonic() - started, 1)
+    atomic_write_json(marker, {"seconds": seconds, "result": result})
+    tqdm.write(f"[{title}] finished in {seconds:.0f} s")
+    return result
+
+
+def _render_data(config: QuickstartConfig) -> dict:
+    from chessvlm.datasets import synth_json_dataset
+
+    counts = {
+        "train": config.train_samples,
+        "val": config.val_samples,
+        "test": config.test_samples,
+    }
+    return synth_json_dataset(
+        config.data_dir, counts, seed=config.seed, style=config.style, workers=config.workers
+    )
+
+
+def _vlm_dataset(config: QuickstartConfig) -> dict:
+    from chessvlm.datasets import create_vlm_dataset
+
+    # The images were just rendered and checked by the renderer: no need to decode them again.
+    written = create_vlm_dataset(
+        config.data_dir, config.vlm_data_dir, base_dir=config.data_dir, check_images=False
+    )
+    return {split: count for split, (count, _) in written.items()}
+
+
+def _init_model(config: QuickstartConfig) -> str:
+    from chessvlm.modeling import init_model
+
+    return str(init_model(config.preset, config.base_model_dir, seed=config.seed))
+
+
+def _train_vlm(config: QuickstartConfig) -> dict:
+    from chessvlm.training import TrainConfig, train
+
+    started = time.monotonic()
+    train_config = TrainConfig(
+        data_dir=config.vlm_data_dir,
+        output_dir=config.vlm_dir,
+        model_name=str(config.base_model_dir),
+        image_base_dir=config.data_dir,
+        use_lora=False,
+        num_epochs=100.0,  # the time budget ends training, not the epoch count
+        max_minutes=config.minutes,
+        save_steps=200,
+        eval_steps=200,
+        resume=config.vlm_dir.is_dir(),
+        seed=config.seed,
+    )
+    output = train(train_config)
+    run_config = json.loads((output / "chessvlm_config.json").read_text(encoding="utf-8"))
+    return {
+        "model": str(output),
+        "steps": run_config.get("step"),
+        "train_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _evaluate_vlm(config: QuickstartConfig) -> dict:
+    from chessvlm.evaluation import EvaluateConfig, evaluate
+    from chessvlm.reports import write_run_info
+
+    run_dir = config.run_dir("vlm")
+    trained = _stage_result(config, "train_vlm")
+    write_run_info(
+        run_dir,
+        name=f"{config.preset} VLM (from scratch, {config.minutes:g} min CPU)",
+        model=trained["model"],
+        target="compact",
+        train_data=config.vlm_data_dir / "train.json",
+        train_samples=config.train_samples,
+        steps=trained["steps"],
+        train_seconds=trained["train_seconds"],
+        test_data=config.vlm_data_dir / "test.json",
+        image_base_dir=config.data_dir,
+    )
+    return evaluate(
+        EvaluateConfig(
+            model_path=trained["model"],
+            test_data=config.vlm_data_dir / "test.json",
+            image_base_dir=config.data_dir,
+            output=run_dir / "metrics.json",
+            predictions=run_dir / "predictions.jsonl",
+            batch_size=config.eval_batch_size,
+        )
+    )
+
+
+def _train_reader(config: QuickstartConfig) -> str:
+    from chessvlm.reader import ReaderTrainConfig, train_reader
+
+    reader_config = ReaderTrainConfig(
+        data_dir=str(config.data_dir),
+        out=str(config.reader_dir),
+        max_minutes=config.reader_minutes,
+        seed=config.seed,
+        workers=config.workers,
+    )
+    return str(train_reader(reader_config))
+
+
+def _evaluate_reader(config: QuickstartConfig) -> dict:
+    from chessvlm.reader import ReaderEvalConfig, evaluate_reader
+
+    eval_config = ReaderEvalConfig(
+        model=str(config.reader_dir),
+        data_dir=str(config.data_dir),
+        output=str(config.run_dir("reader")),
+        name=f"board reader (CNN, {config.reader_minutes:g} min CPU)",
+        workers=config.workers,
+    )
+    return evaluate_reader(eval_config)
+
+
+def _report(config: QuickstartConfig) -> str:
+    from chessvlm.reports import load_run, write_report
+
+    runs = [load_run(config.run_dir("vlm")), load_run(config.run_dir("reader"))]
+    title = f"chessvlm quickstart: {config.train_samples:,} '{config.style}' boards"
+    return str(write_report(runs, config.out / "report", title=title))
+
+
+def _stage_result(config: QuickstartConfig, name: str) -> Any:
+    marker = config.out / "stages" / f"{name}.json"
+    return json.loads(marker.read_text(encoding="utf-8"))["result"]
+
