@@ -413,24 +413,9 @@ def _glyph_mask(rank_label: str, file_label: str, square_px: int) -> Image.Image
 # --------------------------------------------------------------------------- fast path
 
 
-@functools.lru_cache(maxsize=512)
-def _square_tile(
-    theme: str, square_px: int, light: bool, highlighted: bool, rank_label: str, file_label: str
-) -> Image.Image:
-    """One empty square with its coordinate labels, as an RGB tile."""
-    colours = THEMES[theme]
-    tile = Image.new("RGB", (square_px, square_px), colours.square_colour(light, highlighted))
-    if rank_label or file_label:
-        mask = _glyph_mask(rank_label, file_label, square_px)
-        tile.paste(_rgb(colours.coordinate_colour(light)), (0, 0, square_px, square_px), mask)
-    return tile
-
-
-def _tile(
-    square: chess.Square, theme: str, size: int, flipped: bool, coordinates: bool, highlighted: bool
-) -> Image.Image:
-    labels = _coordinate_labels(square, flipped) if coordinates else ("", "")
-    return _square_tile(theme, size // 8, _is_light(square), highlighted, *labels)
+def _square_box(square: chess.Square, size: int, flipped: bool) -> tuple[int, int, int, int]:
+    x, y = square_origin(square, size, flipped)
+    return x, y, x + size // 8, y + size // 8
 
 
 # 128 holds every theme at every size of the mixed style (9 x 10 boards, ~40 MB).
@@ -438,15 +423,16 @@ def _tile(
 def _plain_board(theme: str, size: int) -> Image.Image:
     """Empty squares only. Turning the board round keeps every square's colour where it was
     (a1 and h8 are both dark), so one image serves both orientations."""
-    image = Image.new("RGB", (size, size))
+    colours = THEMES[theme]
+    image = Image.new("RGB", (size, size), _rgb(colours.dark))
     for square in chess.SQUARES:
-        tile = _tile(square, theme, size, flipped=False, coordinates=False, highlighted=False)
-        image.paste(tile, square_origin(square, size, flipped=False))
+        if _is_light(square):
+            image.paste(_rgb(colours.light), _square_box(square, size, flipped=False))
     return image
 
 
 _LABELLED_SQUARES = {
-    flipped: frozenset(s for s in chess.SQUARES if any(_coordinate_labels(s, flipped)))
+    flipped: tuple(s for s in chess.SQUARES if any(_coordinate_labels(s, flipped)))
     for flipped in (False, True)
 }
 
@@ -455,21 +441,20 @@ def render_board(
     board: chess.BaseBoard, params: RenderParams, last_move: chess.Move | None = None
 ) -> Image.Image:
     """Draw `board` as an RGB image by compositing cached bitmaps (the fast path)."""
-    image = _plain_board(params.theme, params.size).copy()
-    moved = set()
+    theme, size, flipped = THEMES[params.theme], params.size, params.flipped
+    image = _plain_board(params.theme, size).copy()
     if params.highlight_move and last_move is not None:
-        moved = {last_move.from_square, last_move.to_square}
-    labelled = _LABELLED_SQUARES[params.flipped] if params.coordinates else frozenset()
-    look = (params.theme, params.size, params.flipped, params.coordinates)
-    for square in moved | labelled:
-        image.paste(
-            _tile(square, *look, highlighted=square in moved),
-            square_origin(square, params.size, params.flipped),
-        )
-    square_px = params.size // 8
+        for square in {last_move.from_square, last_move.to_square}:
+            colour = theme.square_colour(_is_light(square), highlighted=True)
+            image.paste(_rgb(colour), _square_box(square, size, flipped))
+    if params.coordinates:
+        for square in _LABELLED_SQUARES[flipped]:
+            mask = _glyph_mask(*_coordinate_labels(square, flipped), size // 8)
+            colour = theme.coordinate_colour(_is_light(square))
+            image.paste(_rgb(colour), _square_box(square, size, flipped), mask)
     for square, piece in board.piece_map().items():
-        bitmap = piece_bitmap(params.piece_set, piece.symbol(), square_px)
-        image.paste(bitmap, square_origin(square, params.size, params.flipped), bitmap)
+        bitmap = piece_bitmap(params.piece_set, piece.symbol(), size // 8)
+        image.paste(bitmap, square_origin(square, size, flipped), bitmap)
     return image
 
 
