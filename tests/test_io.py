@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
 
@@ -63,3 +64,8 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     atomic_write_bytes(target, b"png", durable=False)
     assert target.read_bytes() == b"png"
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_input_errors_survive_pickling_between_processes():
+    error = pickle.loads(pickle.dumps(InputError("train.jsonl", "bad FEN", line=3)))
+    assert str(error) == "train.jsonl:3: bad FEN" and error.line == 3

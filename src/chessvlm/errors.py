@@ -16,3 +16,7 @@ class InputError(ChessVLMError):
         self.source = source
         self.line = line
         self.problem = problem
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its own arguments, so it survives being sent back from a worker process.
+        return (type(self), (self.source, self.problem, self.line))

@@ -598,12 +598,16 @@ def encode_image(image: Image.Image, fmt: str, quality: int | None = None) -> by
 
 
 def save_image(image: Image.Image, path: str | Path, params: RenderParams) -> None:
-    """Write the image atomically as PNG, or JPEG when `params.jpeg_quality` is set."""
+    """Write the image atomically as PNG, or JPEG when `params.jpeg_quality` is set.
+
+    No fsync: a rendered image is cheap to make again, and the dataset's progress log (not the
+    file's presence) is what marks it finished.
+    """
     path = Path(path)
     if path.suffix.lower() != image_extension(params):
         raise ValueError(f"{path}: extension should be {image_extension(params)} for {params.name}")
     fmt = "png" if params.jpeg_quality is None else "jpeg"
-    atomic_write_bytes(path, encode_image(image, fmt, params.jpeg_quality))
+    atomic_write_bytes(path, encode_image(image, fmt, params.jpeg_quality), durable=False)
 
 
 # --------------------------------------------------------------------------- batches
