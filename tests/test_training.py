@@ -29,6 +29,7 @@ from chessvlm.training import (
     Example,
     TrainConfig,
     VLMCollator,
+    VLMTrainer,
     load_examples,
     lora_config,
     merge_adapter,
@@ -99,7 +100,6 @@ def _config(data: Path, tiny: Path, out: Path, **overrides) -> TrainConfig:
         "save_steps": 100,
         "eval_steps": 100,
         "logging_steps": 1,
-        "bf16_cpu": False,
         **overrides,
     }
     return TrainConfig(data_dir=data, output_dir=out, model_name=str(tiny), **settings)
@@ -158,6 +158,23 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny, tmp_path):
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
     assert torch.allclose(output.loss, manual, atol=1e-5)
+
+
+def test_trainer_loss_on_answer_positions_equals_the_full_loss(tiny, data, tmp_path):
+    from transformers import TrainingArguments
+
+    model, processor = load_model_and_processor(tiny, device="cpu")
+    examples, _ = load_examples(data / "train.json", data, None, 3)
+    batch = VLMCollator(processor, SIZE)(examples)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = VLMTrainer(model=model, args=args)
+    with torch.no_grad():
+        expected = model(**batch).loss
+        learned = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        mean = trainer.compute_loss(model, batch)
+        over_batch = trainer.compute_loss(model, batch, num_items_in_batch=2 * learned)
+    assert torch.allclose(mean, expected, atol=1e-5)
+    assert torch.allclose(over_batch, expected / 2, atol=1e-5)  # part of an accumulated batch
 
 
 def test_unreadable_image_names_the_sample(tiny, tmp_path):
@@ -290,10 +307,17 @@ def test_resume_continues_at_the_saved_step_as_if_never_stopped(data, tiny, tmp_
     straight = train(_config(data, tiny, tmp_path / "straight", max_steps=4, **common))
     stopped = _config(data, tiny, tmp_path / "stopped", max_steps=2, save_steps=2, **common)
     train(stopped)
+    log = tmp_path / "stopped" / "metrics.jsonl"
+    # Pretend the first part took 1000 s: the resumed part's time must continue from there.
+    log.write_text(
+        "".join(json.dumps({**r, "elapsed_s": 1000.0}) + "\n" for r in _metrics(log.parent))
+    )
     with pytest.raises(ChessVLMError, match="--resume"):
         train(_config(data, tiny, tmp_path / "stopped", max_steps=4, **common))
     resumed = train(_config(data, tiny, tmp_path / "stopped", max_steps=4, resume=True, **common))
-    assert [r["step"] for r in _metrics(resumed) if "loss" in r] == [1, 2, 3, 4]
+    records = [r for r in _metrics(resumed) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[2]["elapsed_s"] > 1000.0  # training time counts across the resume
     assert read_run_config(resumed)["step"] == 4
     assert _losses(resumed) == pytest.approx(_losses(straight), abs=1e-4)
 
@@ -317,7 +341,7 @@ def test_two_process_run_with_gloo(data, tiny, tmp_path):
         "--master_port", str(_free_port()), str(Path(sys.executable).parent / "chessvlm"), "train",
         "--data_dir", str(data), "--output_dir", str(out), "--model_name", str(tiny),
         "--full", "--batch_size", "4", "--num_epochs", "1", "--warmup_steps", "0",
-        "--logging_steps", "1", "--no_bf16_cpu",
+        "--logging_steps", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)

@@ -21,7 +21,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.io import JsonlAppender, atomic_write_jsonl
+from chessvlm.io import JsonlAppender, atomic_write_jsonl, iter_jsonl
 from chessvlm.modeling import (
     DEFAULT_BASE_MODEL,
     TOKEN_PIXELS,
@@ -96,7 +96,7 @@ class TrainConfig:
     max_length: int = 2048
     resume: bool = False
     gradient_checkpointing: bool = False
-    bf16_cpu: bool = True
+    bf16_cpu: bool = False
     dataloader_workers: int | None = None
     skip_bad_samples: bool = False
     seed: int = 0
@@ -276,7 +276,8 @@ def training_precision() -> tuple[Any, dict]:
     """Weights dtype for LoRA and the Trainer's mixed-precision flags for this machine.
 
     GPU: bf16 where supported, else fp16 (LoRA weights stay fp32, so the fp16 scaler works).
-    CPU: fp32 weights; bf16 autocast is decided by `TrainConfig.bf16_cpu`.
+    CPU: fp32 weights; bf16 autocast only with `TrainConfig.bf16_cpu` (it made the small
+    model's steps slower here, see docs/training.md).
     """
     import torch
 
@@ -296,9 +297,11 @@ def build_model(config: TrainConfig, image_size: int) -> tuple[Any, Any]:
         config.model_name, dtype=dtype, image_size=image_size, for_training=True
     )
     if config.use_lora:
-        from peft import get_peft_model
+        from peft import PeftModel, get_peft_model
 
-        model = get_peft_model(model, lora_config(config))
+        # An adapter folder as --model_name continues training that adapter.
+        if not isinstance(model, PeftModel):
+            model = get_peft_model(model, lora_config(config))
     model.config.use_cache = False
     return model, processor
 
@@ -325,7 +328,11 @@ class TimeBudget(TrainerCallback):
 
 
 class RunFiles(TrainerCallback):
-    """Write `metrics.jsonl` as logs come and `chessvlm_config.json` into every checkpoint."""
+    """Write `metrics.jsonl` as logs come and `chessvlm_config.json` into every checkpoint.
+
+    Each record's `elapsed_s` is training time since the run began, counted across resumes
+    (a resumed run starts from the time logged at its checkpoint's step).
+    """
 
     def __init__(self, output_dir: Path, run_config: dict) -> None:
         self.output_dir = output_dir
@@ -336,6 +343,12 @@ class RunFiles(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.log = JsonlAppender(self.output_dir / METRICS_LOG, key="step")
+            earlier = [
+                record.get("elapsed_s", 0.0)
+                for _, record in iter_jsonl(self.log.path)
+                if record.get("step", 0) <= state.global_step
+            ]
+            self.start = time.monotonic() - max(earlier, default=0.0)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.log:
@@ -359,14 +372,46 @@ class RunFiles(TrainerCallback):
 
 
 class VLMTrainer(Trainer):
-    """`Trainer` whose resume restores a fully trained Qwen2-VL's weights.
+    """`Trainer` with a loss over the answer positions only, and a working full-model resume.
 
-    transformers 5.x saves Qwen2-VL under the hub's key names (`visual.*`, `model.*`) but the
-    Trainer reloads a checkpoint's state dict without renaming, so every key is "unexpected"
-    and resuming silently keeps the freshly loaded weights (transformers issue #43701). Full
-    models are therefore reloaded through `from_pretrained`, which renames; adapters already
-    resume correctly through PEFT.
+    Loss: logits are computed only at positions whose next token is learned (about a quarter
+    of a sample: the answer), not over the whole prompt and image. That is most of the output
+    layer's cost, a third of a small model's training step on CPU and gigabytes of logits for
+    the 2B model's 151k-token vocabulary. It is normalised like transformers' causal-LM loss:
+    by the learned tokens of the whole accumulated batch, across processes.
+
+    Resume: transformers 5.x saves Qwen2-VL under the hub's key names (`visual.*`, `model.*`)
+    but the Trainer reloads a checkpoint's state dict without renaming, so every key is
+    "unexpected" and resuming silently keeps the freshly loaded weights (transformers issue
+    #43701). Full models are therefore reloaded through `from_pretrained`, which renames;
+    adapters already resume correctly through PEFT.
     """
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        import torch
+
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[:, 1:]
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+        outputs = model(**inputs, logits_to_keep=positions)
+        logits = outputs.logits.float()
+        chosen = targets[:, positions]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            chosen.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        if num_items_in_batch is None:
+            loss = loss / (chosen != IGNORE_INDEX).sum()
+        else:
+            # DDP averages gradients over processes; num_items_in_batch counts all of them.
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         from peft import PeftModel

@@ -114,10 +114,9 @@ def _register_train(subparsers) -> None:
     )
     optim.add_argument("--gradient_checkpointing", action="store_true")
     optim.add_argument(
-        "--no_bf16_cpu",
-        dest="bf16_cpu",
-        action="store_false",
-        help="on CPU, train in plain fp32 instead of bf16 autocast",
+        "--bf16_cpu",
+        action="store_true",
+        help="on CPU, train with bf16 autocast instead of plain fp32",
     )
     optim.add_argument("--seed", type=int, help="data order and initialisation seed (0)")
 
