@@ -1,10 +1,9 @@
 """Generation speed: batched vs one board at a time, constrained vs free decoding, in one run.
 
 Renders real boards from synthetic games (resized to the model's board size, as evaluation
-does), then times `generation.generate_answers` four ways
-on the same boards and model: one at a time and in batches, each with free greedy decoding
-and with the target's grammar (xgrammar). Prints boards/s, answer tokens/s and mean answer
-tokens for each, and the ratios.
+does), then times `generation.generate_answers` four ways on the same boards and model: one
+at a time and in batches, each with free greedy decoding and with the target's grammar
+(xgrammar). Prints boards/s, answer tokens/s and mean answer tokens for each, and the ratios.
 
 A model with random weights (the default: the small preset built in a temporary folder) does
 not write the same answers free and constrained: free, it never ends its turn and writes

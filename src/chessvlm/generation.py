@@ -8,14 +8,23 @@ cache, so a batch's answers equal the same boards generated one at a time.
 
 Constrained decoding (`constrained_target`) uses xgrammar (pinned: xgrammar==0.2.9). Why
 xgrammar rather than lm-format-enforcer or outlines: it takes an EBNF grammar directly, so the
-compact answer is constrained to exactly 8 ranks of 8 square symbols in the training
-formatting, and a JSON schema for the seed's verbose answer (with its indent=2 layout and one
-branch per piece kind, so a piece's colour, type and value always agree with its name); it
+compact answer is constrained to exactly 8 ranks of 8 square symbols in the training layout,
+and a JSON schema for the seed's verbose answer (its indent=2 layout, keys in the seed's order,
+one branch per piece kind so a piece's colour, type and value always agree with its name); it
 precomputes token masks per grammar state in C++, so a step costs a bitmask fill and a masked
-logits write rather than a Python walk over the vocabulary (lm-format-enforcer) and it needs
-no extra dependency tree (outlines). Grammars compile in milliseconds for both targets and
-are cached per tokenizer. The measured cost in boards/s is printed by
-`bench/bench_generation.py`.
+write of the logits, where lm-format-enforcer walks a prefix tree of the vocabulary in Python
+at every step; and it is one self-contained wheel, where outlines brings a larger dependency
+tree (the two alternatives were judged from their design, not installed and timed here).
+Compiling takes
+~1 ms (compact) and ~40 ms (seed), plus ~0.9 s once to index Qwen2's full vocabulary; compiled
+grammars are cached per tokenizer.
+
+Measured with `bench/bench_generation.py` (CPU, 1 thread, the small preset trained 251 steps,
+32 boards): constrained decoding ran at 0.75x the boards/s of free decoding one board at a
+time (4.5 vs 6.0) and 0.90x in batches of 16 (22.1 vs 24.6), for the same answer lengths;
+batching gave 4.1x (free) and 4.9x (constrained) over one board at a time. On that
+half-trained model, constraining raised per-square accuracy on 100 test boards from 59.9% to
+72.5%, because all its answers parsed instead of 81%.
 """
 
 from __future__ import annotations

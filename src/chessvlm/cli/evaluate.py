@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max_new_tokens",
         type=_positive_int,
-        help="answer length limit (default: 100 for compact, 1600 for seed)",
+        help="answer length limit in tokens (default: 100 for compact, 164 for constrained "
+        "compact, 1600 for seed)",
     )
     parser.add_argument(
         "--max_samples", type=_positive_int, help="evaluate the first N test samples only"
