@@ -190,6 +190,13 @@ def test_predict_fen_for_one_image_with_flags(checkpoint, boards, capsys):
     chess.Board(fen)
 
 
+def test_predict_with_a_stated_orientation(checkpoint, boards, capsys):
+    args = ["predict", str(boards / "board0.png"), "--model", str(checkpoint)]
+    assert main([*args, "--orientation", "black"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert notes["orientation"] == "black at the bottom (from --orientation)"
+
+
 def test_predict_with_a_vlm_folder(tmp_path, boards, monkeypatch, capsys):
     from chessvlm import generation
     from chessvlm.modeling import init_model

@@ -25,6 +25,7 @@ from chessvlm.reader import (
     evaluate_reader,
     image_order_labels,
     load_reader,
+    predict_boards,
     read_arrays,
     read_split,
     save_checkpoint,
@@ -131,6 +132,18 @@ def test_outputs_in_image_order_decode_to_the_standard_board(flipped):
     mirrored = chess.Board(ASYMMETRIC_FEN).transform(chess.flip_horizontal).board_fen()
     assert reading.board.board_fen() != mirrored
     assert reading.black_to_move_probability is None
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_a_known_orientation_overrides_the_predicted_one(flipped):
+    labels = square_labels(ASYMMETRIC_FEN)
+    in_cells = to_image_order(_one_hot_log_probs(labels), flipped, dim=0).unsqueeze(0)
+    wrong_guess = torch.tensor([[0.1 if flipped else 0.9, 0.5]])
+    (guessed,) = _decode_outputs(in_cells, wrong_guess, "argmax", False)
+    (told,) = _decode_outputs(in_cells, wrong_guess, "argmax", False, [flipped])
+    assert guessed.board.board_fen() != chess.Board(ASYMMETRIC_FEN).board_fen()
+    assert told.board.board_fen() == chess.Board(ASYMMETRIC_FEN).board_fen()
+    assert told.flipped is flipped and told.flipped_probability == wrong_guess[0, 0].item()
 
 
 # --------------------------------------------------------------------------- decoding
@@ -300,6 +313,20 @@ def test_evaluate_writes_predictions_metrics_and_run(tmp_path, dataset, checkpoi
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "reader" and run["image_base_dir"] == str(dataset)
     assert metrics["reader"]["model_load_seconds"] < 2
+
+
+def test_evaluate_with_given_orientation_keeps_the_models_guess(tmp_path, dataset, checkpoint):
+    out = tmp_path / "eval"
+    config = ReaderEvalConfig(
+        model=str(checkpoint), data_dir=str(dataset), output=str(out), orientation="given"
+    )
+    metrics = evaluate_reader(config)
+    assert metrics["reader"]["orientation"] == "given"
+    guessed = [p["flipped_pred"] for p in read_jsonl(out / "predictions.jsonl")]
+    reader = load_reader(checkpoint)
+    paths = [dataset / r["image_path"] for r in read_jsonl(dataset / "test.jsonl")]
+    own = [reading.flipped for _, reading, _ in predict_boards(reader, paths)]
+    assert guessed == own
 
 
 def test_evaluate_resumes_and_counts_unreadable_images(tmp_path, dataset, checkpoint):

@@ -269,15 +269,24 @@ def _prepare_for_cpu(model: BoardReader) -> None:
 
 
 def read_arrays(
-    reader: Reader, arrays: Sequence[np.ndarray] | torch.Tensor, decode: str | None = None
+    reader: Reader,
+    arrays: Sequence[np.ndarray] | torch.Tensor,
+    decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
 ) -> list[BoardReading]:
-    """Read a batch of decoded boards (`load_board_image` arrays, or uint8 N x 3 x S x S)."""
+    """Read a batch of decoded boards (`load_board_image` arrays, or uint8 N x 3 x S x S).
+
+    `flipped` gives, per board, a known orientation (True: black at the bottom) that replaces
+    the predicted one, or None to use the prediction.
+    """
     if isinstance(arrays, torch.Tensor):
         batch = arrays
     else:
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     log_probs, meta = _run(reader.model, batch)
-    return _decode_outputs(log_probs, meta, decode or reader.decode, reader.predicts_to_move)
+    return _decode_outputs(
+        log_probs, meta, decode or reader.decode, reader.predicts_to_move, flipped
+    )
 
 
 @torch.inference_mode()
@@ -289,13 +298,19 @@ def _run(model: BoardReader, batch: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _decode_outputs(
-    log_probs: torch.Tensor, meta: torch.Tensor, decode: str, with_to_move: bool
+    log_probs: torch.Tensor,
+    meta: torch.Tensor,
+    decode: str,
+    with_to_move: bool,
+    known_flips: Sequence[bool | None] | None = None,
 ) -> list[BoardReading]:
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
-    for cells, (flip_probability, black_probability) in zip(log_probs, meta.tolist(), strict=True):
-        flipped = flip_probability > 0.5
+    known_flips = known_flips or [None] * len(log_probs)
+    outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
+    for cells, (flip_probability, black_probability), known in outputs:
+        flipped = flip_probability > 0.5 if known is None else known
         in_squares = to_square_order(cells, flipped, dim=0)
         classes = decode_squares(in_squares, chess_rules=decode == "chess_rules")
         chosen = in_squares.gather(1, torch.tensor(classes).unsqueeze(1))
@@ -326,15 +341,18 @@ def predict_boards(
     batch_size: int = 64,
     workers: int = 2,
     decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
     """Read image files in batches: `(source, reading, None)` or `(source, None, error)` each,
-    in input order; a bad file gives its error and the others go on."""
-    pending: list[tuple[str | Path, np.ndarray | None, InputError | None]] = []
+    in input order; a bad file gives its error and the others go on. `flipped`, aligned with
+    `sources`, gives known orientations (see `read_arrays`)."""
+    pending: list[tuple[str | Path, np.ndarray | None, InputError | None, bool | None]] = []
     load = partial(load_board_image, size=reader.image_size)
     loaded = iter_loaded(sources, load, workers=workers, lookahead=2 * batch_size)
-    for source, (array, error) in zip(sources, loaded, strict=True):
-        pending.append((source, array, error))
-        if sum(array is not None for _, array, _ in pending) >= batch_size:
+    flips = flipped if flipped is not None else [None] * len(sources)
+    for source, (array, error), known in zip(sources, loaded, flips, strict=True):
+        pending.append((source, array, error, known))
+        if sum(item[1] is not None for item in pending) >= batch_size:
             yield from _flush(reader, pending, decode)
             pending = []
     yield from _flush(reader, pending, decode)
@@ -342,12 +360,13 @@ def predict_boards(
 
 def _flush(
     reader: Reader,
-    pending: list[tuple[str | Path, np.ndarray | None, InputError | None]],
+    pending: list[tuple[str | Path, np.ndarray | None, InputError | None, bool | None]],
     decode: str | None,
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
-    arrays = [array for _, array, _ in pending if array is not None]
-    readings = iter(read_arrays(reader, arrays, decode) if arrays else [])
-    for source, array, error in pending:
+    good = [(array, known) for _, array, _, known in pending if array is not None]
+    arrays, flips = [array for array, _ in good], [known for _, known in good]
+    readings = iter(read_arrays(reader, arrays, decode, flips) if arrays else [])
+    for source, array, error, _ in pending:
         yield source, (next(readings) if array is not None else None), error
 
 
@@ -375,7 +394,7 @@ def train_reader(config: ReaderTrainConfig) -> Path:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=config.weight_decay
     )
-    progress = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "best": None}
+    progress = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "best": None}
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -435,6 +454,8 @@ class _Trainer:
         self.progress = progress
         self.started = time.monotonic()
         self.seconds_at_start = progress["seconds"]
+        self.cpu_started = time.process_time()
+        self.cpu_seconds_at_start = progress.get("cpu_seconds", 0.0)
         self.last_save = self.started
 
     def seconds(self) -> float:
@@ -499,6 +520,10 @@ class _Trainer:
         self.optimizer.step()
         self.progress["step"] += 1
         self.progress["seconds"] = self.seconds()
+        # CPU time (all threads) tells the work done on a CPU shared with other jobs.
+        self.progress["cpu_seconds"] = (
+            self.cpu_seconds_at_start + time.process_time() - self.cpu_started
+        )
         return loss.item()
 
     def fraction_done(self) -> float:
@@ -519,6 +544,7 @@ class _Trainer:
             "complete": epoch_done,
             "step": self.progress["step"],
             "minutes": round(self.progress["seconds"] / 60, 2),
+            "cpu_minutes": round(self.progress["cpu_seconds"] / 60, 2),
             "train_loss": train_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             **{f"val_{name}": value for name, value in scores.items()},
@@ -543,6 +569,7 @@ class _Trainer:
             "val": scores,
             "epoch": self.progress["epoch"],
             "train_minutes": round(self.progress["seconds"] / 60, 2),
+            "train_cpu_minutes": round(self.progress["cpu_seconds"] / 60, 2),
             "train_black_to_move_rate": self.train_to_move_rate,
             "data_dir": str(self.config.data_dir),
         }
@@ -554,6 +581,7 @@ class _Trainer:
         best = max(DECODERS, key=lambda d: (by_decode[d]["exact_boards"], d == "argmax"))
         config = {**reader.config, "decode": best, "val_by_decode": by_decode}
         config["train_minutes"] = round(self.progress["seconds"] / 60, 2)
+        config["train_cpu_minutes"] = round(self.progress["cpu_seconds"] / 60, 2)
         atomic_write_json(self.out / CONFIG_FILE, config)
         tqdm.write(
             f"best checkpoint: val exact boards {by_decode[best]['exact_boards']:.4f} "
@@ -634,16 +662,25 @@ class ReaderEvalConfig:
     decode: str | None = None
     name: str | None = None
     workers: int = 2
+    orientation: str = "predicted"
+
+
+ORIENTATIONS = ("predicted", "given")
 
 
 def evaluate_reader(config: ReaderEvalConfig) -> dict:
     """Read a split's boards into `OUTPUT/predictions.jsonl` (resumable) and score them.
 
-    Writes `metrics.json` (`chessvlm.metrics.compute_metrics`, compact target: placement) and
-    `run.json` (what was evaluated, for `chessvlm report`), and returns the metrics.
+    Writes `metrics.json` (`chessvlm.metrics.compute_metrics`, compact target: placement)
+    and `run.json` (what was evaluated, for `chessvlm report`), and returns the metrics.
+    With `orientation="given"` each board is read in the orientation its label states (as
+    when a user says which side is at the bottom) instead of the predicted one; the
+    predictions' `flipped_pred` stays the model's own guess.
     """
     from chessvlm.metrics import compute_metrics
 
+    if config.orientation not in ORIENTATIONS:
+        raise ChessVLMError(f"orientation must be one of {', '.join(ORIENTATIONS)}")
     out = Path(config.output)
     started = time.monotonic()
     reader = load_reader(config.model)
@@ -677,8 +714,14 @@ def _predict_records(
     reader: Reader, config: ReaderEvalConfig, records: list[dict], appender: JsonlAppender
 ) -> None:
     paths = [Path(config.data_dir) / str(record["image_path"]) for record in records]
+    given = config.orientation == "given"
     results = predict_boards(
-        reader, paths, batch_size=config.batch_size, workers=config.workers, decode=config.decode
+        reader,
+        paths,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        decode=config.decode,
+        flipped=[bool(record.get("flipped", False)) for record in records] if given else None,
     )
     bar = tqdm(total=len(records), desc=f"reading {config.split}")
     last = time.monotonic()
@@ -691,7 +734,7 @@ def _predict_records(
                 {
                     "id": record["id"],
                     "fen": reading.board.board_fen(),
-                    "flipped_pred": reading.flipped,
+                    "flipped_pred": reading.flipped_probability > 0.5,
                 }
             )
         if len(batch) >= config.batch_size:
@@ -727,6 +770,7 @@ def _reader_figures(
     ]
     return {
         "decode": config.decode or reader.decode,
+        "orientation": config.orientation,
         "orientation_accuracy": sum(oriented) / len(oriented) if oriented else None,
         "model_load_seconds": round(load_seconds, 3),
         "encoder": reader.config["spec"]["encoder"],

@@ -14,6 +14,7 @@ orientation (`image_cell_squares`), so a flipped board is read rotated, never mi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import chess
@@ -47,7 +48,7 @@ class ReaderSpec:
 
     encoder: str = "cnn"
     image_size: int = 256
-    widths: tuple[int, ...] = (24, 32, 64, 128)
+    widths: tuple[int, ...] = (32, 64, 128)
     clip_model: str | None = None
     clip_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
@@ -75,34 +76,34 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class SquareCNN(nn.Module):
     """A small CNN whose output cells are the board's squares.
 
-    A non-overlapping stem (stride = square size / 8) and three 2x2 pools bring the image to
-    8x8; 3x3 convolutions in between are centred, so each output cell is centred on its square
-    (stride-2 convolutions would centre it on the square's corner).
+    A non-overlapping stem cuts each square into (2^k)^2 patches, k = len(widths) - 1; each of
+    k stages is a centred 3x3 convolution and a 2x2 pool, which ends at one cell per square,
+    centred on it (stride-2 convolutions would centre cells on the squares' corners). A last
+    3x3 convolution lets each square see its neighbours. The default stem of 8x8 px patches at
+    256 px costs half the CPU time of a 4x4 stem with one more stage, and keeps 32 px squares,
+    where the small coordinate letters drawn in the edge squares are still legible.
     """
 
     def __init__(self, image_size: int, widths: tuple[int, ...]) -> None:
         super().__init__()
+        stages = len(widths) - 1
         square = image_size // GRID
-        if image_size % (GRID * 8) or len(widths) != 4:
+        if stages < 1 or image_size % GRID or square % 2**stages:
             raise ChessVLMError(
-                f"CNN reader needs an image size that is a multiple of 64 and 4 widths; "
-                f"got {image_size} and {list(widths)}"
+                f"CNN reader: image size {image_size} does not split into 8 squares of "
+                f"{2**stages} x {2**stages} patches (widths {list(widths)})"
             )
-        stem_stride = square // 8
-        w0, w1, w2, w3 = widths
-        self.layers = nn.Sequential(
-            nn.Conv2d(3, w0, stem_stride, stride=stem_stride),
-            nn.BatchNorm2d(w0),
+        stem = square // 2**stages
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, widths[0], stem, stride=stem),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
-            _conv_block(w0, w1),
-            nn.MaxPool2d(2),
-            _conv_block(w1, w2),
-            nn.MaxPool2d(2),
-            _conv_block(w2, w3),
-            nn.MaxPool2d(2),
-            _conv_block(w3, w3),
-        )
-        self.out_channels = w3
+        ]
+        for in_channels, out_channels in pairwise(widths):
+            layers += [_conv_block(in_channels, out_channels), nn.MaxPool2d(2)]
+        layers.append(_conv_block(widths[-1], widths[-1]))
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = widths[-1]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """`pixels` B x 3 x S x S (normalised) -> features B x C x 8 x 8."""

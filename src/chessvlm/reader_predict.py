@@ -56,17 +56,21 @@ def predict_images(
     batch_size: int = 32,
     decode: str | None = None,
     max_new_tokens: int | None = None,
+    flipped: bool | None = None,
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
     """Read each image with the model folder `model` (reader checkpoint or VLM), in order.
 
     Yields `(source, placement, None)`, or `(source, None, error)` for an image that cannot be
-    read, without stopping the others.
+    read, without stopping the others. `flipped` (reader only) states that black (True) or
+    white (False) is at the bottom of every image instead of letting the reader decide.
     """
     from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE, is_reader_checkpoint
 
     folder = Path(model)
     if is_reader_checkpoint(folder):
-        yield from _reader_placements(model, sources, batch_size, decode)
+        yield from _reader_placements(model, sources, batch_size, decode, flipped)
+    elif flipped is not None:
+        raise ChessVLMError("--orientation applies to reader checkpoints; a VLM reads it itself")
     elif folder.is_dir() and not any((folder / name).is_file() for name in VLM_FILES):
         raise ChessVLMError(
             f"{model}: neither a reader checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE}) nor a "
@@ -77,22 +81,27 @@ def predict_images(
 
 
 def _reader_placements(
-    model: str, sources: Sequence[str], batch_size: int, decode: str | None
+    model: str,
+    sources: Sequence[str],
+    batch_size: int,
+    decode: str | None,
+    flipped: bool | None,
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
     from chessvlm.reader import load_reader, predict_boards
 
     reader = load_reader(model)
-    for source, reading, error in predict_boards(
-        reader, sources, batch_size=batch_size, decode=decode
-    ):
+    known = [flipped] * len(sources)
+    results = predict_boards(reader, sources, batch_size=batch_size, decode=decode, flipped=known)
+    for source, reading, error in results:
         if reading is None:
             yield str(source), None, error
             continue
         side = "black" if reading.flipped else "white"
         confidence = _confidence(reading.flipped_probability)
+        how = "from --orientation" if flipped is not None else f"probability {confidence:.3f}"
         notes = {
             "placement": f"board reader {model}",
-            "orientation": f"{side} at the bottom (probability {confidence:.3f})",
+            "orientation": f"{side} at the bottom ({how})",
         }
         yield str(source), Placement(reading.board, notes, reading.black_to_move_probability), None
 

@@ -130,6 +130,12 @@ def _register_evaluate(commands) -> None:
         "--decode", choices=DECODERS, help="default: the one that did best on validation"
     )
     parser.add_argument("--name", help="run name in reports")
+    parser.add_argument(
+        "--orientation",
+        choices=("predicted", "given"),
+        default="predicted",
+        help="given: read each board in the orientation its label states (default: predicted)",
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -146,6 +152,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             max_samples=args.max_samples,
             decode=args.decode,
             name=args.name,
+            orientation=args.orientation,
         )
     )
     print(
@@ -177,6 +184,12 @@ def _register_predict(subparsers) -> None:
     parser.add_argument("--en-passant", "--en_passant", dest="en_passant", help="e.g. e3")
     parser.add_argument("--batch_size", type=_positive_int, default=32, help="default: 32")
     parser.add_argument("--decode", choices=DECODERS, help="reader decoding (default: its own)")
+    parser.add_argument(
+        "--orientation",
+        choices=("auto", "white", "black"),
+        default="auto",
+        help="which side is at the bottom of the images (reader only; default: auto, read it)",
+    )
     parser.add_argument("--max_new_tokens", type=_positive_int, help="VLM answer limit")
     parser.set_defaults(func=_run_predict)
 
@@ -205,6 +218,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         decode=args.decode,
         max_new_tokens=args.max_new_tokens,
+        flipped={"auto": None, "white": False, "black": True}[args.orientation],
     )
     with_name = len(items) > 1
     for source, placement, error in results:
