@@ -17,6 +17,7 @@ from chessvlm.modeling import (
     init_model,
     load_model_and_processor,
     prepare_image,
+    qwen2_vl_config,
     read_run_config,
 )
 from chessvlm.tokenizer import build_chess_tokenizer
@@ -55,6 +56,18 @@ def test_board_size_sets_the_visual_token_grid():
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((inputs["input_ids"] == image_id).sum()) == 64  # one token per square
     assert int(inputs["mm_token_type_ids"].sum()) == 64
+
+
+def test_small_preset_rotary_positions_tell_board_squares_apart():
+    # M-RoPE gives the width axis the lowest frequencies: at Qwen2's theta of 1e6 and a
+    # 32-dim head they turn by under 0.002 rad across a board, leaving files indistinguishable.
+    config = qwen2_vl_config(PRESETS["small"], build_chess_tokenizer()).text_config
+    head = config.hidden_size // config.num_attention_heads
+    theta = config.rope_parameters["rope_theta"]
+    frequencies = theta ** (-torch.arange(0, head, 2).float() / head)
+    _, height, width = torch.split(frequencies, config.rope_parameters["mrope_section"])
+    for axis in (height, width):
+        assert float(axis.max()) * 7 > 1.0  # radians between the first and last file or rank
 
 
 def test_image_size_from_run_config_and_override(tiny):

@@ -39,6 +39,14 @@ TOKEN_PIXELS = 28  # one merged visual token: 2x2 patches of 14 px
 DEFAULT_IMAGE_SIZE = 448
 
 
+# Qwen2-VL's M-RoPE gives a visual token's row and column the lowest rotary frequencies of
+# each head. At Qwen2's theta (1e6) and a small model's 32-dim heads they turn by under
+# 0.002 rad across a board, so the decoder cannot tell squares apart by position (the 2B
+# model's deep, pretrained vision tower writes positions into the features instead). At
+# theta 10 they turn by 1-2 rad across the board; measured in docs/training.md.
+SCRATCH_ROPE_THETA = 10.0
+
+
 @dataclass(frozen=True)
 class Preset:
     """Architecture of a Qwen2-VL model built from scratch (text decoder + vision tower)."""
@@ -52,6 +60,7 @@ class Preset:
     vision_embed: int
     vision_heads: int
     image_size: int
+    rope_theta: float = SCRATCH_ROPE_THETA
     max_positions: int = 4096
 
 
@@ -322,7 +331,7 @@ def qwen2_vl_config(preset: Preset, tokenizer: Any) -> Any:
         "num_key_value_heads": preset.kv_heads,
         "max_position_embeddings": preset.max_positions,
         "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
+        "rope_theta": preset.rope_theta,
         "rope_scaling": {
             "type": "mrope",
             "mrope_section": [temporal, height, half_head - temporal - height],
