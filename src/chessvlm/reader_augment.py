@@ -44,23 +44,28 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    n = len(x)
+    chosen = _chance(generator, len(x), 0.6).nonzero().flatten()
+    n = len(chosen)
+    if n == 0:
+        return x
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = _uniform(generator, n, *SCALE_RANGE)
     theta[:, 1, 1] = theta[:, 0, 0] * _uniform(generator, n, 0.97, 1.03)
     theta[:, :, 2] = _uniform(generator, 2 * n, -SHIFT, SHIFT).view(n, 2)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = F.grid_sample(
-        torch.ones_like(x[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    shape = [n, *x.shape[1:]]
+    grid = F.affine_grid(theta, shape, align_corners=False)
+    sample = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+    moved = F.grid_sample(x[chosen], grid, **sample)
+    inside = F.grid_sample(torch.ones(n, 1, *shape[2:]), grid, **sample)
     # What shows around a loosely cropped board: a page or window background of one colour.
     background = torch.rand(n, 3, 1, 1, generator=generator)
-    return moved + (1.0 - inside) * background
+    x = x.clone()
+    x[chosen] = moved + (1.0 - inside) * background
+    return x
 
 
 def _lower_resolution(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
+    chosen = _chance(generator, len(x), 0.35).nonzero().flatten()
     if len(chosen) == 0:
         return x
     size = x.shape[-1]
@@ -92,7 +97,7 @@ def _recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    chosen = _chance(generator, len(x), 0.3).nonzero().flatten().tolist()
+    chosen = _chance(generator, len(x), 0.25).nonzero().flatten().tolist()
     if not chosen:
         return x
     quality = int(torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (1,), generator=generator))

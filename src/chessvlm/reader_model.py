@@ -94,27 +94,54 @@ class SquareCNN(nn.Module):
                 f"{2**stages} x {2**stages} patches (widths {list(widths)})"
             )
         stem = square // 2**stages
-        stage_blocks = [
-            [_conv_block(in_channels, out_channels), nn.MaxPool2d(2)]
-            for in_channels, out_channels in pairwise(widths)
-        ]
-        self.first = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.Conv2d(3, widths[0], stem, stride=stem),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
-            *stage_blocks[0],
-        )
-        later = [layer for block in stage_blocks[1:] for layer in block]
-        self.rest = nn.Sequential(*later, _conv_block(widths[-1], widths[-1]))
+        ]
+        for in_channels, out_channels in pairwise(widths):
+            layers += [_conv_block(in_channels, out_channels), nn.MaxPool2d(2)]
+        layers.append(_conv_block(widths[-1], widths[-1]))
+        self.layers = nn.Sequential(*layers)
         self.out_channels = widths[-1]
-        self.detail_channels = widths[1]
-        self.detail_side = GRID * 2 ** (stages - 1)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`pixels` B x 3 x S x S (normalised) -> features B x C x 8 x 8, and the finer map
-        after the first stage, where small details such as coordinate letters survive."""
-        detail = self.first(pixels)
-        return self.rest(detail), detail
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`pixels` B x 3 x S x S (normalised) -> features B x C x 8 x 8."""
+        return self.layers(pixels)
+
+
+class EdgeReader(nn.Module):
+    """A small CNN over the left column and the bottom row of squares, where boards draw
+    their coordinates (rank digits and file letters), the surest sign of the orientation.
+
+    The encoder's features serve the square head, which must ignore those small letters; this
+    separate view keeps them. The bottom row is turned on its side so that both strips share
+    the weights; each ends in one feature vector per square along the strip.
+    """
+
+    def __init__(self, image_size: int, channels: int = 16) -> None:
+        super().__init__()
+        stem = max(1, image_size // GRID // 8)
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, channels, stem, stride=stem),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            _conv_block(channels, 2 * channels),
+            nn.MaxPool2d(2),
+            _conv_block(2 * channels, 2 * channels),
+            nn.MaxPool2d(2),
+            _conv_block(2 * channels, channels),
+            nn.AdaptiveAvgPool2d((GRID, 1)),
+        )
+        self.out_features = 2 * channels * GRID
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`pixels` B x 3 x S x S (normalised) -> B x `out_features`."""
+        square = pixels.shape[-1] // GRID
+        left = pixels[..., :square]
+        bottom = pixels[..., -square:, :].transpose(2, 3)
+        strips = self.layers(torch.cat([left, bottom])).flatten(1)
+        return torch.cat(strips.split(len(pixels)), dim=1)
 
 
 class ClipSquareEncoder(nn.Module):
@@ -145,15 +172,13 @@ class ClipSquareEncoder(nn.Module):
                 f"is one square; got image size {spec.image_size}"
             )
         self.out_channels = self.clip.config.hidden_size
-        self.detail_channels = 0  # a ViT has no finer map than its patches
-        self.detail_side = 0
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """`pixels` B x 3 x S x S (normalised) -> patch features B x C x 8 x 8, no finer map."""
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`pixels` B x 3 x S x S (normalised) -> patch features B x C x 8 x 8."""
         # Pretrained towers know a 7x7 grid: their position embeddings are resampled to 8x8.
         hidden = self.clip(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         patches = hidden[:, 1:, :]
-        return patches.transpose(1, 2).reshape(pixels.shape[0], -1, GRID, GRID), None
+        return patches.transpose(1, 2).reshape(pixels.shape[0], -1, GRID, GRID)
 
 
 class BoardReader(nn.Module):
@@ -176,20 +201,12 @@ class BoardReader(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.square_head = nn.Conv2d(channels, NUM_CLASSES, 1)
-        # Orientation is global (coordinate letters in the edge squares, which side's pawns
-        # advance where), so the meta head sees every cell in place, not a pooled average;
-        # it also sees the encoder's finer map, where the square head's training has not
-        # washed out the small letters.
+        # Orientation is global (which side's pawns advance where), so the meta head sees every
+        # cell in place, not a pooled average, and the coordinates through its own edge view.
         self.meta_cells = nn.Sequential(nn.Conv2d(channels, 8, 1), nn.ReLU(inplace=True))
-        detail_channels, detail_side = self.encoder.detail_channels, self.encoder.detail_side
-        self.meta_detail = (
-            nn.Sequential(nn.Conv2d(detail_channels, 4, 1), nn.ReLU(inplace=True))
-            if detail_channels
-            else None
-        )
-        meta_inputs = 8 * GRID * GRID + (4 * detail_side**2 if detail_channels else 0)
+        self.edges = EdgeReader(spec.image_size)
         self.meta_head = nn.Sequential(
-            nn.Linear(meta_inputs, 64),
+            nn.Linear(8 * GRID * GRID + self.edges.out_features, 64),
             nn.ReLU(inplace=True),
             nn.Linear(64, len(META_OUTPUTS)),
         )
@@ -197,12 +214,11 @@ class BoardReader(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`images` B x 3 x S x S in [0, 1] -> square logits B x 64 x 13 (image order) and
         meta logits B x 2 (flipped, black to move)."""
-        features, detail = self.encoder((images - self.mean) / self.std)
+        pixels = (images - self.mean) / self.std
+        features = self.encoder(pixels)
         squares = self.square_head(features).flatten(2).transpose(1, 2)
-        meta_inputs = [self.meta_cells(features).flatten(1)]
-        if self.meta_detail is not None:
-            meta_inputs.append(self.meta_detail(detail).flatten(1))
-        return squares, self.meta_head(torch.cat(meta_inputs, dim=1))
+        meta = torch.cat([self.meta_cells(features).flatten(1), self.edges(pixels)], dim=1)
+        return squares, self.meta_head(meta)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint must carry: all, except a frozen pretrained encoder's."""
