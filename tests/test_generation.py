@@ -4,6 +4,7 @@ import random
 
 import chess
 import pytest
+from boards import random_play_boards
 from PIL import Image
 from scrambled_model import scramble
 
@@ -37,17 +38,8 @@ def noise_images(count, seed=0):
 
 
 def random_boards(count, seed=0):
-    rng = random.Random(seed)
-    boards = [chess.Board(), chess.Board("r3k2r/8/8/3pP3/8/8/8/R3K2R w KQkq d6 0 1")]
-    while len(boards) < count:
-        board = chess.Board()
-        for _ in range(rng.randint(0, 120)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        boards.append(board)
-    return boards
+    fixed = [chess.Board(), chess.Board("r3k2r/8/8/3pP3/8/8/8/R3K2R w KQkq d6 0 1")]
+    return fixed + random_play_boards(count - len(fixed), random.Random(seed))
 
 
 def test_batch_equals_one_by_one_with_left_padding(tiny):

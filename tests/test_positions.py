@@ -7,6 +7,7 @@ import random
 
 import chess
 import pytest
+from boards import random_play_boards
 
 from chessvlm.positions import (
     SQUARE_CLASSES,
@@ -24,22 +25,6 @@ from chessvlm.positions import (
 )
 
 START = chess.STARTING_FEN
-
-
-def random_game_positions(count: int, seed: int) -> list[chess.Board]:
-    """Positions from random legal play: every side to move, castling and en passant occur."""
-    rng = random.Random(seed)
-    boards: list[chess.Board] = []
-    while len(boards) < count:
-        board = chess.Board()
-        for _ in range(rng.randint(0, 120)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-            if rng.random() < 0.1:
-                boards.append(board.copy(stack=False))
-    return boards[:count]
 
 
 def test_seed_json_of_start_position_matches_the_spec_schema():
@@ -99,7 +84,7 @@ def test_compact_rows_read_from_rank_8_as_white_sees_them():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_round_trips_are_lossless_on_thousands_of_positions(seed):
-    for board in random_game_positions(1500, seed):
+    for board in random_play_boards(1500, random.Random(seed)):
         fen = board.fen()
         assert board_from_fen(fen).fen() == fen
         # The seed schema carries no move counters: everything else survives.
@@ -113,7 +98,7 @@ def test_round_trips_are_lossless_on_thousands_of_positions(seed):
 
 
 def test_random_play_covers_the_metadata():
-    boards = random_game_positions(1500, 3)
+    boards = random_play_boards(1500, random.Random(3))
     assert {b.turn for b in boards} == {chess.WHITE, chess.BLACK}
     assert any(seed_json(b)["metadata"]["en_passant"] for b in boards)
     assert len({b.castling_xfen() for b in boards}) > 3
