@@ -10,6 +10,13 @@ Two forms:
   corpus exactly as Qwen2 does (each compact-answer square is one token) and any other text
   with a coarser but valid split, and it keeps the embedding small: a 151k-row embedding
   would hold most of a small model's parameters and most of its compute.
+
+  One deliberate difference: Qwen2 glues an opening quote to an empty square (` ".`), so a
+  compact rank is 9 tokens when it starts with an empty square and 10 when it starts with a
+  piece, and where square k's token sits depends on the squares before it. The reduced
+  vocabulary drops those glued tokens: every rank is the same 10 tokens (quote, 8 squares,
+  closing quote), each square at a fixed offset, which a small model trained from scratch can
+  locate by position alone (see docs/training.md for what this changed).
 """
 
 from __future__ import annotations
@@ -66,6 +73,9 @@ CHAT_TEMPLATE = (
 # model's compute.
 COMMON_TOKENS = 1024
 
+# Tokens that glue a rank's opening quote to its first square (Qwen2's ` ".`, `[".`, ...).
+QUOTE_SQUARE_GLUE = b'".'
+
 
 @lru_cache(maxsize=1)
 def load_qwen2_ranks() -> dict[bytes, int]:
@@ -113,7 +123,8 @@ def _reduced_ranks(keep_texts: Iterable[str], common_tokens: int) -> dict[bytes,
 
     Keeping every vocabulary token that is a substring of a token Qwen2 uses for the corpus
     keeps every intermediate token of Qwen2's merges on that corpus, so the reduced BPE
-    applies the same merges in the same order and splits the corpus identically.
+    applies the same merges in the same order and splits the corpus identically, except
+    where a quote would be glued to a square (`QUOTE_SQUARE_GLUE`).
     """
     ranks = load_qwen2_ranks()
     encoding = _qwen2_tiktoken()
@@ -126,6 +137,8 @@ def _reduced_ranks(keep_texts: Iterable[str], common_tokens: int) -> dict[bytes,
             for end in range(start + 1, len(token) + 1)
             if token[start:end] in ranks
         )
+    # Dropping a token also drops every token that contains it, so the merges stay closed.
+    kept = {token for token in kept if QUOTE_SQUARE_GLUE not in token}
     ordered = sorted(kept, key=ranks.__getitem__)
     return {token: new_id for new_id, token in enumerate(ordered)}
 
