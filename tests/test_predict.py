@@ -224,3 +224,12 @@ def test_predict_with_a_vlm_folder(tmp_path, boards, monkeypatch, capsys):
 def test_predict_with_a_folder_that_is_no_model(tmp_path, boards, capsys):
     assert main(["predict", str(boards / "board0.png"), "--model", str(tmp_path)]) == 2
     assert "neither a reader checkpoint" in capsys.readouterr().err
+
+
+def test_command_choices_match_the_reader_modules():
+    from chessvlm import reader, reader_model, reader_predict
+    from chessvlm.cli import reader as command
+
+    assert command.ENCODERS == reader_model.ENCODERS
+    assert command.DECODERS == reader.DECODERS
+    assert command.FORMATS == reader_predict.FORMATS

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+# Choices repeated from the reader modules, which import torch: `chessvlm --help` must not.
 ENCODERS = ("cnn", "clip")
 DECODERS = ("argmax", "chess_rules")
 FORMATS = ("json", "fen", "compact")
