@@ -42,8 +42,8 @@ def compact_case() -> tuple[list[dict], list[dict]]:
     labels = [
         label("exact", START, "plain", False),
         label("one_off", START, "plain", True),
-        label("garbage", KINGS, "wood", False),
-        label("truncated", KINGS, "wood", True),
+        label("garbage", KINGS, "wood/green/224", False),
+        label("truncated", KINGS, "wood/brown/448/coords/flip", True),
         label("wrapped", KINGS, "wood", False),
         label("two_kings", KINGS, "wood", False),
     ]
@@ -117,6 +117,7 @@ def test_compact_confusion_and_classes(compact_case):
 def test_compact_breakdowns(compact_case):
     labels, predictions = compact_case
     m = compute_metrics(labels, predictions, "compact")
+    # Rendered styles (piece-set/theme/size/options) are grouped by piece set.
     assert set(m["by_style"]) == {"plain", "wood"}
     plain, wood = m["by_style"]["plain"], m["by_style"]["wood"]
     assert set(plain) == set(MAIN_FIGURES)

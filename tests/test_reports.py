@@ -127,7 +127,7 @@ def test_report_renders_tables_plots_and_gallery(tiny_report: tuple[Run, Path]):
         "image missing: ",  # test_3 is wrong and has no image
         "c6: n read as N",
         "| Answer tokens: mean / median / max (answers cut at the limit) | 78.0 / 78 / 78 (0) |",
-        "## By image style",
+        "## By piece set (image style)",
         "| black_bottom |",
     ):
         assert expected in markdown, expected

@@ -79,7 +79,9 @@ unparsed answer counts as wrong on all 64 squares and on every per-sample test b
 - `error_counts`: how often each `AnswerError` code (and `missing_prediction` or a record's
   `error`) occurred, over all samples.
 - `by_style`, `by_orientation` (`white_bottom` / `black_bottom`): the main figures above for
-  each image style and board orientation, when the labels record `style` / `flipped`.
+  each image style and board orientation, when the labels record `style` / `flipped`. Styles
+  of rendered boards are named `piece-set/theme/size/options`; a test set holds too few boards
+  of each whole combination, so they are grouped by their first part, the piece set.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def compute_metrics(
         boards_per_second=_boards_per_second(scores, elapsed_seconds),
         metadata_accuracy=_metadata_accuracy(scores) if target == "seed" else None,
         error_counts=dict(sorted(Counter(c for s in scores for c in s.error_codes).items())),
-        by_style=_breakdown(scores, lambda label: label.get("style")),
+        by_style=_breakdown(scores, _style_group),
         by_orientation=_breakdown(scores, _orientation),
     )
     return metrics
@@ -508,6 +510,11 @@ def _orientation(label: dict) -> str | None:
     if "flipped" not in label:
         return None
     return "black_bottom" if label["flipped"] else "white_bottom"
+
+
+def _style_group(label: dict) -> str | None:
+    style = label.get("style")
+    return style.split("/")[0] if style else None
 
 
 def _breakdown(scores: Sequence[SampleScore], key) -> dict | None:

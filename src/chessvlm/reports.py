@@ -501,7 +501,10 @@ def _metadata_section(runs: Sequence[Run]) -> list[Block]:
 
 def _breakdown_sections(runs: Sequence[Run]) -> list[Block]:
     blocks: list[Block] = []
-    for key, title in (("by_style", "By image style"), ("by_orientation", "By board orientation")):
+    for key, title in (
+        ("by_style", "By piece set (image style)"),
+        ("by_orientation", "By board orientation"),
+    ):
         tables: list[Block] = []
         for run in runs:
             groups = run.metrics.get(key)
