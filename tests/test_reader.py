@@ -311,7 +311,8 @@ def test_evaluate_writes_predictions_metrics_and_run(tmp_path, dataset, checkpoi
     assert metrics["n_samples"] == 6
     assert json.loads((out / "metrics.json").read_text())["n_samples"] == 6
     run = json.loads((out / "run.json").read_text())
-    assert run["kind"] == "reader" and run["image_base_dir"] == str(dataset)
+    assert run["image_base_dir"] == str(dataset.resolve())
+    assert run["test_data"] == str((dataset / "test.jsonl").resolve())
     assert metrics["reader"]["model_load_seconds"] < 2
 
 

@@ -696,16 +696,21 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
     metrics = compute_metrics(records, predictions, target="compact", elapsed_seconds=elapsed)
     metrics["reader"] = _reader_figures(reader, records, predictions, load_seconds, config)
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(
-        out / "run.json",
-        {
-            "name": config.name or f"reader ({reader.config['spec']['encoder']})",
-            "kind": "reader",
-            "model": str(config.model),
-            "train_minutes": reader.config.get("train_minutes"),
-            "data_dir": str(config.data_dir),
-            "image_base_dir": str(config.data_dir),
-        },
+    from chessvlm.reports import write_run_info
+
+    train_minutes = reader.config.get("train_minutes")
+    write_run_info(
+        out,
+        name=config.name or f"reader ({reader.config['spec']['encoder']})",
+        model=str(config.model),
+        target="compact",
+        train_seconds=None if train_minutes is None else train_minutes * 60,
+        test_data=Path(config.data_dir) / f"{config.split}.jsonl",
+        image_base_dir=config.data_dir,
+        predictions=predictions_path,
+        eval_seconds=elapsed,
+        device="cpu",
+        notes=f"board reader, {metrics['reader']['decode']} decoding",
     )
     return metrics
 
