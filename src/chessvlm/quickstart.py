@@ -224,4 +224,3 @@ def _report(config: QuickstartConfig) -> str:
 def _stage_result(config: QuickstartConfig, name: str) -> Any:
     marker = config.out / "stages" / f"{name}.json"
     return json.loads(marker.read_text(encoding="utf-8"))["result"]
-
