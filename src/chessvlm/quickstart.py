@@ -89,10 +89,10 @@ def run_quickstart(config: QuickstartConfig) -> dict[str, dict]:
 
 
 def _run_stage(config: QuickstartConfig, title: str, name: str, stage: Callable) -> Any:
-    marker = config.out / "stages" / f"{name}.json"
+    marker = _marker(config, name)
     if marker.is_file():
         tqdm.write(f"[{title}] done before, skipped")
-        return json.loads(marker.read_text(encoding="utf-8"))["result"]
+        return _stage_result(config, name)
     tqdm.write(f"[{title}] ...")
     started = time.monotonic()
     result = stage(config)
@@ -221,6 +221,10 @@ def _report(config: QuickstartConfig) -> str:
     return str(write_report(runs, config.out / "report", title=title))
 
 
+def _marker(config: QuickstartConfig, name: str) -> Path:
+    """The file a finished stage leaves, holding its result."""
+    return config.out / "stages" / f"{name}.json"
+
+
 def _stage_result(config: QuickstartConfig, name: str) -> Any:
-    marker = config.out / "stages" / f"{name}.json"
-    return json.loads(marker.read_text(encoding="utf-8"))["result"]
+    return json.loads(_marker(config, name).read_text(encoding="utf-8"))["result"]
