@@ -11,6 +11,7 @@ from pathlib import Path
 import chess
 import pytest
 import torch
+from boards import random_play_boards
 from PIL import Image, ImageDraw
 
 from chessvlm.cli import main
@@ -53,26 +54,13 @@ def _draw(board: chess.Board, size: int) -> Image.Image:
     return image
 
 
-def _positions(rng: random.Random, count: int) -> list[chess.Board]:
-    boards = []
-    for _ in range(count):
-        board = chess.Board()
-        for _ in range(rng.randint(0, 30)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        boards.append(board)
-    return boards
-
-
 def make_vlm_dataset(root: Path, train: int = 16, val: int = 4) -> Path:
     """A VLM dataset in the real on-disk format, images in `root/images`."""
     rng = random.Random(0)
     (root / "images").mkdir(parents=True)
     for split, count in (("train", train), ("val", val)):
         records = []
-        for index, board in enumerate(_positions(rng, count)):
+        for index, board in enumerate(random_play_boards(count, rng, max_plies=30)):
             name = f"images/{split}_{index}.png"
             _draw(board, SIZE + 4 * index).save(root / name)  # sizes vary on purpose
             look = {"flipped": False, "style": "flat"}

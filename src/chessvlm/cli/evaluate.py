@@ -13,19 +13,6 @@ The baseline is the same command with the base model and no adapter, e.g.
 `torchrun --nproc_per_node N` or `accelerate launch` the test set is split across the
 processes and process 0 merges the predictions and writes the metrics."""
 
-# The figures printed after a run; the metrics JSON holds them all.
-_SUMMARY = (
-    "valid_json_rate",
-    "valid_position_rate",
-    "exact_json_match",
-    "fen_accuracy",
-    "per_square_accuracy",
-    "per_square_accuracy_parsed_only",
-    "exact_board_match",
-    "all_empty_baseline",
-    "boards_per_second",
-)
-
 
 def register(subparsers) -> None:
     """Add the `evaluate` command."""
@@ -90,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics = evaluate(config)
     if process_state().is_main_process:
-        for key in _SUMMARY:
+        from chessvlm.metrics import MAIN_FIGURES
+
+        for key in (*MAIN_FIGURES, "boards_per_second"):
             print(f"{key}: {_format(metrics.get(key))}")
         print(f"predictions: {predictions_path(config)}")
         print(f"metrics: {args.output}")
