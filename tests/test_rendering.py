@@ -193,6 +193,10 @@ def test_mixed_style_covers_the_variety() -> None:
     jpeg = sum(n for (_, _, j), n in counts.items() if j) / len(samples)
     assert 0.4 < flipped < 0.6
     assert 0.2 < jpeg < 0.4
+    # Orientation stays readable: every flipped board carries coordinates, half the others.
+    assert all(p.coordinates for p in samples if p.flipped)
+    upright = [p.coordinates for p in samples if not p.flipped]
+    assert 0.4 < sum(upright) / len(upright) < 0.6
 
 
 def test_sampling_is_deterministic_and_styles_can_hold_out() -> None:

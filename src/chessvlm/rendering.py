@@ -282,6 +282,10 @@ class Style:
     sizes: tuple[int, ...]
     flip_rate: float = 0.0
     coordinates_rate: float = 0.0
+    # A flipped board without coordinates and without pawns looks exactly like the unflipped
+    # board of the mirrored position, so no reader can tell them apart; published diagrams
+    # shown from black's side carry coordinates for that reason.
+    coordinates_when_flipped: bool = False
     highlight_rate: float = 0.0
     jpeg_rate: float = 0.0
     jpeg_qualities: tuple[int, int] = (70, 95)
@@ -318,6 +322,7 @@ class Style:
                 break
         flipped = rng.random() < self.flip_rate
         coordinates = rng.random() < self.coordinates_rate
+        coordinates = coordinates or (flipped and self.coordinates_when_flipped)
         highlight = rng.random() < self.highlight_rate
         jpeg = rng.random() < self.jpeg_rate
         # Drawn even for PNG, so the flags above never shift the draws that follow.
@@ -333,6 +338,7 @@ _MIXED = Style(
     tuple(range(224, 513, 32)),
     flip_rate=0.5,
     coordinates_rate=0.5,
+    coordinates_when_flipped=True,
     highlight_rate=0.5,
     jpeg_rate=0.3,
 )
