@@ -18,8 +18,10 @@ from seed_layouts import (
 )
 
 from chessvlm import rendering
+from chessvlm.cli import main
 from chessvlm.datasets import (
     PROMPTS,
+    SHORT_PROMPT,
     assistant_answer,
     create_vlm_dataset,
     import_json_dataset,
@@ -315,6 +317,14 @@ def test_vlm_image_paths_are_relative_to_the_base_dir(synth_dir, tmp_path):
         f"{synth_dir.name}/images/train_00000{i}.png" for i in range(2)
     ]
     assert all((synth_dir.parent / r["image"]).is_file() for r in records)
+
+
+def test_vlm_dataset_can_ask_its_own_prompt(synth_dir, tmp_path):
+    main(["create-vlm-dataset", "--data_dir", str(synth_dir), "--output_dir", str(tmp_path),
+          "--max_samples", "2", "--prompt", SHORT_PROMPT])  # fmt: skip
+    records = read_vlm_dataset(tmp_path / "train.json")
+    assert [user_prompt(record) for record in records] == [SHORT_PROMPT] * 2
+    assert json.loads(assistant_answer(records[0]))["board"]  # the answer stays compact
 
 
 def test_compact_prompt_states_the_answer_format():

@@ -19,6 +19,7 @@ from chessvlm.positions import (
     compact_rows,
     is_legal_position,
     parse_answer,
+    screen_symbols,
     seed_json,
     seed_validity_errors,
     square_symbols,
@@ -80,6 +81,15 @@ def test_compact_rows_read_from_rank_8_as_white_sees_them():
     assert json.loads(answer_text(chess.Board(), "compact")) == {
         "board": compact_rows(chess.Board())
     }
+
+
+def test_screen_symbols_follow_the_picture_in_both_orientations():
+    board = chess.Board("4k3/8/8/8/8/8/8/R3K2n w - - 0 1")
+    upright, flipped = screen_symbols(board, False), screen_symbols(board, True)
+    assert upright[4] == "k" and upright[56] == "R" and upright[63] == "n"  # e8, a1, h1
+    # Black at the bottom: the picture turns by 180 degrees, h1 at the top left.
+    assert flipped[0] == "n" and flipped[7] == "R" and flipped[59] == "k"
+    assert flipped == upright[::-1]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -1,5 +1,6 @@
 """Training with the tiny preset: label masking, learning, adapters, merge, resume, 2 processes."""
 
+import dataclasses
 import json
 import os
 import random
@@ -24,13 +25,14 @@ from chessvlm.modeling import (
     prepare_image,
     read_run_config,
 )
-from chessvlm.positions import SQUARE_CLASSES, square_symbols
+from chessvlm.positions import SQUARE_CLASSES, screen_symbols, square_symbols
 from chessvlm.training import (
     IGNORE_INDEX,
     Example,
     TrainConfig,
     VLMCollator,
     VLMTrainer,
+    _datasets,
     load_examples,
     lora_config,
     merge_adapter,
@@ -165,6 +167,60 @@ def test_trainer_loss_on_answer_positions_equals_the_full_loss(tiny, data, tmp_p
     assert torch.allclose(over_batch, expected / 2, atol=1e-5)  # part of an accumulated batch
 
 
+def _square_batch(tiny, tmp_path):
+    """A 224 px batch with square labels: one upright and one flipped board."""
+    model, processor = load_model_and_processor(tiny, device="cpu", image_size=224)
+    board = chess.Board("r3k3/8/8/8/8/8/8/4K2N w - - 0 1")
+    examples = []
+    for flipped in (False, True):
+        path = tmp_path / f"{flipped}.png"
+        _draw(board, 224).save(path)
+        screen = tuple(screen_symbols(board, flipped))
+        examples.append(Example(str(flipped), path, "Read.", "answer", screen))
+    return model, processor, VLMCollator(processor, 224, square_loss=True)(examples), examples
+
+
+def test_square_labels_name_the_symbol_each_visual_token_shows(tiny, tmp_path):
+    _, processor, batch, examples = _square_batch(tiny, tmp_path)
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for row, example in enumerate(examples):
+        visual = batch["input_ids"][row] == image_id
+        assert int(visual.sum()) == 64  # 224 px: one visual token per square
+        assert (batch["square_labels"][row, ~visual] == IGNORE_INDEX).all()
+        symbols = [tokenizer.decode([i]).strip() for i in batch["square_labels"][row, visual]]
+        assert symbols == list(example.screen)
+    # Upright, the first visual token shows a8 (a black rook); flipped, it shows h1.
+    assert examples[0].screen[0] == "r" and examples[1].screen[0] == "N"
+    with pytest.raises(ChessVLMError, match="multiple of 224"):
+        VLMCollator(processor, SIZE, square_loss=True)
+
+
+def test_square_loss_counts_in_training_and_not_in_evaluation(tiny, tmp_path):
+    from transformers import TrainingArguments
+
+    model, _, batch, _ = _square_batch(tiny, tmp_path)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = VLMTrainer(model=model, args=args)
+    plain = {key: value for key, value in batch.items() if key != "square_labels"}
+    with torch.no_grad():
+        logits = model(**plain).logits[:, :-1]
+        squares, answer = batch["square_labels"][:, :-1], batch["labels"][:, 1:]
+        learned = int((answer != IGNORE_INDEX).sum())
+
+        def summed(targets):
+            flat = logits.reshape(-1, logits.shape[-1])
+            loss = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="sum")
+            return loss / learned
+
+        model.train()
+        both = trainer.compute_loss(model, batch, num_items_in_batch=learned)
+        model.eval()
+        answer_only = trainer.compute_loss(model, batch, num_items_in_batch=learned)
+    assert torch.allclose(answer_only, summed(answer), atol=1e-4)
+    assert torch.allclose(both, summed(answer) + summed(squares), atol=1e-4)
+
+
 def test_unreadable_image_names_the_sample(tiny, tmp_path):
     _, processor = load_model_and_processor(tiny, device="cpu")
     broken = tmp_path / "broken.png"
@@ -185,6 +241,22 @@ def test_target_rebuilds_prompt_and_answer_from_fen(data):
     own, own_target = load_examples(data / "train.json", data, None, None)
     assert own_target == "compact" and len(own) == 16
     assert json.loads(own[0].answer)["board"]
+
+
+def test_eval_loss_asks_the_training_prompt(data, tiny, tmp_path):
+    short = tmp_path / "short"
+    short.mkdir()
+    records = json.loads((data / "train.json").read_text())
+    for record in records:
+        record["conversations"][0]["value"] = "<image>\nRead the board."
+    (short / "train.json").write_text(json.dumps(records))
+    (short / "val.json").write_text((data / "val.json").read_text())  # the compact prompt
+    _, processor = load_model_and_processor(tiny, device="cpu")
+    config = _config(short, tiny, tmp_path / "run", image_base_dir=data)
+    train_set, val_set, _, prompt = _datasets(config, processor, SIZE)
+    assert prompt == "Read the board."
+    assert {example.prompt for example in train_set + val_set} == {prompt}
+    assert len(val_set) == 4
 
 
 def test_defaults_follow_the_kind_of_run(data, tiny, tmp_path):
@@ -248,6 +320,13 @@ def test_loss_falls_when_training_all_weights(data, tiny, tmp_path):
     assert read_run_config(out)["use_lora"] is False
     model, _ = load_model_and_processor(out, device="cpu")  # a full model folder loads back
     assert model.config.image_token_id == read_tiny_config(tiny)["image_token_id"]
+
+
+def test_square_loss_trains_and_is_recorded(data, tiny, tmp_path):
+    config = _config(data, tiny, tmp_path / "run", use_lora=False, image_size=224, max_steps=2)
+    out = train(dataclasses.replace(config, square_loss=True))
+    assert read_run_config(out)["training"]["square_loss"] is True
+    assert len(_losses(out)) == 2
 
 
 def read_tiny_config(tiny: Path) -> dict:

@@ -72,6 +72,9 @@ PROMPTS = {
         "Output only valid JSON, no additional text."
     ),
 }
+# For a model trained from scratch, which learns no language: a prompt only costs step time
+# (the compact prompt is half of a sample's tokens) and teaches nothing.
+SHORT_PROMPT = "Read the board."
 IMAGE_TOKEN = "<image>"
 
 
@@ -478,13 +481,23 @@ def resolve_image(data_dir: Path, image_path: str) -> Path:
 # The VLM dataset
 
 
-def vlm_record(record: dict, board: chess.Board, image: str, target: str, sample_id: str) -> dict:
-    """One VLM dataset record (the seed's conversation format plus what evaluation needs)."""
+def vlm_record(
+    record: dict,
+    board: chess.Board,
+    image: str,
+    target: str,
+    sample_id: str,
+    prompt: str | None = None,
+) -> dict:
+    """One VLM dataset record (the seed's conversation format plus what evaluation needs).
+
+    The user turn asks `prompt`, by default the target's (`PROMPTS`).
+    """
     return {
         "id": sample_id,
         "image": image,
         "conversations": [
-            {"from": "user", "value": f"{IMAGE_TOKEN}\n{PROMPTS[target]}"},
+            {"from": "user", "value": f"{IMAGE_TOKEN}\n{prompt or PROMPTS[target]}"},
             {"from": "assistant", "value": answer_text(board, target)},
         ],
         "fen": board.fen(),
@@ -502,6 +515,7 @@ def create_vlm_dataset(
     target: str = "compact",
     skip_bad: bool = False,
     check_images: bool = True,
+    prompt: str | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Convert a JSON dataset's `{split}.jsonl` files into the VLM dataset's `{split}.json`.
 
@@ -509,8 +523,9 @@ def create_vlm_dataset(
     evaluation are given as `--image_base_dir`. Each image is decoded once to catch missing,
     corrupt or truncated files (`check_images=False` only checks that it exists). A bad line
     raises `InputError` naming the file and line; with `skip_bad` it is listed in
-    `output_dir/skipped.jsonl` instead. `max_samples` caps each split. Returns
-    `(written, skipped)` per split.
+    `output_dir/skipped.jsonl` instead. `max_samples` caps each split. `prompt` replaces the
+    target's prompt (`PROMPTS`), e.g. `SHORT_PROMPT` for a model trained from scratch.
+    Returns `(written, skipped)` per split.
     """
     if target not in TARGETS:
         raise ChessVLMError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -522,7 +537,9 @@ def create_vlm_dataset(
         raise InputError(str(data_dir), "no train.jsonl, val.jsonl or test.jsonl found")
     results, skipped = {}, []
     for split, path in inputs.items():
-        records, bad = _vlm_split(path, data_dir, base, max_samples, target, check_images, skip_bad)
+        records, bad = _vlm_split(
+            path, data_dir, base, max_samples, (target, prompt), check_images, skip_bad
+        )
         atomic_write_json(output_dir / f"{split}.json", records)
         skipped += [{"split": split, **entry} for entry in bad]
         results[split] = (len(records), len(bad))
@@ -536,7 +553,7 @@ def _vlm_split(
     data_dir: Path,
     base: Path,
     max_samples: int | None,
-    target: str,
+    question: tuple[str, str | None],
     check_images: bool,
     skip_bad: bool,
 ) -> tuple[list[dict], list[dict]]:
@@ -549,7 +566,7 @@ def _vlm_split(
         if max_samples is not None and len(records) >= max_samples:
             break
         try:
-            record = _vlm_line(path, number, text, data_dir, base, target, check_images)
+            record = _vlm_line(path, number, text, data_dir, base, question, check_images)
             if record["id"] in ids:
                 raise InputError(f"{path}:{number}", f"duplicate id {record['id']!r}")
         except InputError as error:
@@ -568,9 +585,10 @@ def _vlm_line(
     text: str,
     data_dir: Path,
     base: Path,
-    target: str,
+    question: tuple[str, str | None],
     check_images: bool,
 ) -> dict:
+    """One VLM record from a JSON dataset line; `question` is the target and prompt."""
     record, board = parse_json_line(path, number, text)
     image = resolve_image(data_dir, record["image_path"]).resolve()
     where = f"{path}:{number}"
@@ -580,7 +598,8 @@ def _vlm_line(
         raise InputError(where, f"image {image} not found")
     sample_id = str(record.get("id") or image.stem)
     relative = Path(os.path.relpath(image, base)).as_posix()
-    return vlm_record(record, board, relative, target, sample_id)
+    target, prompt = question
+    return vlm_record(record, board, relative, target, sample_id, prompt)
 
 
 def read_vlm_dataset(path: str | Path) -> list[dict]:

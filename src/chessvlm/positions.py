@@ -154,6 +154,19 @@ def square_symbols(board: chess.Board) -> list[str]:
     return [square_symbol(board, square) for square in chess.SQUARES]
 
 
+def screen_symbols(board: chess.Board, flipped: bool) -> list[str]:
+    """The 64 square symbols in the order an image shows them: top row first, left to right.
+
+    `flipped` means black is at the bottom, which turns the picture by 180 degrees.
+    """
+    top_down = [
+        square_symbol(board, chess.square(file, rank))
+        for rank in range(7, -1, -1)
+        for file in range(8)
+    ]
+    return top_down[::-1] if flipped else top_down
+
+
 def answer_text(board: chess.Board, target: str) -> str:
     """The answer a model is trained to emit for `board` in the `target` format."""
     if target == "compact":

@@ -37,6 +37,8 @@ from chessvlm.modeling import (
 from chessvlm.tokenizer import END_OF_TURN
 
 IGNORE_INDEX = -100
+# Boards whose size is a multiple of this have whole visual tokens on every square.
+BOARD_TOKEN_PIXELS = 8 * TOKEN_PIXELS
 METRICS_LOG = "metrics.jsonl"
 SKIPPED_LOG = "skipped_samples.jsonl"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -99,6 +101,7 @@ class TrainConfig:
     bf16_cpu: bool = False
     dataloader_workers: int | None = None
     skip_bad_samples: bool = False
+    square_loss: bool = False
     seed: int = 0
 
 
@@ -110,6 +113,9 @@ class Example:
     image: Path
     prompt: str
     answer: str
+    # The 64 square symbols as the image shows them (`positions.screen_symbols`), when the
+    # record says where the pieces are and which way up the board is; for `square_loss`.
+    screen: tuple[str, ...] | None = None
 
 
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
@@ -142,7 +148,7 @@ def load_examples(
     VLM dataset serves both targets; otherwise the records' own turns are used.
     """
     from chessvlm.datasets import PROMPTS, assistant_answer, read_vlm_dataset, user_prompt
-    from chessvlm.positions import answer_text, board_from_fen
+    from chessvlm.positions import answer_text, board_from_fen, screen_symbols
 
     records = read_vlm_dataset(path)[:max_samples]
     targets = Counter(record.get("target", "seed") for record in records)
@@ -150,13 +156,18 @@ def load_examples(
         raise InputError(str(path), f"records mix targets {sorted(targets)}; pass --target")
     examples = []
     for record in records:
+        board = board_from_fen(record["fen"]) if "fen" in record else None
         if target is None:
             prompt, answer = user_prompt(record), assistant_answer(record)
-        elif "fen" in record:
-            prompt, answer = PROMPTS[target], answer_text(board_from_fen(record["fen"]), target)
+        elif board is not None:
+            prompt, answer = PROMPTS[target], answer_text(board, target)
         else:
             raise InputError(f"{path} (id {record['id']!r})", "no 'fen' to rebuild the answer from")
-        examples.append(Example(record["id"], image_base_dir / record["image"], prompt, answer))
+        screen = None
+        if board is not None:
+            screen = tuple(screen_symbols(board, bool(record.get("flipped", False))))
+        image = image_base_dir / record["image"]
+        examples.append(Example(record["id"], image, prompt, answer, screen))
     chosen = target or next(iter(targets), "compact")
     return examples, chosen
 
@@ -205,12 +216,21 @@ class VLMCollator:
     resized to `image_size`; its labels are -100 except for the answer's tokens and the
     end-of-turn token, which are checked to be exactly the answer's own tokenization.
     Keeps every input the installed transformers wants (`mm_token_type_ids` included).
+
+    With `square_loss`, the batch also holds `square_labels`: at each visual token, the token
+    of the symbol on the square it shows (as it appears in answers, e.g. " N"); -100 elsewhere.
     """
 
-    def __init__(self, processor: Any, image_size: int) -> None:
+    def __init__(self, processor: Any, image_size: int, square_loss: bool = False) -> None:
         self.processor = processor
         self.image_size = check_image_size(image_size)
         self.pad_id = processor.tokenizer.pad_token_id
+        self.square_ids = _square_symbol_ids(processor.tokenizer) if square_loss else None
+        if square_loss and image_size % BOARD_TOKEN_PIXELS:
+            raise ChessVLMError(
+                f"--square_loss needs squares aligned with visual tokens: an image size that "
+                f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}"
+            )
 
     def __call__(self, examples: list[Example]) -> dict:
         import torch
@@ -231,7 +251,28 @@ class VLMCollator:
                     "text than alone, so its labels would be wrong"
                 )
             labels[row, start:length] = batch["input_ids"][row, start:length]
+        if self.square_ids is not None:
+            batch["square_labels"] = self._square_labels(examples, batch["input_ids"])
         return {**batch, "labels": labels}
+
+    def _square_labels(self, examples: list[Example], input_ids: Any) -> Any:
+        import torch
+
+        side = self.image_size // TOKEN_PIXELS  # visual tokens per row, in reading order
+        square_of_token = [
+            (row * 8 // side) * 8 + column * 8 // side
+            for row in range(side)
+            for column in range(side)
+        ]
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            if example.screen is None:
+                raise ChessVLMError(f"sample {example.id!r}: --square_loss needs its 'fen'")
+            visual = (input_ids[row] == self.processor.image_token_id).nonzero().flatten()
+            labels[row, visual] = torch.tensor(
+                [self.square_ids[example.screen[square]] for square in square_of_token]
+            )
+        return labels
 
     def _image(self, example: Example):
         from PIL import Image, UnidentifiedImageError
@@ -247,6 +288,19 @@ class VLMCollator:
     def _answer_ids(self, answer: str) -> list[int]:
         tokenizer = self.processor.tokenizer
         return tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+
+
+def _square_symbol_ids(tokenizer: Any) -> dict[str, int]:
+    """Each square symbol's token as it follows a space in an answer (" N", " ."): one id."""
+    from chessvlm.positions import SQUARE_CLASSES
+
+    ids = {}
+    for symbol in SQUARE_CLASSES:
+        tokens = tokenizer(f" {symbol}", add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise ChessVLMError(f"--square_loss needs ' {symbol}' to be one token, not {tokens}")
+        ids[symbol] = tokens[0]
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +448,12 @@ class VLMTrainer(Trainer):
 
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]
+        squares = inputs.pop("square_labels", None)
+        if squares is not None and model.training:
+            # A visual token's own logits name its square's symbol; no answer target sits
+            # there (the next token is visual too), so both losses share one cross-entropy.
+            squares = squares[:, :-1]
+            targets = torch.where(squares != IGNORE_INDEX, squares, targets)
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
         outputs = model(**inputs, logits_to_keep=positions)
         logits = outputs.logits.float()
@@ -449,7 +509,7 @@ def train(config: TrainConfig) -> Path:
         args=_training_arguments(config, has_eval=bool(eval_set)),
         train_dataset=train_set,
         eval_dataset=eval_set or None,
-        data_collator=VLMCollator(processor, image_size),
+        data_collator=VLMCollator(processor, image_size, config.square_loss),
         processing_class=processor,
         callbacks=_callbacks(config, output_dir, run_config),
     )
@@ -476,9 +536,13 @@ def _datasets(
     prompts = {example.prompt for example in examples}
     if len(prompts) != 1:
         raise InputError(str(train_path), "training needs one fixed prompt; records differ")
+    prompt = prompts.pop()
     val: list[Example] = []
     if val_path.is_file():
         val, _ = load_examples(val_path, base, target, config.max_eval_samples)
+        # The eval loss measures what training teaches: the training prompt, whatever the
+        # val records ask.
+        val = [dataclasses.replace(example, prompt=prompt) for example in val]
     checked = [
         check_examples(split, processor, image_size, config.max_length, str(path))
         for split, path in ((examples, train_path), (val, val_path))
@@ -496,7 +560,9 @@ def _datasets(
         print(f"skipped {len(problems)} bad samples, listed in {config.output_dir}/{SKIPPED_LOG}")
     if not checked[0][0]:
         raise InputError(str(train_path), "no usable training samples")
-    return checked[0][0], checked[1][0], target, prompts.pop()
+    if config.square_loss and any(example.screen is None for example in examples):
+        raise InputError(str(train_path), "--square_loss needs every record's 'fen'")
+    return checked[0][0], checked[1][0], target, prompt
 
 
 def _run_config(config: TrainConfig, image_size: int, target: str, prompt: str, n: int) -> dict:
@@ -525,6 +591,7 @@ _RECORDED_KNOBS = (
     "weight_decay",
     "num_epochs",
     "max_steps",
+    "square_loss",
     "seed",
 )
 

@@ -190,6 +190,11 @@ def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer format: compact board rows (default) or the seed's verbose JSON",
     )
     parser.add_argument(
+        "--prompt",
+        help="the question in every user turn (default: the target's; a model trained from "
+        "scratch learns as well from a short one, e.g. 'Read the board.', and steps faster)",
+    )
+    parser.add_argument(
         "--no-image-check",
         "--no_image_check",
         dest="check_images",
@@ -212,6 +217,7 @@ def _run_vlm(args: argparse.Namespace) -> int:
         target=args.target,
         skip_bad=args.skip_bad,
         check_images=args.check_images,
+        prompt=args.prompt,
     )
     _print_results(
         f"VLM dataset ({args.target}) in {output_dir}", results, output_dir / "skipped.jsonl"

@@ -118,6 +118,12 @@ def _register_train(subparsers) -> None:
         action="store_true",
         help="on CPU, train with bf16 autocast instead of plain fp32",
     )
+    optim.add_argument(
+        "--square_loss",
+        action="store_true",
+        help="also teach each visual token the symbol of the square it shows (speeds up "
+        "training from scratch; needs the records' fen and flipped, and 224 px multiples)",
+    )
     optim.add_argument("--seed", type=int, help="data order and initialisation seed (0)")
 
     run = parser.add_argument_group("checkpoints and logs")
