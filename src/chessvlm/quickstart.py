@@ -116,11 +116,15 @@ def _render_data(config: QuickstartConfig) -> dict:
 
 
 def _vlm_dataset(config: QuickstartConfig) -> dict:
-    from chessvlm.datasets import create_vlm_dataset
+    from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
 
     # The images were just rendered and checked by the renderer: no need to decode them again.
     written = create_vlm_dataset(
-        config.data_dir, config.vlm_data_dir, base_dir=config.data_dir, check_images=False
+        config.data_dir,
+        config.vlm_data_dir,
+        base_dir=config.data_dir,
+        check_images=False,
+        prompt=SHORT_PROMPT,
     )
     return {split: count for split, (count, _) in written.items()}
 
@@ -132,7 +136,8 @@ def _init_model(config: QuickstartConfig) -> str:
 
 
 def _train_vlm(config: QuickstartConfig) -> dict:
-    from chessvlm.training import TrainConfig, train
+    from chessvlm.modeling import PRESETS
+    from chessvlm.training import BOARD_TOKEN_PIXELS, TrainConfig, train
 
     started = time.monotonic()
     train_config = TrainConfig(
@@ -145,6 +150,8 @@ def _train_vlm(config: QuickstartConfig) -> dict:
         max_minutes=config.minutes,
         save_steps=200,
         eval_steps=200,
+        # Needs a visual token per square: on for `small`, off for the tests' 56 px `tiny`.
+        square_loss=PRESETS[config.preset].image_size % BOARD_TOKEN_PIXELS == 0,
         resume=config.vlm_dir.is_dir(),
         seed=config.seed,
     )
