@@ -1,10 +1,11 @@
-"""Training speed of the `small` preset on CPU: compact vs seed target, fp32 vs bf16 autocast.
+"""Training speed of the `small` preset on CPU: prompt, square loss, target and precision.
 
-Builds a small synthetic VLM dataset (or uses --data_dir), then for each target and precision
-trains the preset from scratch through `chessvlm.training.train` (all weights, batch 32 by
-default) for a few steps and reports seconds per optimizer step, samples per second and the
-mean sequence length, from the step times the run logs to metrics.jsonl. The first steps
-(warm-up of allocators and caches) are left out of the timing.
+Builds a small synthetic VLM dataset twice (the compact target's prompt, and `SHORT_PROMPT` as
+the quickstart uses), then trains the preset from scratch through `chessvlm.training.train`
+(all weights, batch 32 by default) for a few steps per variant and reports seconds per
+optimizer step, samples per second, tokens per sample and the speed relative to the first
+variant (the compact prompt and answer in fp32), from the step times the run logs to
+metrics.jsonl. The first steps (warm-up of allocators and caches) are left out of the timing.
 
     OMP_NUM_THREADS=2 python bench/bench_train_small.py [--steps 8] [--batch-size 32]
 """
@@ -19,21 +20,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from chessvlm.datasets import create_vlm_dataset, synth_json_dataset
+from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset, synth_json_dataset
 from chessvlm.modeling import init_model, load_model_and_processor
 from chessvlm.training import TrainConfig, VLMCollator, load_examples, train
 
 SKIPPED_STEPS = 2
 
 
-def build_data(root: Path, samples: int, style: str) -> Path:
-    """A synthetic VLM dataset (compact answers; the seed target is rebuilt from FENs)."""
+# (name, VLM dataset, TrainConfig overrides); the first is the baseline of the ratios.
+VARIANTS = (
+    ("compact prompt and answer, fp32", "vlm", {}),
+    ("short prompt", "vlm-short", {}),
+    ("short prompt + square loss", "vlm-short", {"square_loss": True}),
+    ("compact prompt and answer, bf16 autocast", "vlm", {"bf16_cpu": True}),
+    ("seed prompt and answer, fp32", "vlm", {"target": "seed"}),
+)
+
+
+def build_data(root: Path, samples: int, style: str) -> None:
+    """The synthetic boards and their VLM datasets with the compact and the short prompt."""
     synth_json_dataset(root / "json", {"train": samples}, seed=0, style=style)
     create_vlm_dataset(root / "json", root / "vlm")
-    return root / "vlm"
+    create_vlm_dataset(root / "json", root / "vlm-short", prompt=SHORT_PROMPT)
 
 
-def mean_length(model_dir: Path, data: Path, target: str, batch_size: int) -> float:
+def mean_length(model_dir: Path, data: Path, target: str | None, batch_size: int) -> float:
     """Mean tokens per sample (prompt, image and answer) of one collated batch."""
     _, processor = load_model_and_processor(model_dir, device="cpu")
     examples, _ = load_examples(data / "train.json", data.parent / "json", target, batch_size)
@@ -42,7 +53,7 @@ def mean_length(model_dir: Path, data: Path, target: str, batch_size: int) -> fl
     return float(batch["attention_mask"].sum()) / len(examples)
 
 
-def time_run(model_dir: Path, data: Path, out: Path, target: str, bf16: bool, args) -> dict:
+def time_run(model_dir: Path, data: Path, out: Path, overrides: dict, args) -> dict:
     """Train a few steps and return the steady-state seconds per step."""
     config = TrainConfig(
         data_dir=data,
@@ -50,13 +61,12 @@ def time_run(model_dir: Path, data: Path, out: Path, target: str, bf16: bool, ar
         output_dir=out,
         model_name=str(model_dir),
         use_lora=False,
-        target=target,
         batch_size=args.batch_size,
         max_steps=args.steps,
         logging_steps=1,
         save_steps=10**6,
-        bf16_cpu=bf16,
         max_length=4096,
+        **overrides,
     )
     started = time.monotonic()
     train(config)
@@ -66,8 +76,6 @@ def time_run(model_dir: Path, data: Path, out: Path, target: str, bf16: bool, ar
     steps = [later - earlier for earlier, later in itertools.pairwise(stamps)][SKIPPED_STEPS:]
     seconds = statistics.median(steps)
     return {
-        "target": target,
-        "precision": "bf16 autocast" if bf16 else "fp32",
         "s_per_step": round(seconds, 3),
         "samples_per_s": round(args.batch_size / seconds, 1),
         "wall_s": round(wall, 1),
@@ -83,18 +91,24 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = build_data(root, args.batch_size * args.steps, args.style)
+        build_data(root, args.batch_size * args.steps, args.style)
         model_dir = init_model(args.preset, root / "model")
         results = []
-        for target in ("compact", "seed"):
-            length = mean_length(model_dir, data, target, args.batch_size)
-            for bf16 in (False, True):
-                out = root / f"run-{target}-{bf16}"
-                result = time_run(model_dir, data, out, target, bf16, args)
-                results.append({**result, "tokens_per_sample": round(length)})
+        for index, (name, dataset, overrides) in enumerate(VARIANTS):
+            data = root / dataset
+            length = mean_length(model_dir, data, overrides.get("target"), args.batch_size)
+            result = time_run(model_dir, data, root / f"run-{index}", overrides, args)
+            results.append({"variant": name, **result, "tokens_per_sample": round(length)})
+    baseline = results[0]["s_per_step"]
     print(f"\n{args.preset} preset, batch {args.batch_size}, {args.steps} steps each:")
-    for result in results:
-        print(json.dumps(result))
+    print("| variant | s/step | samples/s | tokens/sample | speed vs first |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        speed = baseline / r["s_per_step"]
+        print(
+            f"| {r['variant']} | {r['s_per_step']} | {r['samples_per_s']} "
+            f"| {r['tokens_per_sample']} | {speed:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from chessvlm.positions import SQUARE_CLASSES, screen_symbols, square_symbols
 from chessvlm.training import (
     IGNORE_INDEX,
     Example,
+    TimeBudget,
     TrainConfig,
     VLMCollator,
     VLMTrainer,
@@ -395,6 +396,41 @@ def test_time_budget_stops_with_a_checkpoint(data, tiny, tmp_path):
     assert read_run_config(out / "checkpoint-1")["step"] == 1
 
 
+def test_time_budget_counts_earlier_training_when_resumed(data, tiny, tmp_path):
+    first = _config(data, tiny, tmp_path / "run", max_steps=2, save_steps=2, use_lora=False)
+    train(first)
+    log = tmp_path / "run" / "metrics.jsonl"
+    log.write_text(  # pretend the first part used a whole 10-minute budget
+        "".join(json.dumps({**r, "elapsed_s": 600.0}) + "\n" for r in _metrics(log.parent))
+    )
+    resumed = dataclasses.replace(first, max_steps=50, max_minutes=10, resume=True)
+    assert read_run_config(train(resumed))["step"] == 3  # one step, then the budget is spent
+
+
+def test_clock_schedule_warms_up_holds_then_decays_to_zero(tmp_path):
+    budget = TimeBudget(10, tmp_path)
+    by_steps, by_time = budget.lr_factor(4, 0.25), budget.lr_factor(0.1, 0.25)
+    budget.fraction = 0.0
+    assert [by_steps(step) for step in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert by_time(0) == 0.0
+    for fraction, expected in ((0.05, 1.0), (0.5, 1.0), (0.75, 1.0), (0.875, 0.5), (1.0, 0.0)):
+        budget.fraction = fraction
+        assert by_steps(100) == pytest.approx(expected)
+    budget.fraction = 0.05
+    assert by_time(100) == pytest.approx(0.5)  # a warmup under 1 is a share of the budget
+
+
+def test_clock_schedule_drives_the_learning_rate(data, tiny, tmp_path):
+    config = _config(data, tiny, tmp_path / "run", use_lora=False, max_steps=6)
+    with pytest.raises(ChessVLMError, match="--max_minutes"):
+        train(dataclasses.replace(config, lr_decay_fraction=0.5))
+    out = train(dataclasses.replace(config, max_minutes=1, lr_decay_fraction=1.0))
+    rates = [r["learning_rate"] for r in _metrics(out) if "learning_rate" in r]
+    assert len(rates) == 6 and rates == sorted(rates, reverse=True)  # decaying on the clock
+    assert 0 < rates[-1] < rates[0]
+    assert read_run_config(out)["training"]["lr_decay_fraction"] == 1.0
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -409,6 +445,8 @@ def test_two_process_run_with_gloo(data, tiny, tmp_path):
         "--data_dir", str(data), "--output_dir", str(out), "--model_name", str(tiny),
         "--full", "--batch_size", "4", "--num_epochs", "1", "--warmup_steps", "0",
         "--logging_steps", "1",
+        # The clock-based schedule shares the slowest process's clock across processes.
+        "--max_minutes", "30", "--lr_decay_fraction", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class TrainConfig:
     warmup_steps: float | None = None
     weight_decay: float | None = None
     lr_scheduler: str = "linear"
+    lr_decay_fraction: float | None = None
     num_epochs: float = 3.0
     max_steps: int | None = None
     max_minutes: float | None = None
@@ -131,6 +133,12 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
         defaults = SCRATCH_DEFAULTS
     else:
         defaults = FULL_DEFAULTS
+    fraction = config.lr_decay_fraction
+    if fraction is not None and not (config.max_minutes and 0 < fraction <= 1):
+        raise ChessVLMError(
+            "--lr_decay_fraction needs --max_minutes and a value in (0, 1]: the share of the "
+            f"time budget over which the learning rate decays (got {fraction})"
+        )
     filled = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return dataclasses.replace(config, **filled)
 
@@ -365,20 +373,67 @@ def build_model(config: TrainConfig, image_size: int) -> tuple[Any, Any]:
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training, saving a checkpoint, once `minutes` of training have passed."""
+    """Stop training, saving a checkpoint, once `minutes` of training have passed.
 
-    def __init__(self, minutes: float) -> None:
+    Time counts across resumes (from the `elapsed_s` logged at the resumed step). `fraction`,
+    the share of the budget used, drives the clock-based learning-rate schedule. In a
+    multi-process run every process takes the largest clock, so all stop at the same step
+    with the same learning rate.
+    """
+
+    def __init__(self, minutes: float, output_dir: Path) -> None:
         self.seconds = minutes * 60
-        self.start = 0.0
+        self.output_dir = output_dir
+        self.start = time.monotonic()
+        self.fraction = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
+        earlier = elapsed_before(self.output_dir / METRICS_LOG, state.global_step)
+        self.start = time.monotonic() - earlier
+        self.fraction = self._used()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.start >= self.seconds:
+        self.fraction = self._used()
+        if self.fraction >= 1:
             control.should_training_stop = True
             control.should_save = True
         return control
+
+    def _used(self) -> float:
+        import torch
+
+        used = (time.monotonic() - self.start) / self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shared = torch.tensor([used], dtype=torch.float64)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            used = float(shared)
+        return used
+
+    def lr_factor(self, warmup: float, decay_fraction: float) -> Callable[[int], float]:
+        """Warmup-stable-decay on the clock: a linear warmup (`warmup` steps, or that share of
+        the budget when under 1), a flat rate, then a linear decay to 0 over the last
+        `decay_fraction` of the budget."""
+
+        def factor(step: int) -> float:
+            if warmup >= 1:
+                warm = min(1.0, (step + 1) / warmup)
+            else:
+                warm = min(1.0, self.fraction / warmup) if warmup > 0 else 1.0
+            return warm * min(1.0, max(0.0, (1.0 - self.fraction) / decay_fraction))
+
+        return factor
+
+
+def elapsed_before(log: Path, step: int) -> float:
+    """Training seconds logged in `metrics.jsonl` up to `step` (0 for a fresh run)."""
+    if not log.is_file():
+        return 0.0
+    earlier = [
+        record.get("elapsed_s", 0.0)
+        for _, record in iter_jsonl(log)
+        if record.get("step", 0) <= step
+    ]
+    return max(earlier, default=0.0)
 
 
 class RunFiles(TrainerCallback):
@@ -397,12 +452,7 @@ class RunFiles(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.log = JsonlAppender(self.output_dir / METRICS_LOG, key="step")
-            earlier = [
-                record.get("elapsed_s", 0.0)
-                for _, record in iter_jsonl(self.log.path)
-                if record.get("step", 0) <= state.global_step
-            ]
-            self.start = time.monotonic() - max(earlier, default=0.0)
+            self.start = time.monotonic() - elapsed_before(self.log.path, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.log:
@@ -442,6 +492,17 @@ class VLMTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = True
+    # Set by `train` for `lr_decay_fraction`: the learning-rate factor of a step, on the clock.
+    clock_schedule: Callable[[int], float] | None = None
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if self.clock_schedule is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            from torch.optim.lr_scheduler import LambdaLR
+
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.clock_schedule)
+        return self.lr_scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         import torch
@@ -504,6 +565,7 @@ def train(config: TrainConfig) -> Path:
     model, processor = build_model(config, image_size)
     train_set, eval_set, target, prompt = _datasets(config, processor, image_size)
     run_config = _run_config(config, image_size, target, prompt, len(train_set))
+    budget = TimeBudget(config.max_minutes, output_dir) if config.max_minutes else None
     trainer = VLMTrainer(
         model=model,
         args=_training_arguments(config, has_eval=bool(eval_set)),
@@ -511,8 +573,10 @@ def train(config: TrainConfig) -> Path:
         eval_dataset=eval_set or None,
         data_collator=VLMCollator(processor, image_size, config.square_loss),
         processing_class=processor,
-        callbacks=_callbacks(config, output_dir, run_config),
+        callbacks=[RunFiles(output_dir, run_config)] + ([budget] if budget else []),
     )
+    if config.lr_decay_fraction:
+        trainer.clock_schedule = budget.lr_factor(config.warmup_steps, config.lr_decay_fraction)
     trainer.train(resume_from_checkpoint=last if config.resume else None)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -591,6 +655,8 @@ _RECORDED_KNOBS = (
     "weight_decay",
     "num_epochs",
     "max_steps",
+    "max_minutes",
+    "lr_decay_fraction",
     "square_loss",
     "seed",
 )
@@ -635,13 +701,6 @@ def _training_arguments(config: TrainConfig, has_eval: bool) -> Any:
         report_to="none",
         **precision,
     )
-
-
-def _callbacks(config: TrainConfig, output_dir: Path, run_config: dict) -> list:
-    callbacks: list = [RunFiles(output_dir, run_config)]
-    if config.max_minutes:
-        callbacks.append(TimeBudget(config.max_minutes))
-    return callbacks
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,6 +112,12 @@ def _register_train(subparsers) -> None:
         type=float,
         help="stop after this many minutes of training, saving a checkpoint",
     )
+    optim.add_argument(
+        "--lr_decay_fraction",
+        type=float,
+        help="with --max_minutes: after warmup keep the learning rate flat, then decay it "
+        "linearly to 0 over this share of the time budget (e.g. 0.2)",
+    )
     optim.add_argument("--gradient_checkpointing", action="store_true")
     optim.add_argument(
         "--bf16_cpu",
