@@ -39,6 +39,7 @@ def test_quickstart_connects_every_stage_and_resumes(tmp_path, capsys):
         assert len(lines) == 3
     report = (out / "report" / "report.md").read_text()
     assert "tiny VLM" in report and "board reader" in report and "43.55%" in report
+    assert "| Training recipe | all weights of the tiny preset, from scratch; batch" in report
     assert (out / "report" / "report.html").is_file()
     assert list((out / "report" / "plots").glob("*.png"))
 

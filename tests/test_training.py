@@ -34,6 +34,7 @@ from chessvlm.training import (
     VLMCollator,
     VLMTrainer,
     _datasets,
+    describe_recipe,
     load_examples,
     lora_config,
     merge_adapter,
@@ -429,6 +430,21 @@ def test_clock_schedule_drives_the_learning_rate(data, tiny, tmp_path):
     assert len(rates) == 6 and rates == sorted(rates, reverse=True)  # decaying on the clock
     assert 0 < rates[-1] < rates[0]
     assert read_run_config(out)["training"]["lr_decay_fraction"] == 1.0
+
+
+def test_recipe_says_how_a_model_was_trained():
+    knobs = {"batch_size": 32, "gradient_accumulation_steps": 2, "learning_rate": 0.002}
+    run = {"preset": "small", "use_lora": False, "prompt": "Read the board.", "training": knobs}
+    assert describe_recipe(run) == (
+        "all weights of the small preset, from scratch; batch 64, lr 0.002; loss on the answer "
+        "only; prompt 'Read the board.'"
+    )
+    knobs.update(lr_decay_fraction=0.2, square_loss=True)
+    run.update(use_lora=True, preset=None, prompt="x" * 100)
+    assert describe_recipe(run) == (
+        "LoRA; batch 64, lr 0.002; flat, then annealed to 0 over the last 20% of the time "
+        f"budget; square loss on the visual tokens; loss on the answer only; prompt '{'x' * 37}...'"
+    )
 
 
 def _free_port() -> int:

@@ -170,7 +170,9 @@ def _train_vlm(config: QuickstartConfig) -> dict:
 
 def _evaluate_vlm(config: QuickstartConfig) -> dict:
     from chessvlm.evaluation import EvaluateConfig, evaluate
+    from chessvlm.modeling import read_run_config
     from chessvlm.reports import write_run_info
+    from chessvlm.training import describe_recipe
 
     run_dir = config.run_dir("vlm")
     trained = _stage_result(config, "train_vlm")
@@ -183,6 +185,7 @@ def _evaluate_vlm(config: QuickstartConfig) -> dict:
         train_samples=config.train_samples,
         steps=trained["steps"],
         train_seconds=trained["train_seconds"],
+        recipe=describe_recipe(read_run_config(trained["model"])),
         test_data=config.vlm_data_dir / "test.json",
         image_base_dir=config.data_dir,
     )

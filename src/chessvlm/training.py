@@ -584,6 +584,25 @@ def train(config: TrainConfig) -> Path:
     return output_dir
 
 
+def describe_recipe(run_config: dict) -> str:
+    """One line on how a model was trained, from its `chessvlm_config.json`."""
+    knobs = run_config.get("training", {})
+    parts = ["LoRA" if run_config.get("use_lora") else "all weights"]
+    if run_config.get("preset"):
+        parts[0] += f" of the {run_config['preset']} preset, from scratch"
+    batch = (knobs.get("batch_size") or 0) * (knobs.get("gradient_accumulation_steps") or 1)
+    parts.append(f"batch {batch}, lr {knobs.get('learning_rate')}")
+    if knobs.get("lr_decay_fraction"):
+        share = round(100 * knobs["lr_decay_fraction"])
+        parts.append(f"flat, then annealed to 0 over the last {share}% of the time budget")
+    if knobs.get("square_loss"):
+        parts.append("square loss on the visual tokens")
+    prompt = str(run_config.get("prompt"))
+    prompt = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+    parts.append(f"loss on the answer only; prompt {prompt!r}")
+    return "; ".join(parts)
+
+
 def _model_image_size(model_name: str) -> int:
     from chessvlm.modeling import image_size_for
 
