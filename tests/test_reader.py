@@ -184,7 +184,22 @@ def test_model_output_shapes(spec, size):
     model = BoardReader(spec).eval()
     squares, meta = model(torch.rand(2, 3, size, size))
     assert squares.shape == (2, 64, len(SQUARE_CLASSES))
-    assert meta.shape == (2, 2)
+    assert meta.shape == (2, 3)  # flipped, black to move, flipped by the coordinates alone
+
+
+def test_coordinates_output_sees_only_the_edge_squares():
+    model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE)).eval()
+    images = torch.rand(1, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    square = TEST_IMAGE_SIZE // 8
+    inside = images.clone()
+    inside[..., :-square, square:] = torch.rand_like(inside[..., :-square, square:])
+    edge = images.clone()
+    edge[..., :square] = 1 - edge[..., :square]  # the left column, where rank digits are
+    with torch.no_grad():
+        base, moved, edged = (model(batch)[1] for batch in (images, inside, edge))
+    assert torch.allclose(base[:, 2], moved[:, 2])  # the interior does not matter to it
+    assert not torch.allclose(base[:, 2], edged[:, 2])
+    assert not torch.allclose(base[:, 0], moved[:, 0])  # the full orientation head sees all
 
 
 def test_clip_patches_must_be_squares():

@@ -309,7 +309,7 @@ def _decode_outputs(
     readings = []
     known_flips = known_flips or [None] * len(log_probs)
     outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
-    for cells, (flip_probability, black_probability), known in outputs:
+    for cells, (flip_probability, black_probability, *_), known in outputs:
         flipped = flip_probability > 0.5 if known is None else known
         in_squares = to_square_order(cells, flipped, dim=0)
         classes = decode_squares(in_squares, chess_rules=decode == "chess_rules")
@@ -504,7 +504,8 @@ class _Trainer:
         pixels = augment_batch(images, generator) if self.config.augment else images.float() / 255
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         square_logits, meta_logits = self.model(pixels)
-        targets = torch.stack([train.flipped[indices], train.black_to_move[indices]], 1).float()
+        flipped, black_to_move = train.flipped[indices], train.black_to_move[indices]
+        targets = torch.stack([flipped, black_to_move, flipped], 1).float()
         meta_losses = torch.nn.functional.binary_cross_entropy_with_logits(
             meta_logits, targets, reduction="none"
         ).mean(0)
@@ -512,6 +513,7 @@ class _Trainer:
             square_loss(square_logits, train_cells[indices])
             + meta_losses[0]
             + TO_MOVE_LOSS_WEIGHT * meta_losses[1]
+            + meta_losses[2]
         )
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * _schedule(self.fraction_done())

@@ -28,7 +28,9 @@ from chessvlm.positions import SQUARE_CLASSES
 NUM_CLASSES = len(SQUARE_CLASSES)
 GRID = 8
 ENCODERS = ("cnn", "clip")
-META_OUTPUTS = ("flipped", "black_to_move")
+# The last is the orientation read from the coordinates view alone: trained so that view
+# learns the letters even though pawns already tell most boards' orientation.
+META_OUTPUTS = ("flipped", "black_to_move", "flipped_by_coordinates")
 _PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
 _KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
 _BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
@@ -121,7 +123,9 @@ class EdgeReader(nn.Module):
 
     def __init__(self, image_size: int, channels: int = 16) -> None:
         super().__init__()
-        stem = max(1, image_size // GRID // 8)
+        # Coordinates are about a sixth of a square tall (5 px on a 256 px board): a stride of
+        # a sixteenth of a square keeps their strokes, where an eighth blurred them away.
+        stem = max(1, image_size // GRID // 16)
         self.layers = nn.Sequential(
             nn.Conv2d(3, channels, stem, stride=stem),
             nn.BatchNorm2d(channels),
@@ -208,17 +212,19 @@ class BoardReader(nn.Module):
         self.meta_head = nn.Sequential(
             nn.Linear(8 * GRID * GRID + self.edges.out_features, 64),
             nn.ReLU(inplace=True),
-            nn.Linear(64, len(META_OUTPUTS)),
+            nn.Linear(64, len(META_OUTPUTS) - 1),
         )
+        self.coordinates_head = nn.Linear(self.edges.out_features, 1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`images` B x 3 x S x S in [0, 1] -> square logits B x 64 x 13 (image order) and
-        meta logits B x 2 (flipped, black to move)."""
+        meta logits B x 3 (`META_OUTPUTS`)."""
         pixels = (images - self.mean) / self.std
         features = self.encoder(pixels)
         squares = self.square_head(features).flatten(2).transpose(1, 2)
-        meta = torch.cat([self.meta_cells(features).flatten(1), self.edges(pixels)], dim=1)
-        return squares, self.meta_head(meta)
+        edges = self.edges(pixels)
+        meta = self.meta_head(torch.cat([self.meta_cells(features).flatten(1), edges], dim=1))
+        return squares, torch.cat([meta, self.coordinates_head(edges)], dim=1)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint must carry: all, except a frozen pretrained encoder's."""
