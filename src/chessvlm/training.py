@@ -11,6 +11,7 @@ rate and eval loss as training goes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from chessvlm.modeling import (
     resolve_model,
     write_run_config,
 )
+from chessvlm.routing import RoutingProbe
 from chessvlm.tokenizer import END_OF_TURN
 
 IGNORE_INDEX = -100
@@ -104,6 +106,7 @@ class TrainConfig:
     dataloader_workers: int | None = None
     skip_bad_samples: bool = False
     square_loss: bool = False
+    routing_loss: bool = False
     seed: int = 0
 
 
@@ -118,6 +121,8 @@ class Example:
     # The 64 square symbols as the image shows them (`positions.screen_symbols`), when the
     # record says where the pieces are and which way up the board is; for `square_loss`.
     screen: tuple[str, ...] | None = None
+    # Whether the board is shown from black's side (the record's "flipped"); for `routing_loss`.
+    flipped: bool = False
 
 
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
@@ -171,11 +176,10 @@ def load_examples(
             prompt, answer = PROMPTS[target], answer_text(board, target)
         else:
             raise InputError(f"{path} (id {record['id']!r})", "no 'fen' to rebuild the answer from")
-        screen = None
-        if board is not None:
-            screen = tuple(screen_symbols(board, bool(record.get("flipped", False))))
+        flipped = bool(record.get("flipped", False))
+        screen = tuple(screen_symbols(board, flipped)) if board is not None else None
         image = image_base_dir / record["image"]
-        examples.append(Example(record["id"], image, prompt, answer, screen))
+        examples.append(Example(record["id"], image, prompt, answer, screen, flipped))
     chosen = target or next(iter(targets), "compact")
     return examples, chosen
 
@@ -227,18 +231,36 @@ class VLMCollator:
 
     With `square_loss`, the batch also holds `square_labels`: at each visual token, the token
     of the symbol on the square it shows (as it appears in answers, e.g. " N"); -100 elsewhere.
+    With `routing_loss`, it holds `route_queries` [batch, 64], the position whose output
+    predicts each board square of the answer (FEN order), and `route_keys` [batch, 64, n],
+    the positions of the n visual tokens that show that square (see `chessvlm.routing`).
     """
 
-    def __init__(self, processor: Any, image_size: int, square_loss: bool = False) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        image_size: int,
+        square_loss: bool = False,
+        routing_loss: bool = False,
+    ) -> None:
         self.processor = processor
         self.image_size = check_image_size(image_size)
         self.pad_id = processor.tokenizer.pad_token_id
         self.square_ids = _square_symbol_ids(processor.tokenizer) if square_loss else None
-        if square_loss and image_size % BOARD_TOKEN_PIXELS:
-            raise ChessVLMError(
-                f"--square_loss needs squares aligned with visual tokens: an image size that "
-                f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}"
-            )
+        self.routing = routing_loss
+        for flag, wanted in (("--square_loss", square_loss), ("--routing_loss", routing_loss)):
+            if wanted and image_size % BOARD_TOKEN_PIXELS:
+                raise ChessVLMError(
+                    f"{flag} needs squares aligned with visual tokens: an image size that "
+                    f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}"
+                )
+        side = self.image_size // TOKEN_PIXELS  # visual tokens per row, in reading order
+        # The screen square (row-major, 0 = top left) each visual token shows.
+        self.square_of_token = [
+            (row * 8 // side) * 8 + column * 8 // side
+            for row in range(side)
+            for column in range(side)
+        ]
 
     def __call__(self, examples: list[Example]) -> dict:
         import torch
@@ -261,26 +283,52 @@ class VLMCollator:
             labels[row, start:length] = batch["input_ids"][row, start:length]
         if self.square_ids is not None:
             batch["square_labels"] = self._square_labels(examples, batch["input_ids"])
+        if self.routing:
+            batch["route_queries"], batch["route_keys"] = self._routes(
+                examples, batch["input_ids"], lengths
+            )
         return {**batch, "labels": labels}
+
+    def _visual_positions(self, input_ids: Any) -> Any:
+        return (input_ids == self.processor.image_token_id).nonzero().flatten()
 
     def _square_labels(self, examples: list[Example], input_ids: Any) -> Any:
         import torch
 
-        side = self.image_size // TOKEN_PIXELS  # visual tokens per row, in reading order
-        square_of_token = [
-            (row * 8 // side) * 8 + column * 8 // side
-            for row in range(side)
-            for column in range(side)
-        ]
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for row, example in enumerate(examples):
             if example.screen is None:
                 raise ChessVLMError(f"sample {example.id!r}: --square_loss needs its 'fen'")
-            visual = (input_ids[row] == self.processor.image_token_id).nonzero().flatten()
-            labels[row, visual] = torch.tensor(
-                [self.square_ids[example.screen[square]] for square in square_of_token]
+            labels[row, self._visual_positions(input_ids[row])] = torch.tensor(
+                [self.square_ids[example.screen[square]] for square in self.square_of_token]
             )
         return labels
+
+    def _routes(self, examples: list[Example], input_ids: Any, lengths: list[int]) -> tuple:
+        import torch
+
+        from chessvlm.routing import answer_square_tokens
+
+        tokenizer = self.processor.tokenizer
+        queries, keys = [], []
+        for row, (example, length) in enumerate(zip(examples, lengths, strict=True)):
+            start = length - len(self._answer_ids(example.answer))
+            tokens = answer_square_tokens(tokenizer, example.answer)
+            queries.append([start + token - 1 for token in tokens])
+            visual = self._visual_positions(input_ids[row]).tolist()
+            # Board square k (FEN order) is screen square k, or 63 - k seen from black's side.
+            screen = [63 - square if example.flipped else square for square in range(64)]
+            keys.append(
+                [
+                    [
+                        visual[token]
+                        for token, shown in enumerate(self.square_of_token)
+                        if shown == s
+                    ]
+                    for s in screen
+                ]
+            )
+        return torch.tensor(queries), torch.tensor(keys)
 
     def _image(self, example: Example):
         from PIL import Image, UnidentifiedImageError
@@ -510,13 +558,19 @@ class VLMTrainer(Trainer):
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]
         squares = inputs.pop("square_labels", None)
+        route_queries, route_keys = (
+            inputs.pop("route_queries", None),
+            inputs.pop("route_keys", None),
+        )
         if squares is not None and model.training:
             # A visual token's own logits name its square's symbol; no answer target sits
             # there (the next token is visual too), so both losses share one cross-entropy.
             squares = squares[:, :-1]
             targets = torch.where(squares != IGNORE_INDEX, squares, targets)
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-        outputs = model(**inputs, logits_to_keep=positions)
+        probe = RoutingProbe(model) if route_queries is not None and model.training else None
+        with probe or contextlib.nullcontext():
+            outputs = model(**inputs, logits_to_keep=positions)
         logits = outputs.logits.float()
         chosen = targets[:, positions]
         loss = torch.nn.functional.cross_entropy(
@@ -532,6 +586,10 @@ class VLMTrainer(Trainer):
             loss = loss / num_items_in_batch
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
+        if probe is not None:
+            # A mean over this micro-batch's squares; the Trainer sums accumulated micro-batches.
+            routing = probe.loss(route_queries, route_keys, inputs["attention_mask"])
+            loss = loss + routing / self.args.gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -571,7 +629,7 @@ def train(config: TrainConfig) -> Path:
         args=_training_arguments(config, has_eval=bool(eval_set)),
         train_dataset=train_set,
         eval_dataset=eval_set or None,
-        data_collator=VLMCollator(processor, image_size, config.square_loss),
+        data_collator=VLMCollator(processor, image_size, config.square_loss, config.routing_loss),
         processing_class=processor,
         callbacks=[RunFiles(output_dir, run_config)] + ([budget] if budget else []),
     )
@@ -597,6 +655,8 @@ def describe_recipe(run_config: dict) -> str:
         parts.append(f"flat, then annealed to 0 over the last {share}% of the time budget")
     if knobs.get("square_loss"):
         parts.append("square loss on the visual tokens")
+    if knobs.get("routing_loss"):
+        parts.append("routing loss on an attention head")
     prompt = str(run_config.get("prompt"))
     prompt = prompt if len(prompt) <= 40 else prompt[:37] + "..."
     parts.append(f"loss on the answer only; prompt {prompt!r}")
@@ -645,6 +705,8 @@ def _datasets(
         raise InputError(str(train_path), "no usable training samples")
     if config.square_loss and any(example.screen is None for example in examples):
         raise InputError(str(train_path), "--square_loss needs every record's 'fen'")
+    if config.routing_loss and target != "compact":
+        raise InputError(str(train_path), f"--routing_loss needs compact answers, not {target!r}")
     return checked[0][0], checked[1][0], target, prompt
 
 
@@ -677,6 +739,7 @@ _RECORDED_KNOBS = (
     "max_minutes",
     "lr_decay_fraction",
     "square_loss",
+    "routing_loss",
     "seed",
 )
 

@@ -130,6 +130,12 @@ def _register_train(subparsers) -> None:
         help="also teach each visual token the symbol of the square it shows (speeds up "
         "training from scratch; needs the records' fen and flipped, and 224 px multiples)",
     )
+    optim.add_argument(
+        "--routing_loss",
+        action="store_true",
+        help="also teach one attention head which visual tokens show each answer square "
+        "(speeds up training from scratch; compact target, 224 px multiples)",
+    )
     optim.add_argument("--seed", type=int, help="data order and initialisation seed (0)")
 
     run = parser.add_argument_group("checkpoints and logs")

@@ -1,0 +1,124 @@
+"""Routing loss: teach one attention head where each answer square is on the board image.
+
+A small Qwen2-VL trained from scratch learns to see the squares early (the square loss makes
+every visual token name its square's symbol within a few hundred steps) but learns late, and
+all at once, which visual token each square of the answer has to read: M-RoPE gives the
+answer only relative positions to find it by, and a flipped board reverses the order. The
+routing loss says it directly. At the token just before board square k in the answer (the
+one whose output predicts square k), head 0 of the last decoder layer is trained to put its
+attention on the visual tokens that show square k. Training only, like the square loss: it
+adds no weights, and the model saves, loads and generates exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from typing import Any
+
+from chessvlm.errors import ChessVLMError
+
+# The head of the last decoder layer that the routing loss trains; the others stay free.
+ROUTING_HEAD = 0
+
+
+def answer_square_tokens(tokenizer: Any, answer: str) -> list[int]:
+    """Index, among the answer's tokens, of the token holding each of the 64 squares.
+
+    `answer` is a compact answer (`{"board": ["r n b q k b n r", ...]}`), whose squares come
+    in FEN order (a8 ... h8, a7 ... h1).
+    """
+    encoded = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [start for start, _ in encoded["offset_mapping"]]
+    return [bisect_right(starts, offset) - 1 for offset in _square_offsets(answer)]
+
+
+def _square_offsets(answer: str) -> list[int]:
+    """Character offset of each square symbol in a compact answer, in FEN order."""
+    try:
+        rows = json.loads(answer)["board"]
+    except (ValueError, TypeError, KeyError):
+        rows = None
+    if not isinstance(rows, list) or len(rows) != 8 or not all(_is_rank(row) for row in rows):
+        raise ChessVLMError(f"the routing loss needs compact answers; got {answer[:60]!r}")
+    offsets: list[int] = []
+    cursor = 0
+    for row in rows:
+        cursor = answer.index(json.dumps(row), cursor) + 1
+        offsets.extend(cursor + 2 * file for file in range(8))
+        cursor += len(row)
+    return offsets
+
+
+def _is_rank(row: object) -> bool:
+    return isinstance(row, str) and len(row.split(" ")) == 8 and len(row) == 15
+
+
+class RoutingProbe:
+    """While active, keeps the input of the last decoder layer's attention for `loss`.
+
+    A forward pre-hook records the (normalised) hidden states and the M-RoPE cos/sin that
+    the layer receives; `loss` recomputes head `ROUTING_HEAD`'s attention from them at the
+    few query positions that need it, with the layer's own projections and rotary code.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention
+
+        layers = [module for module in model.modules() if isinstance(module, Qwen2VLAttention)]
+        if not layers:
+            raise ChessVLMError("the routing loss needs a Qwen2-VL language model")
+        self.attention = layers[-1]
+        self.inputs: dict[str, Any] = {}
+        self._handle = None
+
+    def __enter__(self) -> RoutingProbe:
+        self.inputs = {}
+        self._handle = self.attention.register_forward_pre_hook(self._keep, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _keep(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self.inputs = {
+            "hidden": kwargs["hidden_states"] if "hidden_states" in kwargs else args[0],
+            "rotary": kwargs["position_embeddings"],
+        }
+
+    def loss(self, queries: Any, keys: Any, attention_mask: Any) -> Any:
+        """Mean negative log of the attention the routing head pays to the right visual tokens.
+
+        `queries` [batch, squares]: the sequence position whose output predicts each square;
+        `keys` [batch, squares, tokens]: the positions of the visual tokens showing it;
+        `attention_mask` [batch, length]: 1 on real tokens.
+        """
+        log_attention = self.log_attention(queries, attention_mask)
+        return -log_attention.gather(-1, keys).logsumexp(dim=-1).mean()
+
+    def log_attention(self, queries: Any, attention_mask: Any) -> Any:
+        """Log of head `ROUTING_HEAD`'s attention [batch, queries, length] at `queries`."""
+        import torch
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
+
+        if not self.inputs:
+            raise ChessVLMError("the routing probe saw no forward pass")
+        attention = self.attention
+        hidden = self.inputs["hidden"]
+        cos, sin = self.inputs["rotary"]
+        size = attention.head_dim
+        kv_head = ROUTING_HEAD // attention.num_key_value_groups
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        query = attention.q_proj(hidden[rows, queries])[
+            ..., ROUTING_HEAD * size : (ROUTING_HEAD + 1) * size
+        ]
+        key = attention.k_proj(hidden)[..., kv_head * size : (kv_head + 1) * size]
+        # apply_rotary_pos_emb rotates [batch, heads, length, head_dim]; one head here.
+        query = apply_rotary_pos_emb(
+            query[:, None], query[:, None], cos[rows, queries], sin[rows, queries]
+        )[0]
+        key = apply_rotary_pos_emb(key[:, None], key[:, None], cos, sin)[0]
+        scores = (query @ key.transpose(-1, -2))[:, 0].float() * attention.scaling
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        unseen = (positions > queries[..., None]) | (attention_mask[:, None, :] == 0)
+        return scores.masked_fill(unseen, float("-inf")).log_softmax(dim=-1)
