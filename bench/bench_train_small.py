@@ -1,4 +1,4 @@
-"""Training speed of the `small` preset on CPU: prompt, square loss, target and precision.
+"""Training speed of the `small` preset on CPU: prompt, extra losses, target and precision.
 
 Builds a small synthetic VLM dataset twice (the compact target's prompt, and `SHORT_PROMPT` as
 the quickstart uses), then trains the preset from scratch through `chessvlm.training.train`
@@ -30,6 +30,11 @@ VARIANTS = (
     ("compact prompt and answer, fp32", "vlm", {}),
     ("short prompt", "vlm-short", {}),
     ("short prompt + square loss", "vlm-short", {"square_loss": True}),
+    (
+        "short prompt + square and routing losses",
+        "vlm-short",
+        {"square_loss": True, "routing_loss": True},
+    ),
     ("compact prompt and answer, bf16 autocast", "vlm", {"bf16_cpu": True}),
     ("seed prompt and answer, fp32", "vlm", {"target": "seed"}),
 )

@@ -31,20 +31,24 @@ def tiny(tmp_path_factory):
     return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny")
 
 
-@pytest.fixture(scope="module")
-def routed(tiny, tmp_path_factory):
-    """A 224 px batch with square labels and routes: the same board upright and flipped."""
-    model, processor = load_model_and_processor(tiny, device="cpu", image_size=224)
-    folder = tmp_path_factory.mktemp("boards")
+def _routed_batch(tiny, folder, size: int):
+    """A batch with square labels and routes: the same board upright and flipped."""
+    model, processor = load_model_and_processor(tiny, device="cpu", image_size=size)
     examples = []
     for flipped in (False, True):
         path = folder / f"{flipped}.png"
-        _draw(BOARD, 224).save(path)
+        _draw(BOARD, size).save(path)
         screen = tuple(screen_symbols(BOARD, flipped))
         answer = answer_text(BOARD, "compact")
         examples.append(Example(str(flipped), path, "Read.", answer, screen, flipped))
-    collator = VLMCollator(processor, 224, square_loss=True, routing_loss=True)
+    collator = VLMCollator(processor, size, square_loss=True, routing_loss=True)
     return model, processor, collator(examples)
+
+
+@pytest.fixture(scope="module")
+def routed(tiny, tmp_path_factory):
+    """At 224 px: one visual token a square."""
+    return _routed_batch(tiny, tmp_path_factory.mktemp("boards"), 224)
 
 
 def test_answer_square_tokens_hold_the_squares_in_fen_order(tiny):
@@ -61,20 +65,25 @@ def test_answer_square_tokens_hold_the_squares_in_fen_order(tiny):
         answer_square_tokens(tokenizer, '{"board": ["r n b"]}')
 
 
-def test_routes_point_from_each_answer_square_to_the_visual_token_showing_it(routed):
-    _, processor, batch = routed
+@pytest.mark.parametrize("size, per_square", [(224, 1), (448, 4)])
+def test_routes_point_from_each_answer_square_to_the_visual_tokens_showing_it(
+    tiny, tmp_path, size, per_square
+):
+    _, processor, batch = _routed_batch(tiny, tmp_path, size)
     decode = processor.tokenizer.decode
     for row in range(2):
         queries, keys = batch["route_queries"][row], batch["route_keys"][row]
-        assert keys.shape == (64, 1)  # 224 px: one visual token per square
-        # The square the answer writes next is the one the visual token is taught to name.
+        assert keys.shape == (64, per_square)
+        # The square the answer writes next is the one its visual tokens are taught to name.
         written = [decode([batch["input_ids"][row, query + 1]]).strip() for query in queries]
-        shown = [decode([batch["square_labels"][row, key]]).strip() for key in keys[:, 0]]
-        assert written == shown
+        for token in range(per_square):
+            shown = [decode([batch["square_labels"][row, key]]).strip() for key in keys[:, token]]
+            assert written == shown
         assert (batch["labels"][row, queries + 1] != IGNORE_INDEX).all()
-    # Flipped, a8 (the answer's first square) is the last visual token, h1 the first.
-    upright, flipped = batch["route_keys"][0, :, 0], batch["route_keys"][1, :, 0]
+    # Flipped, a8 (the answer's first square) is shown where h1 is upright, and so on.
+    upright, flipped = batch["route_keys"][0], batch["route_keys"][1]
     assert torch.equal(flipped, upright.flip(0))
+    assert len(set(upright.flatten().tolist())) == 64 * per_square
 
 
 def test_probe_reads_the_attention_the_model_computes(routed):
