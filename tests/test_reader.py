@@ -328,6 +328,11 @@ def test_evaluate_writes_predictions_metrics_and_run(tmp_path, dataset, checkpoi
     run = json.loads((out / "run.json").read_text())
     assert run["image_base_dir"] == str(dataset.resolve())
     assert run["test_data"] == str((dataset / "test.jsonl").resolve())
+    # What was trained, on what, for how long: 8 boards, batch 4, one epoch.
+    assert run["train_data"] == str((dataset / "train.jsonl").resolve())
+    assert (run["train_samples"], run["steps"], run["epochs"]) == (8, 2, 1.0)
+    assert run["recipe"].startswith("CNN encoder; batch 4, lr ")
+    assert "epoch 1" in run["recipe"]
     assert metrics["reader"]["model_load_seconds"] < 2
 
 

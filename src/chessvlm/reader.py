@@ -466,6 +466,7 @@ class _Trainer:
         batches_per_epoch = math.ceil(len(train) / self.config.batch_size)
         self.total_steps = batches_per_epoch * self.config.epochs
         self.train_to_move_rate = float(train.black_to_move.float().mean())
+        self.train_samples = len(train)
         while not _finished(self.progress, self.config):
             epoch = self.progress["epoch"]
             order = torch.randperm(
@@ -574,6 +575,10 @@ class _Trainer:
             "train_cpu_minutes": round(self.progress["cpu_seconds"] / 60, 2),
             "train_black_to_move_rate": self.train_to_move_rate,
             "data_dir": str(self.config.data_dir),
+            "train_samples": self.train_samples,
+            "batch_size": self.config.batch_size,
+            "learning_rate": self.lr,
+            "augment": self.config.augment,
         }
 
     def finish(self, val: BoardSet) -> None:
@@ -584,6 +589,9 @@ class _Trainer:
         config = {**reader.config, "decode": best, "val_by_decode": by_decode}
         config["train_minutes"] = round(self.progress["seconds"] / 60, 2)
         config["train_cpu_minutes"] = round(self.progress["cpu_seconds"] / 60, 2)
+        config["steps"] = self.progress["step"]
+        epochs = self.progress["step"] * self.config.batch_size / self.train_samples
+        config["epochs_trained"] = round(epochs, 2)
         atomic_write_json(self.out / CONFIG_FILE, config)
         tqdm.write(
             f"best checkpoint: val exact boards {by_decode[best]['exact_boards']:.4f} "
@@ -700,12 +708,18 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
     atomic_write_json(out / "metrics.json", metrics)
     from chessvlm.reports import write_run_info
 
-    train_minutes = reader.config.get("train_minutes")
+    trained = reader.config
+    train_minutes = trained.get("train_minutes")
     write_run_info(
         out,
-        name=config.name or f"reader ({reader.config['spec']['encoder']})",
+        name=config.name or f"reader ({trained['spec']['encoder']})",
         model=str(config.model),
         target="compact",
+        train_data=Path(trained["data_dir"]) / "train.jsonl" if "data_dir" in trained else None,
+        train_samples=trained.get("train_samples"),
+        steps=trained.get("steps"),
+        epochs=trained.get("epochs_trained"),
+        recipe=describe_reader_recipe(trained),
         train_seconds=None if train_minutes is None else train_minutes * 60,
         test_data=Path(config.data_dir) / f"{config.split}.jsonl",
         image_base_dir=config.data_dir,
@@ -715,6 +729,19 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
         notes=f"board reader, {metrics['reader']['decode']} decoding",
     )
     return metrics
+
+
+def describe_reader_recipe(config: dict[str, Any]) -> str:
+    """One line on how a reader was trained, from its checkpoint config."""
+    spec = config["spec"]
+    parts = [f"{spec['encoder'].upper()} encoder" + (", frozen" if spec["freeze_encoder"] else "")]
+    if "batch_size" in config:
+        parts.append(f"batch {config['batch_size']}, lr {config['learning_rate']:g}")
+        parts.append("augmented images" if config["augment"] else "no augmentation")
+    parts.append(f"{spec['image_size']} px")
+    parts.append(f"kept the best epoch by val exact boards (epoch {config['epoch']})")
+    parts.append(f"{config.get('decode', 'argmax')} decoding")
+    return "; ".join(parts)
 
 
 def _predict_records(
