@@ -40,6 +40,10 @@ def test_quickstart_connects_every_stage_and_resumes(tmp_path, capsys):
     report = (out / "report" / "report.md").read_text()
     assert "tiny VLM" in report and "board reader" in report and "43.55%" in report
     assert "| Training recipe | all weights of the tiny preset, from scratch; batch" in report
+    # What each model trained on and for how long, both filled in.
+    for row in ("Training samples", "Steps", "Epochs", "Training time"):
+        (line,) = [line for line in report.splitlines() if line.startswith(f"| {row} |")]
+        assert "—" not in line, line
     assert (out / "report" / "report.html").is_file()
     assert list((out / "report" / "plots").glob("*.png"))
 

@@ -178,6 +178,7 @@ def _evaluate_vlm(config: QuickstartConfig) -> dict:
 
     run_dir = config.run_dir("vlm")
     trained = _stage_result(config, "train_vlm")
+    run_config = read_run_config(trained["model"])
     write_run_info(
         run_dir,
         name=f"{config.preset} VLM (from scratch, {config.minutes:g} min CPU)",
@@ -186,8 +187,9 @@ def _evaluate_vlm(config: QuickstartConfig) -> dict:
         train_data=config.vlm_data_dir / "train.json",
         train_samples=config.train_samples,
         steps=trained["steps"],
+        epochs=run_config.get("epochs"),
         train_seconds=trained["train_seconds"],
-        recipe=describe_recipe(read_run_config(trained["model"])),
+        recipe=describe_recipe(run_config),
         test_data=config.vlm_data_dir / "test.json",
         image_base_dir=config.data_dir,
     )

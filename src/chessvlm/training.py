@@ -272,9 +272,11 @@ class VLMCollator:
         )
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         lengths = batch["attention_mask"].sum(dim=1).tolist()
+        starts = []  # where each answer begins in its row
         for row, (example, length) in enumerate(zip(examples, lengths, strict=True)):
             answer = self._answer_ids(example.answer)
             start = length - len(answer)
+            starts.append(start)
             if batch["input_ids"][row, start:length].tolist() != answer:
                 raise ChessVLMError(
                     f"sample {example.id!r}: the answer tokenizes differently inside the chat "
@@ -285,7 +287,7 @@ class VLMCollator:
             batch["square_labels"] = self._square_labels(examples, batch["input_ids"])
         if self.routing:
             batch["route_queries"], batch["route_keys"] = self._routes(
-                examples, batch["input_ids"], lengths
+                examples, batch["input_ids"], starts
             )
         return {**batch, "labels": labels}
 
@@ -304,15 +306,14 @@ class VLMCollator:
             )
         return labels
 
-    def _routes(self, examples: list[Example], input_ids: Any, lengths: list[int]) -> tuple:
+    def _routes(self, examples: list[Example], input_ids: Any, starts: list[int]) -> tuple:
         import torch
 
         from chessvlm.routing import answer_square_tokens
 
         tokenizer = self.processor.tokenizer
         queries, keys = [], []
-        for row, (example, length) in enumerate(zip(examples, lengths, strict=True)):
-            start = length - len(self._answer_ids(example.answer))
+        for row, (example, start) in enumerate(zip(examples, starts, strict=True)):
             tokens = answer_square_tokens(tokenizer, example.answer)
             queries.append([start + token - 1 for token in tokens])
             visual = self._visual_positions(input_ids[row]).tolist()
@@ -638,7 +639,8 @@ def train(config: TrainConfig) -> Path:
     trainer.train(resume_from_checkpoint=last if config.resume else None)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        write_run_config(output_dir, {**run_config, "step": trainer.state.global_step})
+        finished = {"step": trainer.state.global_step, "epochs": round(trainer.state.epoch, 2)}
+        write_run_config(output_dir, {**run_config, **finished})
     return output_dir
 
 
