@@ -261,6 +261,11 @@ class VLMCollator:
             for row in range(side)
             for column in range(side)
         ]
+        # The visual tokens (in reading order) that show each screen square.
+        self.tokens_of_square = [
+            [token for token, shown in enumerate(self.square_of_token) if shown == square]
+            for square in range(64)
+        ]
 
     def __call__(self, examples: list[Example]) -> dict:
         import torch
@@ -319,16 +324,7 @@ class VLMCollator:
             visual = self._visual_positions(input_ids[row]).tolist()
             # Board square k (FEN order) is screen square k, or 63 - k seen from black's side.
             screen = [63 - square if example.flipped else square for square in range(64)]
-            keys.append(
-                [
-                    [
-                        visual[token]
-                        for token, shown in enumerate(self.square_of_token)
-                        if shown == s
-                    ]
-                    for s in screen
-                ]
-            )
+            keys.append([[visual[token] for token in self.tokens_of_square[s]] for s in screen])
         return torch.tensor(queries), torch.tensor(keys)
 
     def _image(self, example: Example):
