@@ -35,23 +35,22 @@ def answer_square_tokens(tokenizer: Any, answer: str) -> list[int]:
 
 def _square_offsets(answer: str) -> list[int]:
     """Character offset of each square symbol in a compact answer, in FEN order."""
+    from chessvlm.positions import AnswerError, answer_text, board_from_compact
+
     try:
-        rows = json.loads(answer)["board"]
-    except (ValueError, TypeError, KeyError):
-        rows = None
-    if not isinstance(rows, list) or len(rows) != 8 or not all(_is_rank(row) for row in rows):
+        board = board_from_compact(json.loads(answer))
+    except (ValueError, TypeError, KeyError, AnswerError):
+        board = None
+    # Only the exact text training writes has the layout the offsets below rely on.
+    if board is None or answer_text(board, "compact") != answer:
         raise ChessVLMError(f"the routing loss needs compact answers; got {answer[:60]!r}")
     offsets: list[int] = []
     cursor = 0
-    for row in rows:
+    for row in json.loads(answer)["board"]:
         cursor = answer.index(json.dumps(row), cursor) + 1
         offsets.extend(cursor + 2 * file for file in range(8))
         cursor += len(row)
     return offsets
-
-
-def _is_rank(row: object) -> bool:
-    return isinstance(row, str) and len(row.split(" ")) == 8 and len(row) == 15
 
 
 class RoutingProbe:
