@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.pieces import PIECE_SETS
 from chessvlm.rendering import (
-    PIECE_SETS,
-    PIECE_SYMBOLS,
     STYLES,
     THEMES,
     RenderJob,
@@ -23,8 +22,6 @@ from chessvlm.rendering import (
     encode_image,
     image_extension,
     is_held_out,
-    piece_bitmap,
-    piece_images,
     render_board,
     render_board_svg,
     render_many,
@@ -97,23 +94,6 @@ def test_flipped_board_puts_a1_top_right(piece_set: str) -> None:
         changed = square_means(np.abs(king - empty), 224)
         rows, columns = np.nonzero(changed)
         assert set(zip(rows.tolist(), columns.tolist(), strict=True)) == {expected}
-
-
-@pytest.mark.parametrize("piece_set", list(PIECE_SETS))
-def test_piece_set_has_twelve_distinct_pieces_and_white_is_light(piece_set: str) -> None:
-    assert sorted(piece_images(piece_set)) == sorted(PIECE_SYMBOLS)
-    bitmaps = {s: piece_bitmap(piece_set, s, 32) for s in PIECE_SYMBOLS}
-    for bitmap in bitmaps.values():
-        assert bitmap.mode == "RGBA" and bitmap.size == (32, 32)
-        assert np.count_nonzero(np.asarray(bitmap)[..., 3] > 128) > 50
-    assert len({b.tobytes() for b in bitmaps.values()}) == 12
-
-    def brightness(symbol: str) -> float:
-        rgba = np.asarray(bitmaps[symbol], dtype=np.float64)
-        return rgba[..., :3].mean(axis=2)[rgba[..., 3] > 128].mean()
-
-    for white in "KQRBNP":
-        assert brightness(white) > brightness(white.lower()) + 40
 
 
 def test_each_square_shows_its_own_piece() -> None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import importlib.util
 import io
-import json
 import random
 import re
 import struct
@@ -40,103 +38,19 @@ from PIL import Image
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes
+from chessvlm.pieces import (
+    PIECE_SETS,
+    PIECE_SYMBOLS,
+    check_piece_set,
+    piece_bitmap,
+    piece_images,
+    rasterize_svg,
+)
 
-# --------------------------------------------------------------------------- piece sets
-
-PIECE_SYMBOLS = "KQRBNPkqrbnp"
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 # chess.svg draws each square as a 45x45 box of its viewBox; the piece SVGs it uses are 45x45.
 SVG_SQUARE = chess.svg.SQUARE_SIZE
-
-
-@dataclasses.dataclass(frozen=True)
-class PieceSet:
-    """Where a piece set's 12 images come from (authors and licences: docs/piece_sets.md).
-
-    `package` is the distribution that ships the images, `folder` the directory (pychess-data)
-    or theme name (chessboard-image) inside it, `licence` the images' licence.
-    """
-
-    package: str
-    folder: str
-    licence: str
-
-
-PIECE_SETS: dict[str, PieceSet] = {
-    "cburnett": PieceSet("chess", "chess.svg", "GPL-3.0-or-later (as shipped in python-chess)"),
-    "merida": PieceSet("pychess-data", "merida", "GPL-2.0-or-later"),
-    "maestro": PieceSet("pychess-data", "maestro", "CC BY-NC-SA 4.0"),
-    "dubrovny": PieceSet("pychess-data", "dubrovny", "CC BY-NC-SA 4.0"),
-    "alpha": PieceSet("pychess-data", "alpha", "free for personal non-commercial use"),
-    "kaneo": PieceSet("pychess-data", "kaneo", "CC BY 4.0"),
-    "alpha-png": PieceSet(
-        "chessboard-image", "alpha", "MIT (package); Alpha design non-commercial"
-    ),
-    "wikipedia-png": PieceSet("chessboard-image", "wikipedia", "MIT (package)"),
-    "uscf-png": PieceSet("chessboard-image", "uscf", "MIT (package)"),
-}
-
-_PACKAGE_MODULES = {"pychess-data": "pychess_data", "chessboard-image": "chessboard_image"}
-
-
-def _package_dir(package: str) -> Path:
-    """The install folder of `package`, found without importing it.
-
-    chessboard_image's __init__ imports pkg_resources, which recent setuptools no longer
-    ships, so importing it can fail although its data file is there.
-    """
-    spec = importlib.util.find_spec(_PACKAGE_MODULES[package])
-    if spec is None or not spec.submodule_search_locations:
-        raise ChessVLMError(f"piece images need the package {package!r}: pip install {package}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _file_stem(symbol: str) -> str:
-    """`K` -> `wK`, `k` -> `bK`: the file naming both packages use."""
-    return ("w" if symbol.isupper() else "b") + symbol.upper()
-
-
-@functools.cache
-def piece_images(piece_set: str) -> dict[str, tuple[str, bytes]]:
-    """The source images of a piece set: FEN symbol -> (`"svg"` or `"png"`, file bytes)."""
-    source = PIECE_SETS[_check_name(piece_set, PIECE_SETS, "piece set")]
-    if source.package == "chess":
-        return {
-            s: ("svg", chess.svg.piece(chess.Piece.from_symbol(s)).encode()) for s in PIECE_SYMBOLS
-        }
-    if source.package == "pychess-data":
-        folder = _package_dir(source.package) / "static" / "images" / "pieces" / source.folder
-        return {s: ("svg", (folder / f"{_file_stem(s)}.svg").read_bytes()) for s in PIECE_SYMBOLS}
-    themes = json.loads((_package_dir(source.package) / "theme.json").read_text("utf-8"))
-    pieces = themes[source.folder]["pieces"]
-    # Each entry is a one-item list holding a data URI: "data:image/png;base64,...".
-    return {
-        s: ("png", base64.b64decode(pieces[_file_stem(s)][0].split(",", 1)[1]))
-        for s in PIECE_SYMBOLS
-    }
-
-
-def _rasterize_svg(svg: bytes, width: int, height: int) -> Image.Image:
-    # Imported here: loading cairo takes most of a second, and the fast path only needs it
-    # when a piece bitmap is first drawn, so `import chessvlm.rendering` stays cheap.
-    import cairosvg
-
-    png = cairosvg.svg2png(bytestring=svg, output_width=width, output_height=height)
-    return Image.open(io.BytesIO(png)).convert("RGBA")
-
-
-@functools.lru_cache(maxsize=4096)
-def piece_bitmap(piece_set: str, symbol: str, square_px: int) -> Image.Image:
-    """One piece drawn on a transparent `square_px` square (RGBA), cached per set and size.
-
-    The image is shared by every caller: copy it before changing it."""
-    kind, data = piece_images(piece_set)[symbol]
-    if kind == "svg":
-        return _rasterize_svg(data, square_px, square_px)
-    image = Image.open(io.BytesIO(data)).convert("RGBA")
-    return image.resize((square_px, square_px), Image.Resampling.LANCZOS)
-
 
 # --------------------------------------------------------------------------- themes
 
@@ -233,7 +147,7 @@ class RenderParams:
     jpeg_quality: int | None = None
 
     def __post_init__(self) -> None:
-        _check_name(self.piece_set, PIECE_SETS, "piece set")
+        check_piece_set(self.piece_set)
         _check_name(self.theme, THEMES, "board theme")
         _check_size(self.size)
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
@@ -293,7 +207,7 @@ class Style:
 
     def __post_init__(self) -> None:
         for name in self.piece_sets:
-            _check_name(name, PIECE_SETS, "piece set")
+            check_piece_set(name)
         for name in self.themes:
             _check_name(name, THEMES, "board theme")
         for size in self.sizes:
@@ -413,7 +327,7 @@ def _glyph_mask(rank_label: str, file_label: str, square_px: int) -> Image.Image
     """Coverage mask (mode L) of a square's coordinate labels at `square_px`."""
     svg = ET.Element(f"{{{SVG_NS}}}svg", {"viewBox": f"0 0 {SVG_SQUARE} {SVG_SQUARE}"})
     svg.extend(_glyph_elements(rank_label, file_label, "#000"))
-    return _rasterize_svg(ET.tostring(svg), square_px, square_px).getchannel("A")
+    return rasterize_svg(ET.tostring(svg), square_px, square_px).getchannel("A")
 
 
 # --------------------------------------------------------------------------- fast path
@@ -554,7 +468,7 @@ def render_board_svg(
 ) -> Image.Image:
     """Draw `board` through python-chess's SVG and cairosvg (the slow reference path)."""
     svg = board_svg(board, params, last_move).encode("utf-8")
-    return _rasterize_svg(svg, params.size, params.size).convert("RGB")
+    return rasterize_svg(svg, params.size, params.size).convert("RGB")
 
 
 # --------------------------------------------------------------------------- files
