@@ -35,6 +35,8 @@ from chessvlm.reader import (
 from chessvlm.reader_augment import augment_batch
 from chessvlm.reader_images import load_board_image
 from chessvlm.reader_model import (
+    LOCATOR_SIZE,
+    META_OUTPUTS,
     BoardReader,
     ReaderSpec,
     decode_squares,
@@ -125,7 +127,7 @@ def test_labels_are_rearranged_to_image_cells_for_flipped_boards():
 def test_outputs_in_image_order_decode_to_the_standard_board(flipped):
     labels = torch.tensor(square_labels(ASYMMETRIC_FEN))
     in_cells = to_image_order(_one_hot_log_probs(labels.tolist()), flipped, dim=0)
-    meta = torch.tensor([[0.9 if flipped else 0.1, 0.5]])
+    meta = torch.tensor([[0.9 if flipped else 0.1, 0.5, 0.5, 0.1]])
     (reading,) = _decode_outputs(in_cells.unsqueeze(0), meta, "argmax", with_to_move=False)
     assert reading.flipped is flipped
     assert reading.board.board_fen() == chess.Board(ASYMMETRIC_FEN).board_fen()
@@ -138,7 +140,7 @@ def test_outputs_in_image_order_decode_to_the_standard_board(flipped):
 def test_a_known_orientation_overrides_the_predicted_one(flipped):
     labels = square_labels(ASYMMETRIC_FEN)
     in_cells = to_image_order(_one_hot_log_probs(labels), flipped, dim=0).unsqueeze(0)
-    wrong_guess = torch.tensor([[0.1 if flipped else 0.9, 0.5]])
+    wrong_guess = torch.tensor([[0.1 if flipped else 0.9, 0.5, 0.5, 0.1]])
     (guessed,) = _decode_outputs(in_cells, wrong_guess, "argmax", False)
     (told,) = _decode_outputs(in_cells, wrong_guess, "argmax", False, [flipped])
     assert guessed.board.board_fen() != chess.Board(ASYMMETRIC_FEN).board_fen()
@@ -184,7 +186,8 @@ def test_model_output_shapes(spec, size):
     model = BoardReader(spec).eval()
     squares, meta = model(torch.rand(2, 3, size, size))
     assert squares.shape == (2, 64, len(SQUARE_CLASSES))
-    assert meta.shape == (2, 3)  # flipped, black to move, flipped by the coordinates alone
+    assert meta.shape == (2, len(META_OUTPUTS))
+    assert model.locator(torch.rand(2, 3, LOCATOR_SIZE, LOCATOR_SIZE)).shape == (2, 4)
 
 
 def test_coordinates_output_sees_only_the_edge_squares():

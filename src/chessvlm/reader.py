@@ -23,6 +23,7 @@ from typing import Any
 import chess
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
@@ -36,9 +37,17 @@ from chessvlm.io import (
     read_jsonl,
 )
 from chessvlm.positions import SQUARE_CLASSES, AnswerError, board_from_fen, square_symbols
-from chessvlm.reader_augment import augment_batch
-from chessvlm.reader_images import iter_loaded, load_board_image
+from chessvlm.reader_augment import augment_batch, augment_scenes
+from chessvlm.reader_images import (
+    SOURCE_SIZE,
+    crop_board,
+    iter_loaded,
+    load_board_views,
+    load_scene,
+)
 from chessvlm.reader_model import (
+    LOCATOR_SIZE,
+    META_OUTPUTS,
     BoardReader,
     ReaderSpec,
     decode_squares,
@@ -58,6 +67,12 @@ DEFAULT_LR = {"cnn": 2e-3, "clip": 1e-4}
 # Weight of the side-to-move loss: usually unlearnable from the image, it must not drown
 # the square and orientation losses in noise.
 TO_MOVE_LOSS_WEIGHT = 0.1
+# Box errors are fractions of the image (a square of a full-frame board is 0.125): the L1 loss
+# is scaled so that an error of an eighth of a square weighs about as much as a wrong square.
+LOCATOR_LOSS_WEIGHT = 20.0
+# The checkpoint layout this code writes and reads (2: the board locator and the coordinates
+# output were added).
+CHECKPOINT_FORMAT = 2
 # Side to move counts as read from the image only when validation shows it clearly.
 TO_MOVE_MIN_ACCURACY = 0.95
 TO_MOVE_MIN_GAIN = 0.05
@@ -106,6 +121,9 @@ class BoardSet:
     labels: torch.Tensor  # N x 64 class indices, square order (a1 first)
     flipped: torch.Tensor  # N, bool: black at the bottom
     black_to_move: torch.Tensor  # N, bool
+    coordinates: torch.Tensor  # N, bool: coordinates drawn inside the edge squares
+    scenes: torch.Tensor  # N x 3 x L x L, uint8: the whole image, as the locator sees it
+    boxes: torch.Tensor  # N x 4: the board's squares as fractions of the image
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,6 +136,8 @@ class BoardReading:
     `board` holds the placement in standard orientation only (white to move, no castling):
     metadata is not in the image and is the caller's to add. `black_to_move_probability` is
     None unless the checkpoint learned the side to move (`Reader.predicts_to_move`).
+    `coordinates_probability` is that of coordinates drawn in the edge squares; `box` is where
+    the squares are in the image, in its pixels (left, top, right, bottom), when it was located.
     """
 
     board: chess.Board
@@ -125,6 +145,16 @@ class BoardReading:
     flipped_probability: float
     black_to_move_probability: float | None
     min_square_confidence: float
+    coordinates_probability: float
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def orientation_shown(self) -> bool:
+        """Whether the board shows which side is at the bottom: pawns (which way they stand,
+        and where) or coordinates. Without either, a board from black's side is the exact
+        picture of the mirrored position from white's, and the orientation is a guess."""
+        pawns = self.board.pawns
+        return bool(pawns) or self.coordinates_probability > 0.5
 
 
 @dataclass
@@ -182,21 +212,63 @@ def square_labels(fen: str) -> list[int]:
 def load_board_set(
     data_dir: str | Path, records: list[dict], image_size: int, *, workers: int, desc: str
 ) -> BoardSet:
-    """Decode every record's image (strict: an unreadable training image is an error)."""
-    images = torch.empty((len(records), 3, image_size, image_size), dtype=torch.uint8)
-    paths = [Path(data_dir) / str(record["image_path"]) for record in records]
-    loaded = iter_loaded(paths, partial(load_board_image, size=image_size), workers=workers)
-    for index, (array, error) in enumerate(tqdm(loaded, total=len(paths), desc=desc)):
+    """Decode every record's image (strict: an unreadable training image is an error): its
+    board cut out at the record's `board_box` (the whole image without one) and the whole
+    image for the locator."""
+    n = len(records)
+    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
+    scenes = torch.empty((n, 3, LOCATOR_SIZE, LOCATOR_SIZE), dtype=torch.uint8)
+    boxes = torch.empty((n, 4))
+    jobs = [
+        (Path(data_dir) / str(record["image_path"]), _pixel_box(record, data_dir))
+        for record in records
+    ]
+
+    def load(job: tuple[Path, list[float] | None]) -> tuple:
+        return load_board_views(job[0], image_size, LOCATOR_SIZE, job[1])
+
+    loaded = iter_loaded(jobs, load, workers=workers)
+    for index, (views, error) in enumerate(tqdm(loaded, total=n, desc=desc)):
         if error is not None:
             raise InputError(str(error.source), f"{error.problem} (sample {records[index]['id']})")
-        images[index] = torch.from_numpy(array).permute(2, 0, 1)
+        crop, scene, box = views
+        images[index] = torch.from_numpy(crop).permute(2, 0, 1)
+        scenes[index] = torch.from_numpy(scene).permute(2, 0, 1)
+        boxes[index] = torch.tensor(box)
     return BoardSet(
         ids=[str(record["id"]) for record in records],
         images=images,
         labels=torch.tensor([square_labels(str(record["fen"])) for record in records]),
         flipped=torch.tensor([bool(record.get("flipped", False)) for record in records]),
         black_to_move=torch.tensor([_black_to_move(record) for record in records]),
+        coordinates=torch.tensor([shows_coordinates(record) for record in records]),
+        scenes=scenes,
+        boxes=boxes,
     )
+
+
+def _pixel_box(record: dict, data_dir: str | Path) -> list[float] | None:
+    box = record.get("board_box")
+    if box is None:
+        return None
+    valid = isinstance(box, list) and len(box) == 4
+    valid = valid and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    if not valid or not (box[0] < box[2] and box[1] < box[3]):
+        raise InputError(
+            str(Path(data_dir) / str(record["image_path"])),
+            f"'board_box' must be [left, top, right, bottom] pixels, got {box!r}"
+            f" (sample {record['id']})",
+        )
+    return [float(value) for value in box]
+
+
+def shows_coordinates(record: dict) -> bool:
+    """Whether a record's image draws coordinates inside the board's edge squares (the ones
+    the reader sees: coordinates outside the squares are cut off with the margin)."""
+    if "coordinates" in record:
+        return record["coordinates"] == "inside"
+    # Datasets made before the field: the style names the look, coordinates inside.
+    return "coords" in str(record.get("style", "")).split("/")
 
 
 def _black_to_move(record: dict) -> bool:
@@ -217,10 +289,11 @@ def image_order_labels(labels: torch.Tensor, flipped: torch.Tensor) -> torch.Ten
 
 
 def save_checkpoint(model: BoardReader, out: Path, config: dict[str, Any]) -> None:
-    """Write `reader.safetensors` then `reader.json`, each atomically."""
+    """Write `reader.safetensors` then `reader.json` (stamped with `CHECKPOINT_FORMAT`), each
+    atomically."""
     tensors = {name: t.detach().contiguous() for name, t in model.trainable_state_dict().items()}
     atomic_write_bytes(out / WEIGHTS_FILE, save_safetensors(tensors))
-    atomic_write_json(out / CONFIG_FILE, config)
+    atomic_write_json(out / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, **config})
 
 
 def is_reader_checkpoint(path: str | Path) -> bool:
@@ -236,6 +309,12 @@ def load_reader(path: str | Path) -> Reader:
             f"{path}: not a reader checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
     config = _read_config(path / CONFIG_FILE)
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise ChessVLMError(
+            f"{path}: a reader checkpoint of format {config.get('format')}, made by an older "
+            f"chessvlm (this one reads format {CHECKPOINT_FORMAT}: with a board locator); "
+            "train it again with `chessvlm reader train`"
+        )
     spec = ReaderSpec.from_dict(config["spec"])
     # Weights in the file replace the encoder's, so a pretrained ViT is fetched only when the
     # checkpoint left it out (frozen).
@@ -274,7 +353,8 @@ def read_arrays(
     decode: str | None = None,
     flipped: Sequence[bool | None] | None = None,
 ) -> list[BoardReading]:
-    """Read a batch of decoded boards (`load_board_image` arrays, or uint8 N x 3 x S x S).
+    """Read a batch of boards already cut to their squares (`load_board_image` arrays, or
+    uint8 N x 3 x S x S).
 
     `flipped` gives, per board, a known orientation (True: black at the bottom) that replaces
     the predicted one, or None to use the prediction.
@@ -287,6 +367,34 @@ def read_arrays(
     return _decode_outputs(
         log_probs, meta, decode or reader.decode, reader.predicts_to_move, flipped
     )
+
+
+def read_images(
+    reader: Reader,
+    images: Sequence[Image.Image],
+    scenes: Sequence[np.ndarray],
+    decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
+) -> list[BoardReading]:
+    """Read whole images (`load_scene`'s image and scene): locate each board, cut out its
+    squares, read them. Each reading's `box` is in the image file's pixels."""
+    boxes = locate(reader.model, torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
+    crops = [
+        crop_board(image, box, reader.image_size)
+        for image, box in zip(images, boxes.tolist(), strict=True)
+    ]
+    readings = read_arrays(reader, crops, decode, flipped)
+    for reading, image, box in zip(readings, images, boxes.tolist(), strict=True):
+        width, height = image.info.get(SOURCE_SIZE, image.size)
+        reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    return readings
+
+
+@torch.inference_mode()
+def locate(model: BoardReader, scenes: torch.Tensor) -> torch.Tensor:
+    """uint8 whole images N x 3 x L x L -> the boards' boxes N x 4 (fractions of the image)."""
+    pixels = scenes.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    return model.locator(pixels)
 
 
 @torch.inference_mode()
@@ -309,8 +417,9 @@ def _decode_outputs(
     readings = []
     known_flips = known_flips or [None] * len(log_probs)
     outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
-    for cells, (flip_probability, black_probability, *_), known in outputs:
-        flipped = flip_probability > 0.5 if known is None else known
+    for cells, meta_probabilities, known in outputs:
+        named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))
+        flipped = named["flipped"] > 0.5 if known is None else known
         in_squares = to_square_order(cells, flipped, dim=0)
         classes = decode_squares(in_squares, chess_rules=decode == "chess_rules")
         chosen = in_squares.gather(1, torch.tensor(classes).unsqueeze(1))
@@ -318,9 +427,10 @@ def _decode_outputs(
             BoardReading(
                 board=_board_from_classes(classes),
                 flipped=flipped,
-                flipped_probability=flip_probability,
-                black_to_move_probability=black_probability if with_to_move else None,
+                flipped_probability=named["flipped"],
+                black_to_move_probability=named["black_to_move"] if with_to_move else None,
                 min_square_confidence=float(chosen.min().exp()),
+                coordinates_probability=named["coordinates"],
             )
         )
     return readings
@@ -334,6 +444,9 @@ def _board_from_classes(classes: Sequence[int]) -> chess.Board:
     return board
 
 
+_Pending = tuple[str | Path, tuple[Image.Image, np.ndarray] | None, InputError | None, bool | None]
+
+
 def predict_boards(
     reader: Reader,
     sources: Sequence[str | Path],
@@ -343,15 +456,15 @@ def predict_boards(
     decode: str | None = None,
     flipped: Sequence[bool | None] | None = None,
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
-    """Read image files in batches: `(source, reading, None)` or `(source, None, error)` each,
-    in input order; a bad file gives its error and the others go on. `flipped`, aligned with
-    `sources`, gives known orientations (see `read_arrays`)."""
-    pending: list[tuple[str | Path, np.ndarray | None, InputError | None, bool | None]] = []
-    load = partial(load_board_image, size=reader.image_size)
+    """Read image files in batches (`read_images`): `(source, reading, None)` or
+    `(source, None, error)` each, in input order; a bad file gives its error and the others
+    go on. `flipped`, aligned with `sources`, gives known orientations (see `read_arrays`)."""
+    pending: list[_Pending] = []
+    load = partial(load_scene, size=reader.image_size, scene_size=LOCATOR_SIZE)
     loaded = iter_loaded(sources, load, workers=workers, lookahead=2 * batch_size)
     flips = flipped if flipped is not None else [None] * len(sources)
-    for source, (array, error), known in zip(sources, loaded, flips, strict=True):
-        pending.append((source, array, error, known))
+    for source, (views, error), known in zip(sources, loaded, flips, strict=True):
+        pending.append((source, views, error, known))
         if sum(item[1] is not None for item in pending) >= batch_size:
             yield from _flush(reader, pending, decode)
             pending = []
@@ -359,15 +472,15 @@ def predict_boards(
 
 
 def _flush(
-    reader: Reader,
-    pending: list[tuple[str | Path, np.ndarray | None, InputError | None, bool | None]],
-    decode: str | None,
+    reader: Reader, pending: list[_Pending], decode: str | None
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
-    good = [(array, known) for _, array, _, known in pending if array is not None]
-    arrays, flips = [array for array, _ in good], [known for _, known in good]
-    readings = iter(read_arrays(reader, arrays, decode, flips) if arrays else [])
-    for source, array, error, _ in pending:
-        yield source, (next(readings) if array is not None else None), error
+    good = [(views, known) for _, views, _, known in pending if views is not None]
+    images = [views[0] for views, _ in good]
+    scenes = [views[1] for views, _ in good]
+    flips = [known for _, known in good]
+    readings = iter(read_images(reader, images, scenes, decode, flips) if good else [])
+    for source, views, error, _ in pending:
+        yield source, (next(readings) if views is not None else None), error
 
 
 # --------------------------------------------------------------------------- training
@@ -501,20 +614,19 @@ class _Trainer:
         generator = torch.Generator().manual_seed(
             self.config.seed * 1_000_003 + self.progress["step"]
         )
-        images = train.images[indices]
-        pixels = augment_batch(images, generator) if self.config.augment else images.float() / 255
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-        square_logits, meta_logits = self.model(pixels)
-        flipped, black_to_move = train.flipped[indices], train.black_to_move[indices]
-        targets = torch.stack([flipped, black_to_move, flipped], 1).float()
-        meta_losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            meta_logits, targets, reduction="none"
-        ).mean(0)
+        images, scenes, boxes = train.images[indices], train.scenes[indices], train.boxes[indices]
+        if self.config.augment:
+            pixels = augment_batch(images, generator)
+            scene_pixels, boxes = augment_scenes(scenes, boxes, generator)
+        else:
+            pixels, scene_pixels = images.float() / 255, scenes.float() / 255
+        channels_last = torch.channels_last
+        square_logits, meta_logits = self.model(pixels.contiguous(memory_format=channels_last))
+        located = self.model.locator(scene_pixels.contiguous(memory_format=channels_last))
         loss = (
             square_loss(square_logits, train_cells[indices])
-            + meta_losses[0]
-            + TO_MOVE_LOSS_WEIGHT * meta_losses[1]
-            + meta_losses[2]
+            + _meta_loss(meta_logits, train, indices)
+            + LOCATOR_LOSS_WEIGHT * torch.nn.functional.l1_loss(located, boxes)
         )
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * _schedule(self.fraction_done())
@@ -556,13 +668,13 @@ class _Trainer:
             log.write(record)
         tqdm.write(
             f"epoch {record['epoch']}: val per-square {scores['per_square']:.5f}, "
-            f"exact {scores['exact_boards']:.4f}, orientation {scores['orientation']:.4f}"
+            f"exact {scores['exact_boards']:.4f}, orientation {scores['orientation']:.4f}, "
+            f"box error {scores['box_error_squares']:.3f} squares"
         )
 
     def checkpoint_config(self, scores: dict[str, float]) -> dict[str, Any]:
         to_move_gain = scores["to_move"] - scores["to_move_majority"]
         return {
-            "format": 1,
             "kind": "reader",
             "spec": self.model.spec.to_dict(),
             "classes": list(SQUARE_CLASSES),
@@ -614,6 +726,29 @@ class _Trainer:
         self.last_save = time.monotonic()
 
 
+def _meta_loss(logits: torch.Tensor, boards: BoardSet, indices: torch.Tensor) -> torch.Tensor:
+    """The weighted binary cross-entropy of each meta output (`META_OUTPUTS`), by name."""
+    flipped, coordinates = boards.flipped[indices], boards.coordinates[indices]
+    targets = {
+        "flipped": flipped,
+        "black_to_move": boards.black_to_move[indices],
+        # Only boards that draw coordinates show the orientation in them.
+        "flipped_by_coordinates": flipped,
+        "coordinates": coordinates,
+    }
+    ones = torch.ones(len(indices))
+    weights = {
+        "flipped": ones,
+        "black_to_move": TO_MOVE_LOSS_WEIGHT * ones,
+        "flipped_by_coordinates": coordinates.float(),
+        "coordinates": ones,
+    }
+    target = torch.stack([targets[name] for name in META_OUTPUTS], 1).float()
+    weight = torch.stack([weights[name] for name in META_OUTPUTS], 1)
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (losses * weight).sum(1).mean()
+
+
 def _schedule(fraction: float) -> float:
     """Learning-rate factor: linear warm-up over the first 3%, then cosine down to 2%."""
     if fraction < 0.03:
@@ -629,9 +764,13 @@ def validate(
     was_training = model.training
     model.eval()
     right_squares = exact = right_orientation = right_to_move = 0
+    box_errors = []
     for start in range(0, len(boards), batch_size):
         chunk = slice(start, start + batch_size)
         readings = _decode_outputs(*_run(model, boards.images[chunk]), decode, with_to_move=True)
+        box_errors.append(
+            box_error_in_squares(locate(model, boards.scenes[chunk]), boards.boxes[chunk])
+        )
         for offset, reading in enumerate(readings):
             index = start + offset
             predicted = square_labels(reading.board.board_fen())
@@ -646,14 +785,23 @@ def validate(
     model.train(was_training)
     n = len(boards)
     black_rate = float(boards.black_to_move.float().mean())
+    box_error = torch.cat(box_errors)
     return {
         "per_square": right_squares / (64 * n),
         "exact_boards": exact / n,
         "orientation": right_orientation / n,
         "to_move": right_to_move / n,
         "to_move_majority": max(black_rate, 1 - black_rate),
+        "box_error_squares": float(box_error.mean()),
+        "box_within_eighth_square": float((box_error <= 0.125).float().mean()),
         "n": n,
     }
+
+
+def box_error_in_squares(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per board, the largest error of the four box edges, in squares of the true board."""
+    square = (true[:, 2:] - true[:, :2]).repeat(1, 2) / 8
+    return ((predicted - true).abs() / square).amax(dim=1)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -769,6 +917,7 @@ def _predict_records(
                     "id": record["id"],
                     "fen": reading.board.board_fen(),
                     "flipped_pred": reading.flipped_probability > 0.5,
+                    "box": [round(value, 2) for value in reading.box or ()],
                 }
             )
         if len(batch) >= config.batch_size:
@@ -797,16 +946,41 @@ def _reader_figures(
     config: ReaderEvalConfig,
 ) -> dict:
     by_id = {str(p["id"]): p for p in predictions}
-    oriented = [
-        by_id[str(r["id"])].get("flipped_pred") == bool(r.get("flipped", False))
-        for r in records
-        if "flipped_pred" in by_id.get(str(r["id"]), {})
+    read = [(r, by_id[str(r["id"])]) for r in records if "fen" in by_id.get(str(r["id"]), {})]
+    oriented = [p.get("flipped_pred") == bool(r.get("flipped", False)) for r, p in read]
+    # The orientation target: boards that show it by their pawns alone.
+    by_pawns = [
+        p.get("flipped_pred") == bool(r.get("flipped", False))
+        for r, p in read
+        if not _draws_coordinates(r) and _pawns(str(r["fen"])) >= 4
+    ]
+    box_errors = [
+        float(box_error_in_squares(torch.tensor([p["box"]]), torch.tensor([r["board_box"]])))
+        for r, p in read
+        if r.get("board_box") and p.get("box")
     ]
     return {
         "decode": config.decode or reader.decode,
         "orientation": config.orientation,
-        "orientation_accuracy": sum(oriented) / len(oriented) if oriented else None,
+        "orientation_accuracy": _mean(oriented),
+        "orientation_accuracy_pawns_no_coordinates": _mean(by_pawns),
+        "boards_pawns_no_coordinates": len(by_pawns),
+        "box_error_squares": _mean(box_errors),
+        "box_within_eighth_square": _mean([error <= 0.125 for error in box_errors]),
         "model_load_seconds": round(load_seconds, 3),
         "encoder": reader.config["spec"]["encoder"],
         "train_minutes": reader.config.get("train_minutes"),
     }
+
+
+def _pawns(fen: str) -> int:
+    return chess.popcount(board_from_fen(fen).pawns)
+
+
+def _draws_coordinates(record: dict) -> bool:
+    """Coordinates anywhere in the image: inside the squares or outside them."""
+    return record.get("coordinates", "none") != "none" or shows_coordinates(record)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -2,7 +2,9 @@
 
 It imitates what users feed: boards cropped a little loose or tight (margins, shifts, a
 slightly wrong aspect), shown at lower resolution (blur), in other colours, and saved as JPEG.
-Every transform keeps each square inside its own image cell, so labels do not move.
+Every transform of `augment_batch` keeps each square inside its own image cell, so labels do
+not move. `augment_scenes` (for the board locator) moves the board inside a wider margin and
+moves its box label with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from PIL import Image
 # margin, below 1 its outer ring of squares is cropped by up to ~1/5 square.
 SCALE_RANGE = (0.95, 1.1)
 SHIFT = 0.04  # in [-1, 1] image coordinates: up to 1/6 of a square
+# Scenes: the whole image shrinks by up to this factor inside a new margin.
+SCENE_SCALE_RANGE = (1.0, 1.6)
 MIN_RESOLUTION = 0.3
 JPEG_QUALITY = (25, 95)
 
@@ -43,6 +47,34 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return x.clamp_(0.0, 1.0)
 
 
+def augment_scenes(
+    scenes: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 whole images B x 3 x L x L and their board boxes B x 4 (fractions of the image:
+    left, top, right, bottom) -> augmented float images in [0, 1] and the moved boxes."""
+    x = scenes.float() / 255.0
+    chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
+    boxes = boxes.clone()
+    if len(chosen):
+        n = len(chosen)
+        scale = _uniform(generator, 2 * n, *SCENE_SCALE_RANGE).view(n, 2)
+        # In [-1, 1] coordinates an input point p lands at (p - shift) / scale; any shift that
+        # keeps the whole box inside the frame is allowed.
+        low = 2 * boxes[chosen, 2:] - 1 - scale
+        high = 2 * boxes[chosen, :2] - 1 + scale
+        shift = low + (high - low) * torch.rand(n, 2, generator=generator)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = scale[:, 0], scale[:, 1]
+        theta[:, :, 2] = shift
+        x = x.clone()
+        x[chosen] = _warp(x[chosen], theta, generator)
+        moved = (2 * boxes[chosen].view(n, 2, 2) - 1 - shift.view(n, 1, 2)) / scale.view(n, 1, 2)
+        boxes[chosen] = ((moved + 1) / 2).view(n, 4)
+    x = _lower_resolution(x, generator)
+    x = _recolour(x, generator)
+    return x.clamp_(0.0, 1.0), boxes.clamp_(0.0, 1.0)
+
+
 def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     chosen = _chance(generator, len(x), 0.6).nonzero().flatten()
     n = len(chosen)
@@ -52,16 +84,23 @@ def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta[:, 0, 0] = _uniform(generator, n, *SCALE_RANGE)
     theta[:, 1, 1] = theta[:, 0, 0] * _uniform(generator, n, 0.97, 1.03)
     theta[:, :, 2] = _uniform(generator, 2 * n, -SHIFT, SHIFT).view(n, 2)
+    x = x.clone()
+    x[chosen] = _warp(x[chosen], theta, generator)
+    return x
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Resample images by affine maps (output -> input, [-1, 1] coordinates); what falls
+    outside the input shows a background of one random colour."""
+    n = len(x)
     shape = [n, *x.shape[1:]]
     grid = F.affine_grid(theta, shape, align_corners=False)
     sample = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
-    moved = F.grid_sample(x[chosen], grid, **sample)
+    moved = F.grid_sample(x, grid, **sample)
     inside = F.grid_sample(torch.ones(n, 1, *shape[2:]), grid, **sample)
     # What shows around a loosely cropped board: a page or window background of one colour.
     background = torch.rand(n, 3, 1, 1, generator=generator)
-    x = x.clone()
-    x[chosen] = moved + (1.0 - inside) * background
-    return x
+    return moved + (1.0 - inside) * background
 
 
 def _lower_resolution(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,7 +1,13 @@
 """Board images for the board reader: robust decoding to one square RGB array per image.
 
-Training, evaluation and `chessvlm predict` all go through `load_board_image`, so a board is
-resampled the same way whatever the command. Bad files raise `InputError` naming the file.
+Training, evaluation and `chessvlm predict` all go through `open_board_image`, `scene_array`
+and `crop_board`, so a board is resampled the same way whatever the command. Bad files raise
+`InputError` naming the file.
+
+A board may not fill its image (a margin, a frame, coordinates outside the squares): the
+reader's locator sees the whole image (`scene_array`), then the squares are cut out at the
+box it found (`crop_board`). Boxes are fractions of the image (left, top, right, bottom), so
+they hold whatever size the image was decoded at.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ T = TypeVar("T")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Below 8 px per square the pieces are a few pixels and no reader can be trusted.
 MIN_SIDE = 64
-# A board cropped to its squares is square; allow margins, coordinates outside the squares,
-# and slightly off crops, but refuse e.g. a whole screenshot.
-MAX_ASPECT = 1.3
+# A board is square; allow margins, frames, coordinates outside the squares and off crops,
+# but refuse e.g. a whole screenshot.
+MAX_ASPECT = 1.6
+FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+# The image's size in its file, kept in `Image.info`: a JPEG decoded at a reduced scale is
+# smaller, and pixel boxes from labels are in the file's pixels.
+SOURCE_SIZE = "chessvlm_source_size"
 # PIL's decompression-bomb guard, raised: a 12k x 12k scan is a plausible, if silly, input.
 MAX_PIXELS = 150_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -50,15 +60,54 @@ def open_board_image(source: str | Path | bytes, draft_size: int | None = None) 
         raise InputError(
             name, f"image is {width}x{height} px, not a board cropped to its 8x8 squares"
         )
-    return _to_rgb(image)
+    rgb = _to_rgb(image)
+    rgb.info[SOURCE_SIZE] = image.info.get(SOURCE_SIZE, image.size)
+    return rgb
 
 
 def load_board_image(source: str | Path | bytes, size: int) -> np.ndarray:
     """A board image as a `size` x `size` x 3 uint8 RGB array (see `open_board_image`)."""
-    image = open_board_image(source, draft_size=size)
+    return crop_board(open_board_image(source, draft_size=size), FULL_FRAME, size)
+
+
+def crop_board(image: Image.Image, box: Sequence[float], size: int) -> np.ndarray:
+    """The part of `image` inside `box` (fractions of the image: left, top, right, bottom)
+    resampled to a `size` x `size` x 3 uint8 array."""
+    width, height = image.size
+    left, top, right, bottom = box
+    pixels = (left * width, top * height, right * width, bottom * height)
     # reducing_gap: a fast integer pre-reduction of big images before the bilinear filter.
-    resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    resized = image.resize((size, size), Image.Resampling.BILINEAR, box=pixels, reducing_gap=2.0)
     return np.array(resized, dtype=np.uint8)
+
+
+def scene_array(image: Image.Image, size: int) -> np.ndarray:
+    """The whole image squeezed to `size` x `size` x 3 uint8, as the board locator sees it."""
+    return crop_board(image, FULL_FRAME, size)
+
+
+def load_board_views(
+    source: str | Path, size: int, scene_size: int, pixel_box: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """A labelled image for training: its board cut out at `pixel_box` (left, top, right,
+    bottom in the file's pixels; None: the whole image) at `size`, the whole image at
+    `scene_size`, and the box as fractions of the image."""
+    image = open_board_image(source, draft_size=size)
+    box = FULL_FRAME
+    if pixel_box is not None:
+        width, height = image.info[SOURCE_SIZE]
+        left, top, right, bottom = (float(value) for value in pixel_box)
+        box = (left / width, top / height, right / width, bottom / height)
+    return crop_board(image, box, size), scene_array(image, scene_size), box
+
+
+def load_scene(
+    source: str | Path | bytes, size: int, scene_size: int
+) -> tuple[Image.Image, np.ndarray]:
+    """An image to read: decoded (a JPEG at a reduced scale that keeps a board within it at
+    `size` px or more) and squeezed to `scene_size` for the locator."""
+    image = open_board_image(source, draft_size=2 * size)
+    return image, scene_array(image, scene_size)
 
 
 def _open(source: str | Path | bytes, name: str, draft_size: int | None) -> Image.Image:
@@ -70,6 +119,7 @@ def _open(source: str | Path | bytes, name: str, draft_size: int | None) -> Imag
             raise InputError(name, "empty file")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.info[SOURCE_SIZE] = image.size
         if draft_size:
             # JPEG decodes at a reduced scale directly: huge photos load in milliseconds.
             image.draft("RGB", (draft_size, draft_size))

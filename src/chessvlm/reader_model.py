@@ -7,7 +7,13 @@ ViT through an input of 8 patches a side (256 px for ViT-B/32, not the seed's 22
 
 The square head classifies each cell as it appears in the image; the meta head says whether
 black is at the bottom ("flipped") and, where the labels make it learnable, whether black is
-to move. Image-order predictions are turned into the standard square order with the predicted
+to move; the edge view says whether coordinates are drawn in the board's edge squares.
+
+Boards in users' images do not always fill the frame (a margin, a frame, coordinates outside
+the squares), so a small `BoardLocator` first finds the 8x8 squares in the whole image at
+`LOCATOR_SIZE` px; the square-aligned encoder then reads the crop.
+
+Image-order predictions are turned into the standard square order with the predicted
 orientation (`image_cell_squares`), so a flipped board is read rotated, never mirrored.
 """
 
@@ -28,9 +34,15 @@ from chessvlm.positions import SQUARE_CLASSES
 NUM_CLASSES = len(SQUARE_CLASSES)
 GRID = 8
 ENCODERS = ("cnn", "clip")
-# The last is the orientation read from the coordinates view alone: trained so that view
-# learns the letters even though pawns already tell most boards' orientation.
-META_OUTPUTS = ("flipped", "black_to_move", "flipped_by_coordinates")
+# The last two come from the coordinates view alone: the orientation those letters show,
+# trained so that view learns them even though pawns already tell most boards' orientation,
+# and whether the board shows coordinates at all (a pawnless board without them cannot show
+# its orientation, and the reader says so rather than guess).
+META_OUTPUTS = ("flipped", "black_to_move", "flipped_by_coordinates", "coordinates")
+_EDGE_OUTPUTS = 2  # the last two of META_OUTPUTS
+# The locator sees the whole image at this size: enough to place a board's edges within a
+# fraction of a square, at a sixteenth of the reader's pixels per board.
+LOCATOR_SIZE = 128
 _PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
 _KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
 _BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
@@ -185,8 +197,34 @@ class ClipSquareEncoder(nn.Module):
         return patches.transpose(1, 2).reshape(pixels.shape[0], -1, GRID, GRID)
 
 
+class BoardLocator(nn.Module):
+    """Where the board's 8x8 squares are in a whole image: a small CNN over the image resized
+    to `LOCATOR_SIZE` px, regressing the box (left, top, right, bottom) as fractions of the
+    image's width and height. Borders, frames and coordinates outside are not part of the box.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, widths[0], 4, stride=4),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for in_channels, out_channels in pairwise(widths):
+            layers += [_conv_block(in_channels, out_channels), nn.MaxPool2d(2)]
+        self.layers = nn.Sequential(*layers, _conv_block(widths[-1], 16))
+        cells = LOCATOR_SIZE // 4 // 2 ** (len(widths) - 1)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * cells * cells, 64), nn.ReLU(inplace=True), nn.Linear(64, 4)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` B x 3 x L x L in [0, 1] (L = `LOCATOR_SIZE`) -> boxes B x 4 in [0, 1]."""
+        return self.head(self.layers((images - 0.5) / 0.25)).sigmoid()
+
+
 class BoardReader(nn.Module):
-    """Encoder + per-square 13-class head + meta head (flipped, black to move)."""
+    """Board locator + encoder + per-square 13-class head + meta head (`META_OUTPUTS`)."""
 
     def __init__(self, spec: ReaderSpec, *, pretrained: bool = True) -> None:
         super().__init__()
@@ -212,13 +250,14 @@ class BoardReader(nn.Module):
         self.meta_head = nn.Sequential(
             nn.Linear(8 * GRID * GRID + self.edges.out_features, 64),
             nn.ReLU(inplace=True),
-            nn.Linear(64, len(META_OUTPUTS) - 1),
+            nn.Linear(64, len(META_OUTPUTS) - _EDGE_OUTPUTS),
         )
-        self.coordinates_head = nn.Linear(self.edges.out_features, 1)
+        self.coordinates_head = nn.Linear(self.edges.out_features, _EDGE_OUTPUTS)
+        self.locator = BoardLocator()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`images` B x 3 x S x S in [0, 1] -> square logits B x 64 x 13 (image order) and
-        meta logits B x 3 (`META_OUTPUTS`)."""
+        meta logits B x 4 (`META_OUTPUTS`)."""
         pixels = (images - self.mean) / self.std
         features = self.encoder(pixels)
         squares = self.square_head(features).flatten(2).transpose(1, 2)

@@ -38,6 +38,10 @@ class Placement:
     board: chess.Board
     notes: dict[str, str] = field(default_factory=dict)
     black_to_move_probability: float | None = None
+    # The reader's: where the squares are in the image (pixels: left, top, right, bottom) and
+    # the probability of the orientation it reports.
+    box: tuple[float, float, float, float] | None = None
+    orientation_probability: float | None = None
 
 
 @dataclass
@@ -96,14 +100,34 @@ def _reader_placements(
         if reading is None:
             yield str(source), None, error
             continue
-        side = "black" if reading.flipped else "white"
-        confidence = _confidence(reading.flipped_probability)
-        how = "from --orientation" if flipped is not None else f"probability {confidence:.3f}"
         notes = {
             "placement": f"board reader {model}",
-            "orientation": f"{side} at the bottom ({how})",
+            "orientation": _orientation_note(reading, given=flipped is not None),
         }
-        yield str(source), Placement(reading.board, notes, reading.black_to_move_probability), None
+        placement = Placement(
+            reading.board,
+            notes,
+            reading.black_to_move_probability,
+            box=reading.box,
+            orientation_probability=None
+            if flipped is not None
+            else _confidence(reading.flipped_probability),
+        )
+        yield str(source), placement, None
+
+
+def _orientation_note(reading, *, given: bool) -> str:
+    side = "black" if reading.flipped else "white"
+    if given:
+        return f"{side} at the bottom (from --orientation)"
+    probability = _confidence(reading.flipped_probability)
+    if not reading.orientation_shown:
+        return (
+            f"{side} at the bottom, a guess (probability {probability:.3f}): the board shows "
+            "neither pawns nor coordinates, so it looks the same from either side; pass "
+            "--orientation white or --orientation black to say which side is at the bottom"
+        )
+    return f"{side} at the bottom (probability {probability:.3f})"
 
 
 def _vlm_placements(
@@ -183,15 +207,32 @@ def complete_position(placement: Placement, flags: Metadata) -> tuple[chess.Boar
     return board_with_metadata(placement.board, to_move, castling, en_passant), notes
 
 
+def reading_fields(placement: Placement) -> dict[str, object]:
+    """What a JSON result adds from the reader: the board's box in the image and the
+    probability of the orientation (absent when the model gave none or the user set it)."""
+    fields: dict[str, object] = {}
+    if placement.box is not None:
+        fields["board_box"] = [round(value, 1) for value in placement.box]
+    if placement.orientation_probability is not None:
+        fields["orientation_probability"] = round(placement.orientation_probability, 4)
+    return fields
+
+
 def format_result(
-    source: str, board: chess.Board, notes: dict[str, str], fmt: str, *, with_name: bool
+    source: str,
+    board: chess.Board,
+    notes: dict[str, str],
+    fmt: str,
+    *,
+    with_name: bool,
+    extra: dict[str, object] | None = None,
 ) -> str:
-    """One image's result in `fmt`: a JSON line, or a FEN / compact answer (prefixed by the
-    image name and a tab when several images are read)."""
+    """One image's result in `fmt`: a JSON line (with the `extra` fields, e.g.
+    `reading_fields`), or a FEN / compact answer (prefixed by the image name and a tab when
+    several images are read)."""
     if fmt == "json":
-        return json.dumps(
-            {"image": source, "position": seed_json(board), "fen": board.fen(), "notes": notes}
-        )
+        result = {"image": source, "position": seed_json(board), "fen": board.fen()}
+        return json.dumps({**result, **(extra or {}), "notes": notes})
     if fmt == "fen":
         text = board.fen()
     elif fmt == "compact":

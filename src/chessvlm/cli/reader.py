@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     commands = reader.add_subparsers(dest="reader_command", required=True, metavar="COMMAND")
     _register_train(commands)
     _register_evaluate(commands)
+    _register_build_default(commands)
     _register_predict(subparsers)
 
 
@@ -112,6 +113,42 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_build_default(commands) -> None:
+    from chessvlm.reader_default import DEFAULT_READER, DefaultRecipe
+
+    recipe = DefaultRecipe()
+    parser = commands.add_parser(
+        "build-default",
+        help="rebuild the default reader shipped in the package",
+        description=(
+            f"Render {recipe.train_samples:,} training and {recipe.val_samples} validation "
+            f"boards in the {recipe.style!r} style (seed {recipe.seed}) into --work, train the "
+            f"reader {recipe.epochs} epochs there, and write its checkpoint to --out. "
+            "Rerunning resumes."
+        ),
+    )
+    parser.add_argument("--work", required=True, help="folder for the data and the training")
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_READER),
+        help="where the checkpoint goes (default: the package)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=2,
+        help="rendering and decoding workers (default 2)",
+    )
+    parser.set_defaults(func=_run_build_default)
+
+
+def _run_build_default(args: argparse.Namespace) -> int:
+    from chessvlm.reader_default import build_default_reader
+
+    print(f"default reader: {build_default_reader(args.work, args.out, workers=args.workers)}")
+    return 0
+
+
 def _register_evaluate(commands) -> None:
     parser = commands.add_parser(
         "evaluate",
@@ -121,7 +158,9 @@ def _register_evaluate(commands) -> None:
             "so that `chessvlm report` compares the reader with the VLMs."
         ),
     )
-    parser.add_argument("--model", required=True, help="reader checkpoint folder")
+    parser.add_argument(
+        "--model", help="reader checkpoint folder (default: the reader shipped in the package)"
+    )
     parser.add_argument("--data_dir", required=True, help="JSON dataset folder")
     parser.add_argument("--split", default="test", help="default: test")
     parser.add_argument("--output", required=True, help="run folder to write")
@@ -142,10 +181,11 @@ def _register_evaluate(commands) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from chessvlm.reader import ReaderEvalConfig, evaluate_reader
+    from chessvlm.reader_default import default_reader
 
     metrics = evaluate_reader(
         ReaderEvalConfig(
-            model=args.model,
+            model=str(args.model or default_reader()),
             data_dir=args.data_dir,
             output=args.output,
             split=args.split,
@@ -177,7 +217,9 @@ def _register_predict(subparsers) -> None:
     )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument(
-        "--model", required=True, help="reader checkpoint, VLM folder, adapter or hub id"
+        "--model",
+        help="reader checkpoint, VLM folder, adapter or hub id (default: the reader shipped "
+        "in the package)",
     )
     parser.add_argument("--format", choices=FORMATS, default="json", help="default: json")
     parser.add_argument("--to-move", "--to_move", dest="to_move", choices=("w", "b"))
@@ -196,6 +238,7 @@ def _register_predict(subparsers) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from chessvlm.reader_default import default_reader
     from chessvlm.reader_images import collect_image_paths
     from chessvlm.reader_predict import (
         Metadata,
@@ -203,6 +246,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         complete_position,
         format_result,
         predict_images,
+        reading_fields,
     )
 
     flags = Metadata(args.to_move, args.castling, args.en_passant)
@@ -214,7 +258,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             failures += _report(f"{path}: {problem}")
     sources = [path for path, problem in items if problem is None]
     results = predict_images(
-        args.model,
+        str(args.model or default_reader()),
         sources,
         batch_size=args.batch_size,
         decode=args.decode,
@@ -227,7 +271,15 @@ def _run_predict(args: argparse.Namespace) -> int:
             failures += _report(str(error))
             continue
         board, notes = complete_position(placement, flags)
-        print(format_result(source, board, notes, args.format, with_name=with_name), flush=True)
+        line = format_result(
+            source,
+            board,
+            notes,
+            args.format,
+            with_name=with_name,
+            extra=reading_fields(placement),
+        )
+        print(line, flush=True)
     return 1 if failures else 0
 
 
