@@ -179,7 +179,23 @@ def test_predict_with_a_reader_reports_each_image(checkpoint, boards, capsys):
         assert set(line["position"]) == {"pieces", "metadata"}
         assert line["notes"]["castling_rights"] == CASTLING_INFERRED
         assert "at the bottom" in line["notes"]["orientation"]
+        assert 0.5 <= line["orientation_probability"] <= 1.0
+        left, top, right, bottom = line["board_box"]
+        assert 0 <= left < right <= 128 and 0 <= top < bottom <= 128
     assert "notes.txt: not an image file" in captured.err
+
+
+def test_orientation_a_board_cannot_show_is_called_a_guess(monkeypatch):
+    from chessvlm.reader import BoardReading
+    from chessvlm.reader_predict import _orientation_note
+
+    kings = chess.Board("4k3/8/8/8/8/8/8/4K3 w - - 0 1")
+    reading = BoardReading(kings, True, 0.7, None, 0.9, coordinates_probability=0.05)
+    note = _orientation_note(reading, given=False)
+    assert note.startswith("black at the bottom, a guess (probability 0.700)")
+    assert "--orientation white" in note
+    reading.coordinates_probability = 0.95
+    assert _orientation_note(reading, given=False) == "black at the bottom (probability 0.700)"
 
 
 def test_predict_fen_for_one_image_with_flags(checkpoint, boards, capsys):

@@ -10,6 +10,7 @@ import chess
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 
 from chessvlm.errors import InputError
@@ -18,10 +19,13 @@ from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader import (
     LOG_FILE,
     STATE_FILE,
+    BoardReading,
+    BoardSet,
     Reader,
     ReaderEvalConfig,
     ReaderTrainConfig,
     _decode_outputs,
+    _meta_loss,
     evaluate_reader,
     image_order_labels,
     load_reader,
@@ -32,7 +36,7 @@ from chessvlm.reader import (
     square_labels,
     train_reader,
 )
-from chessvlm.reader_augment import augment_batch
+from chessvlm.reader_augment import augment_batch, augment_scenes
 from chessvlm.reader_images import load_board_image
 from chessvlm.reader_model import (
     LOCATOR_SIZE,
@@ -243,6 +247,72 @@ def test_augmentation_keeps_shape_and_range():
     assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
     assert torch.equal(first, again)
     assert not torch.allclose(first, images.float() / 255)
+
+
+def test_scene_augmentation_moves_the_box_with_the_board():
+    # A white board on black: after augmentation the box must frame the white pixels.
+    scenes = torch.zeros(16, 3, 64, 64, dtype=torch.uint8)
+    scenes[:, :, 8:40, 16:56] = 255  # rows 8..40, columns 16..56
+    boxes = torch.tensor([[16 / 64, 8 / 64, 56 / 64, 40 / 64]]).repeat(16, 1)
+    moved_scenes, moved_boxes = augment_scenes(scenes, boxes, torch.Generator().manual_seed(1))
+    assert not torch.equal(moved_boxes, boxes)  # some boards moved
+    for scene, box in zip(moved_scenes, moved_boxes, strict=True):
+        left, top, right, bottom = (box * 64).tolist()
+        inside = scene[:, round(top) + 1 : round(bottom) - 1, round(left) + 1 : round(right) - 1]
+        # Recolouring changes the white, but the board stays the brightest part of the scene.
+        brightness = scene.mean(dim=0)
+        assert inside.mean(dim=0).min() >= brightness.max() * 0.7
+
+
+def test_reading_a_whole_image_crops_at_the_located_box(tmp_path):
+    torch.manual_seed(0)
+    spec = ReaderSpec(image_size=TEST_IMAGE_SIZE)
+    model = BoardReader(spec).eval()
+    reader = Reader(model, {"spec": spec.to_dict()}, tmp_path)
+    board = render_board(chess.Board(ASYMMETRIC_FEN), RenderParams(size=128))
+    page = Image.new("RGB", (200, 160), "white")
+    page.paste(board, (40, 20))
+    box = [40 / 200, 20 / 160, 168 / 200, 148 / 160]
+    model.locator.forward = lambda images: torch.tensor([box] * len(images))
+    page.save(tmp_path / "page.png")
+    ((_, reading, error),) = predict_boards(reader, [tmp_path / "page.png"], workers=1)
+    assert error is None
+    assert reading.box == pytest.approx((40, 20, 168, 148))
+    (direct,) = read_arrays(reader, [np.asarray(board.resize((64, 64), Image.Resampling.BILINEAR))])
+    assert reading.board.board_fen() == direct.board.board_fen()
+
+
+def test_meta_losses_follow_the_output_names(monkeypatch):
+    boards = BoardSet(
+        ids=["a", "b"],
+        images=torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        labels=torch.zeros(2, 64, dtype=torch.long),
+        flipped=torch.tensor([True, False]),
+        black_to_move=torch.tensor([False, False]),
+        coordinates=torch.tensor([False, False]),
+        scenes=torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        boxes=torch.zeros(2, 4),
+    )
+    # Logits that are right for every output: the loss is near its floor whatever the order.
+    right = torch.tensor([[20.0, -20.0, 20.0, -20.0], [-20.0, -20.0, -20.0, -20.0]])
+    monkeypatch.setattr("chessvlm.reader.META_OUTPUTS", META_OUTPUTS)
+    assert float(_meta_loss(right, boards, torch.arange(2))) < 1e-6
+    # The orientation from coordinates is not taught on boards that draw none.
+    no_coordinates_signal = right.clone()
+    no_coordinates_signal[:, META_OUTPUTS.index("flipped_by_coordinates")] *= -1
+    assert float(_meta_loss(no_coordinates_signal, boards, torch.arange(2))) < 1e-6
+
+
+def test_orientation_is_shown_by_pawns_or_coordinates():
+    kings = chess.Board("4k3/8/8/8/8/8/8/4K3 w - - 0 1")
+    pawns = chess.Board("4k3/4p3/8/8/8/8/4P3/4K3 w - - 0 1")
+
+    def reading(board, coordinates):
+        return BoardReading(board, False, 0.1, None, 0.9, coordinates_probability=coordinates)
+
+    assert not reading(kings, 0.1).orientation_shown
+    assert reading(kings, 0.9).orientation_shown
+    assert reading(pawns, 0.1).orientation_shown
 
 
 # --------------------------------------------------------------------------- training
