@@ -29,6 +29,7 @@ from chessvlm.reader import (
     evaluate_reader,
     image_order_labels,
     load_reader,
+    locate_boards,
     predict_boards,
     read_arrays,
     read_split,
@@ -37,7 +38,7 @@ from chessvlm.reader import (
     train_reader,
 )
 from chessvlm.reader_augment import augment_batch, augment_scenes
-from chessvlm.reader_images import load_board_image
+from chessvlm.reader_images import crop_to_box, load_board_image
 from chessvlm.reader_model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
@@ -280,6 +281,9 @@ def test_reading_a_whole_image_crops_at_the_located_box(tmp_path):
     assert reading.box == pytest.approx((40, 20, 168, 148))
     (direct,) = read_arrays(reader, [np.asarray(board.resize((64, 64), Image.Resampling.BILINEAR))])
     assert reading.board.board_fen() == direct.board.board_fen()
+    (located,) = locate_boards(reader, [page])
+    assert located == pytest.approx(box)
+    assert crop_to_box(page, located).tobytes() == board.tobytes()
 
 
 def test_meta_losses_follow_the_output_names(monkeypatch):

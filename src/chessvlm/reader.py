@@ -44,6 +44,7 @@ from chessvlm.reader_images import (
     iter_loaded,
     load_board_views,
     load_scene,
+    scene_array,
 )
 from chessvlm.reader_model import (
     LOCATOR_SIZE,
@@ -388,6 +389,18 @@ def read_images(
         width, height = image.info.get(SOURCE_SIZE, image.size)
         reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
     return readings
+
+
+def locate_boards(
+    reader: Reader, images: Sequence[Image.Image]
+) -> list[tuple[float, float, float, float]]:
+    """Where each image's board squares are, as fractions of the image (left, top, right,
+    bottom): the reader's locator, for any model that reads cropped boards (e.g. a VLM)."""
+    if not images:
+        return []
+    scenes = np.stack([scene_array(image, LOCATOR_SIZE) for image in images])
+    boxes = locate(reader.model, torch.from_numpy(scenes).permute(0, 3, 1, 2))
+    return [tuple(box) for box in boxes.tolist()]
 
 
 @torch.inference_mode()

@@ -81,6 +81,16 @@ def crop_board(image: Image.Image, box: Sequence[float], size: int) -> np.ndarra
     return np.array(resized, dtype=np.uint8)
 
 
+def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
+    """The part of `image` inside `box` (fractions: left, top, right, bottom), at the image's
+    own resolution, rounded to whole pixels."""
+    width, height = image.size
+    left, top, right, bottom = box
+    return image.crop(
+        (round(left * width), round(top * height), round(right * width), round(bottom * height))
+    )
+
+
 def scene_array(image: Image.Image, size: int) -> np.ndarray:
     """The whole image squeezed to `size` x `size` x 3 uint8, as the board locator sees it."""
     return crop_board(image, FULL_FRAME, size)
