@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     _register_synth(commands)
     _register_import(commands)
+    _register_art(commands)
     _add_vlm_arguments(
         commands.add_parser(
             "vlm", help="same as `chessvlm create-vlm-dataset`", description=_VLM_DESCRIPTION
@@ -248,3 +249,45 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _register_art(commands) -> None:
+    parser = commands.add_parser(
+        "art",
+        help="fetch or list the piece-set art (PyPI and Debian packages) into the art cache",
+        description="Piece sets whose art comes from pinned PyPI or Debian packages are "
+        "downloaded into $CHESSVLM_ART_DIR (default ~/.cache/chessvlm/art), never into the "
+        "repository. See docs/piece_sets.md.",
+    )
+    parser.add_argument(
+        "--fetch", action="store_true", help="download every missing art package (idempotent)"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="each set: design, kind, source, licence, available"
+    )
+    parser.set_defaults(func=_run_art)
+
+
+def _run_art(args: argparse.Namespace) -> int:
+    from chessvlm import pieces
+
+    failed = 0
+    if args.fetch:
+        results = pieces.fetch_art()
+        failed = sum(result != "ok" for result in results.values())
+        print(f"art cache {pieces.art_dir()}: {len(results) - failed} of {len(results)} packages")
+    if args.list or not args.fetch:
+        available = set(pieces.available_piece_sets())
+        print("set\tdesign\tkind\tsource\tlicence\tavailable")
+        for name, source in pieces.PIECE_SETS.items():
+            where = source.package + (f"=={source.version}" if source.version else "")
+            print(
+                f"{name}\t{source.design}\t{source.kind}\t{source.source}: {where}\t"
+                f"{source.licence}\t{'yes' if name in available else 'no'}"
+            )
+        designs = pieces.piece_designs()
+        print(
+            f"{len(available)} of {len(pieces.PIECE_SETS)} sets available; "
+            f"{len(pieces.piece_designs(sorted(available)))} of {len(designs)} designs"
+        )
+    return 1 if failed else 0
