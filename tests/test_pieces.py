@@ -86,7 +86,6 @@ def test_installed_sets_need_no_fetch(tmp_path: Path, monkeypatch: pytest.Monkey
 def _fresh_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CHESSVLM_ART_DIR", str(tmp_path))
     piece_images.cache_clear()
-    monkeypatch.setattr(pieces, "piece_images", piece_images)
 
 
 def test_missing_art_names_set_package_and_fix(
@@ -106,7 +105,7 @@ def test_missing_art_names_set_package_and_fix(
 def test_malformed_art_names_set_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fresh_images(monkeypatch, tmp_path)
     root = tmp_path / pieces.ART_PACKAGES["fentoimage"].folder
-    folder = root / "fentoimage/assets/cache/staunty/256"
+    folder = root / "fentoimage/assets/cache" / PIECE_SETS["staunty"].folder
     folder.mkdir(parents=True)
     (root / ".complete").write_text("test\n")
     for stem in ("wK", "wQ", "wR", "wB", "wN", "wP", "bK", "bQ", "bR", "bB", "bN"):

@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -171,7 +172,7 @@ _LICHESS = {
 _LICHESS_KIND = {"fantasy": "fantasy", "letter": "letter", "pixel": "low-res", "shapes": "fantasy"}
 
 
-def _lichess(folder: str, px: int = 256, kind: str | None = None) -> PieceSet:
+def _lichess(folder: str, px: int = 128, kind: str | None = None) -> PieceSet:
     design, author, licence = _LICHESS[folder]
     pkg = ART_PACKAGES["fentoimage"]
     return PieceSet(
@@ -237,7 +238,7 @@ def _tagua(folder: str, design: str, kind: str) -> PieceSet:
         "Maurizio Monge (tagua)",
         "fetched",
         pkg.version,
-        "svg",
+        "png",
         "tagua",
     )
 
@@ -293,8 +294,8 @@ PIECE_SETS: dict[str, PieceSet] = {
         ): _lichess(name)
         for name in _LICHESS
     },
-    "cburnett-16px": _lichess("cburnett", 16, "low-res"),
-    "companion-16px": _lichess("companion", 16, "low-res"),
+    "cburnett-32px": _lichess("cburnett", 32, "low-res"),
+    "companion-32px": _lichess("companion", 32, "low-res"),
     "staunty-32px": _lichess("staunty", 32, "low-res"),
     **{f"{name}-32px": _pgn2web(name) for name in _PGN2WEB},
     "fantasy-tagua": _tagua("FantasySVG", "fantasy", "fantasy"),
@@ -493,10 +494,43 @@ def _load_files(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]
         folder = _fetched_root(source.package) / "fentoimage/assets/cache" / source.folder
     else:  # tagua
         folder = _fetched_root(source.package) / "usr/share/tagua/themes/pieces" / source.folder
-    return {
+    images = {
         s: (source.format, _read(piece_set, folder / _file_name(source.loader, s, source.folder)))
         for s in PIECE_SYMBOLS
     }
+    if source.folder == "santa":  # 300 px PNGs: kept at 128 px like the other PNG sets
+        images = {
+            s: ("png", _png(Image.open(io.BytesIO(data)).resize((128, 128), Image.LANCZOS)))
+            for s, (_, data) in images.items()
+        }
+    if source.loader == "tagua":
+        # Drawn here once at 256 px: their SVGs have no viewBox and reuse ids in ways that
+        # embedding them in a board SVG does not survive.
+        images = {
+            s: ("png", _png(rasterize_svg(_with_view_box(data), _FONT_PX, _FONT_PX)))
+            for s, (_, data) in images.items()
+        }
+    return images
+
+
+_SVG_TAG = re.compile(rb"<svg\b[^>]*>", re.S)
+_SIZE = re.compile(rb'\s(width|height)="([0-9.]+)(pt|px)?"')
+
+
+def _with_view_box(svg: bytes) -> bytes:
+    """Give an SVG without a viewBox one spanning its width and height (tagua's pieces have
+    none, so drawn into a smaller box they would be cropped instead of scaled)."""
+    tag = _SVG_TAG.search(svg)
+    if tag is None or b"viewBox" in tag.group(0):
+        return svg
+    size = {
+        m.group(1): float(m.group(2)) * (4 / 3 if m.group(3) == b"pt" else 1)
+        for m in _SIZE.finditer(tag.group(0))
+    }
+    if set(size) != {b"width", b"height"}:
+        return svg
+    box = f' viewBox="0 0 {size[b"width"]:g} {size[b"height"]:g}"'.encode()
+    return svg[: tag.start()] + tag.group(0)[:4] + box + tag.group(0)[4:] + svg[tag.end() :]
 
 
 def _load_chessboard_image(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
@@ -560,7 +594,7 @@ def _load_pgn2web(piece_set: str, source: PieceSet) -> dict[str, tuple[str, byte
     return images
 
 
-_FONT_PX = 256
+_FONT_PX = 128  # size of the PNGs drawn here from fonts and SVGs
 
 
 def _load_font(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
