@@ -301,7 +301,7 @@ PIECE_SETS: dict[str, PieceSet] = {
     "fantasy-tagua": _tagua("FantasySVG", "fantasy", "fantasy"),
     "skulls": _tagua("SkullsSVG", "skulls", "fantasy"),
     "spatial-tagua": _tagua("SpatialSVG", "spatial", "standard"),
-    "prmi": _tagua("PrmiSVG", "prmi", "standard"),
+    "prmi": _tagua("PrmiSVG", "prmi", "fantasy"),
     "dejavu-font": _font(
         "matplotlib",
         "mpl-data/fonts/ttf/DejaVuSans.ttf",
