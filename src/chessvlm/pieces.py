@@ -40,7 +40,7 @@ from PIL import Image
 from chessvlm.errors import ChessVLMError
 
 PIECE_SYMBOLS = "KQRBNPkqrbnp"
-KINDS = ("standard", "fantasy", "top-down", "letter", "low-res")
+KINDS = ("standard", "fantasy", "top-down", "letter", "low-res", "3d")
 FETCH_HINT = "chessvlm data art --fetch"
 
 
@@ -70,6 +70,7 @@ ART_PACKAGES: dict[str, ArtPackage] = {
         ArtPackage("pypi", "fentoimage", "0.1.0", keep="fentoimage/assets/cache/"),
         ArtPackage("debian", "pgn2web", "0.4-3.1+b2"),
         ArtPackage("debian", "tagua-data", "1.0~alpha2-16-g618c6a0-3"),
+        ArtPackage("debian", "eboard", "1.1.3-0.4"),
         ArtPackage("debian", "fonts-freefont-ttf", "20120503-10"),
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
         ArtPackage("debian", "fonts-noto-core", "20201225-1"),
@@ -243,6 +244,60 @@ def _tagua(folder: str, design: str, kind: str) -> PieceSet:
     )
 
 
+# eboard's sprite sheets (/usr/share/games/eboard/<file>.png): 7 columns (R N B Q K P, then a
+# square texture) by 2 rows (white, black) on a key colour. file -> (design, kind).
+_EBOARD = {
+    "Adventurer": ("adventurer", "standard"),
+    "Alpha": ("alpha", "standard"),
+    "Altinov": ("altinov", "3d"),
+    "Berlin": ("berlin", "standard"),
+    "Book": ("book", "standard"),
+    "Chap": ("chap", "3d"),
+    "ChessBase": ("chessbase", "standard"),
+    "Cmf": ("cmf", "standard"),
+    "Dominical72": ("dominical", "standard"),
+    "Dyche1": ("dyche", "standard"),
+    "Ebony": ("ebony", "3d"),
+    "Enquil": ("enquil", "standard"),
+    "Harlequin": ("harlequin", "standard"),
+    "Jumbo": ("jumbo", "3d"),
+    "Leipzig": ("leipzig", "standard"),
+    "Mayan": ("maya", "3d"),
+    "NutBolt": ("nutbolt", "fantasy"),
+    "OldClassicDark": ("oldclassic", "standard"),
+    "Primepov": ("primepov", "3d"),
+    "Rastapov": ("rastapov", "3d"),
+    "SadGreen": ("sadgreen", "standard"),
+    "Slics": ("slics", "standard"),
+    "Staunton": ("staunton-3d", "3d"),
+    "Traveler": ("traveler", "standard"),
+    "Usual": ("usual", "standard"),
+    "Utretch": ("utretch", "standard"),
+    "WCN": ("jumbo", "3d"),
+    "Whitney": ("whitney", "3d"),
+    "Yahoo": ("yahoo", "low-res"),
+    "classic": ("eboard-classic", "standard"),
+    "plastic": ("staunton-3d", "3d"),
+}
+
+
+def _eboard(file: str) -> PieceSet:
+    pkg = ART_PACKAGES["eboard"]
+    design, kind = _EBOARD[file]
+    return PieceSet(
+        pkg.name,
+        f"{file}.png",
+        "GPL-2.0-or-later (eboard; eboard-extras piece themes)",
+        design,
+        kind,
+        "Felipe Bergo and eboard-extras contributors",
+        "fetched",
+        pkg.version,
+        "png",
+        "eboard",
+    )
+
+
 def _font(package: str, path: str, design: str, author: str, licence: str) -> PieceSet:
     pkg = ART_PACKAGES.get(package)
     return PieceSet(
@@ -302,6 +357,7 @@ PIECE_SETS: dict[str, PieceSet] = {
     "skulls": _tagua("SkullsSVG", "skulls", "fantasy"),
     "spatial-tagua": _tagua("SpatialSVG", "spatial", "standard"),
     "prmi": _tagua("PrmiSVG", "prmi", "fantasy"),
+    **{f"eboard-{file.lower()}": _eboard(file) for file in _EBOARD},
     "dejavu-font": _font(
         "matplotlib",
         "mpl-data/fonts/ttf/DejaVuSans.ttf",
@@ -346,6 +402,9 @@ _LOW_CONTRAST = {
     "kingdom-32px": "diagram font at 32 px: outlines dominate white pieces",
     "leipzig-32px": "diagram font at 32 px: outlines dominate white pieces",
     "merida-32px": "diagram font at 32 px: outlines dominate white pieces",
+    "eboard-chap": "red-brown wooden black pieces beside light wooden white ones",
+    "eboard-jumbo": "grey metal pieces on both sides",
+    "eboard-leipzig": "diagram font: heavy black outlines on white pieces",
 }
 PIECE_SETS = {
     name: dataclasses.replace(source, exception=_LOW_CONTRAST.get(name, ""))
@@ -574,23 +633,62 @@ def _load_pgn2web(piece_set: str, source: PieceSet) -> dict[str, tuple[str, byte
                 f"piece set {piece_set!r}: {folder} has images of different sizes; "
                 f"fetch it again with `{FETCH_HINT}`"
             )
-        like_square = np.abs(piece - square).max(axis=2) < 40
-        outside = np.zeros_like(like_square)
-        outside[[0, -1], :] = like_square[[0, -1], :]
-        outside[:, [0, -1]] |= like_square[:, [0, -1]]
-        while True:  # grow from the border through pixels of the square's colour
-            grown = outside.copy()
-            grown[1:] |= outside[:-1]
-            grown[:-1] |= outside[1:]
-            grown[:, 1:] |= outside[:, :-1]
-            grown[:, :-1] |= outside[:, 1:]
-            grown &= like_square
-            if (grown == outside).all():
-                break
-            outside = grown
+        outside = _outside(np.abs(piece - square).max(axis=2) < 40)
         alpha = np.where(outside, 0, 255).astype(np.uint8)
         rgba = np.dstack([piece.astype(np.uint8), alpha])
         images[s] = ("png", _png(Image.fromarray(rgba, "RGBA")))
+    return images
+
+
+def _outside(like_background: np.ndarray) -> np.ndarray:
+    """The background pixels reached from the border through background pixels."""
+    outside = np.zeros_like(like_background)
+    outside[[0, -1], :] = like_background[[0, -1], :]
+    outside[:, [0, -1]] |= like_background[:, [0, -1]]
+    while True:
+        grown = outside.copy()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= like_background
+        if (grown == outside).all():
+            return outside
+        outside = grown
+
+
+def _load_eboard(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
+    """Cut a sprite sheet into its 12 pieces; the key colour around each piece (or the
+    sheet's own transparency) becomes transparent; tall cells are padded to squares."""
+    path = _fetched_root(source.package) / "usr/share/games/eboard" / source.folder
+    data = _read(piece_set, path)
+    try:
+        sheet = Image.open(io.BytesIO(data))
+        has_alpha = "transparency" in sheet.info or sheet.mode in ("RGBA", "LA")
+        rgba = np.asarray(sheet.convert("RGBA"))
+    except Exception as error:
+        raise ChessVLMError(
+            f"piece set {piece_set!r}: {path} is malformed ({error}); "
+            f"fetch it again with `{FETCH_HINT}`"
+        ) from None
+    height, width = rgba.shape[:2]
+    cw, ch = width // 7, height // 2
+    if cw < 8 or ch < 8:
+        raise ChessVLMError(f"piece set {piece_set!r}: {path} is not a 7x2 sprite sheet")
+    images = {}
+    for row, symbols in enumerate(("RNBQKP", "rnbqkp")):
+        for column, s in enumerate(symbols):
+            cell = rgba[row * ch : (row + 1) * ch, column * cw : (column + 1) * cw].copy()
+            if has_alpha and (cell[..., 3] < 128).any():
+                cell[..., 3] = np.where(cell[..., 3] < 128, 0, 255)
+            else:
+                key = cell[0, 0, :3].astype(np.int16)
+                near = np.abs(cell[..., :3].astype(np.int16) - key).max(axis=2) < 48
+                cell[..., 3] = np.where(_outside(near), 0, 255)
+            side = max(cw, ch)
+            square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+            square.paste(Image.fromarray(cell, "RGBA"), ((side - cw) // 2, side - ch))
+            images[s] = ("png", _png(square))
     return images
 
 
@@ -636,6 +734,7 @@ _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
     "tagua": _load_files,
     "chessboard-image": _load_chessboard_image,
     "pgn2web": _load_pgn2web,
+    "eboard": _load_eboard,
     "font": _load_font,
 }
 
