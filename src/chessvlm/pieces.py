@@ -71,6 +71,7 @@ ART_PACKAGES: dict[str, ArtPackage] = {
         ArtPackage("debian", "pgn2web", "0.4-3.1+b2"),
         ArtPackage("debian", "tagua-data", "1.0~alpha2-16-g618c6a0-3"),
         ArtPackage("debian", "eboard", "1.1.3-0.4"),
+        ArtPackage("debian", "scid-data", "1:4.7.4+dfsg1-2"),
         ArtPackage("debian", "fonts-freefont-ttf", "20120503-10"),
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
         ArtPackage("debian", "fonts-noto-core", "20201225-1"),
@@ -298,6 +299,24 @@ def _eboard(file: str) -> PieceSet:
     )
 
 
+def _scid(path: str, design: str, kind: str, author: str) -> PieceSet:
+    """A Scid strip (/usr/share/scid/img/pieces/<path>): 12 square cells, P N B R Q K white,
+    then black, on transparency."""
+    pkg = ART_PACKAGES["scid-data"]
+    return PieceSet(
+        pkg.name,
+        path,
+        "GPL-2.0 (scid-data)",
+        design,
+        kind,
+        author,
+        "fetched",
+        pkg.version,
+        "png",
+        "scid",
+    )
+
+
 def _font(package: str, path: str, design: str, author: str, licence: str) -> PieceSet:
     pkg = ART_PACKAGES.get(package)
     return PieceSet(
@@ -358,6 +377,20 @@ PIECE_SETS: dict[str, PieceSet] = {
     "spatial-tagua": _tagua("SpatialSVG", "spatial", "standard"),
     "prmi": _tagua("PrmiSVG", "prmi", "fantasy"),
     **{f"eboard-{file.lower()}": _eboard(file) for file in _EBOARD},
+    "bauhaus": _scid(
+        "Bauhaus/Bauhaus_80.gif",
+        "bauhaus",
+        "fantasy",
+        "Sandra Snan after Josef Hartwig's 1924 Bauhaus set (drawn for Scid)",
+    ),
+    "fantasy-scid": _scid("Fantasy2/fantasy2_100.png", "fantasy", "fantasy", "Maurizio Monge"),
+    "merida-scid": _scid(
+        "Merida1/Merida1_88.png", "merida", "standard", "Armando Hernandez Marroquin"
+    ),
+    "companion-scid-30px": _scid(
+        "Good Companion/good_companion_30.png", "companion", "low-res", "David L. Brown"
+    ),
+    "jumbo-scid": _scid("Eboard/Eboard_120.png", "jumbo", "3d", "eboard (drawn for Scid)"),
     "dejavu-font": _font(
         "matplotlib",
         "mpl-data/fonts/ttf/DejaVuSans.ttf",
@@ -692,6 +725,25 @@ def _load_eboard(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes
     return images
 
 
+def _load_scid(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
+    path = _fetched_root(source.package) / "usr/share/scid/img/pieces" / source.folder
+    data = _read(piece_set, path)
+    try:
+        strip = Image.open(io.BytesIO(data)).convert("RGBA")
+    except Exception as error:
+        raise ChessVLMError(
+            f"piece set {piece_set!r}: {path} is malformed ({error}); "
+            f"fetch it again with `{FETCH_HINT}`"
+        ) from None
+    side = strip.height
+    if strip.width != 12 * side:
+        raise ChessVLMError(f"piece set {piece_set!r}: {path} is not a strip of 12 squares")
+    return {
+        s: ("png", _png(strip.crop((i * side, 0, (i + 1) * side, side))))
+        for i, s in enumerate("PNBRQKpnbrqk")
+    }
+
+
 _FONT_PX = 128  # size of the PNGs drawn here from fonts and SVGs
 
 
@@ -735,6 +787,7 @@ _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
     "chessboard-image": _load_chessboard_image,
     "pgn2web": _load_pgn2web,
     "eboard": _load_eboard,
+    "scid": _load_scid,
     "font": _load_font,
 }
 
