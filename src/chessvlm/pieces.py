@@ -118,7 +118,7 @@ def _pychess(folder, licence, author, design=None, kind="standard", loader="pych
         kind,
         author,
         loader=loader,
-        non_commercial="NC" in licence or "non-commercial" in licence,
+        non_commercial="NC" in licence or "non-commercial" in licence or "personal" in licence,
         **kw,
     )
 
@@ -188,7 +188,7 @@ def _lichess(folder: str, px: int = 128, kind: str | None = None) -> PieceSet:
         pkg.version,
         "png",
         "fentoimage",
-        non_commercial="NC" in licence or "non-commercial" in licence,
+        non_commercial="NC" in licence or "non-commercial" in licence or "personal" in licence,
     )
 
 
