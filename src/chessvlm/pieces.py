@@ -76,6 +76,12 @@ ART_PACKAGES: dict[str, ArtPackage] = {
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
         ArtPackage(
             "debian",
+            "fonts-unifont",
+            "1:15.0.01-2",
+            keep=("usr/share/fonts/opentype/unifont/unifont.otf", "usr/share/doc/"),
+        ),
+        ArtPackage(
+            "debian",
             "fonts-noto-core",
             "20201225-1",
             keep=("usr/share/fonts/truetype/noto/NotoSansSymbols2", "usr/share/doc/"),
@@ -417,6 +423,13 @@ PIECE_SETS: dict[str, PieceSet] = {
         "George Douros",
         "free for any use (Symbola licence)",
     ),
+    "unifont-font": _font(
+        "fonts-unifont",
+        "usr/share/fonts/opentype/unifont/unifont.otf",
+        "unifont-glyphs",
+        "Roman Czyborra, Paul Hardy and contributors (GNU Unifont, 16 px bitmap glyphs)",
+        "GPL-2.0-or-later with font embedding exception, or OFL-1.1",
+    ),
     "noto-symbols2-font": _font(
         "fonts-noto-core",
         "usr/share/fonts/truetype/noto/NotoSansSymbols2-Regular.ttf",
@@ -443,6 +456,7 @@ _LOW_CONTRAST = {
     "eboard-chap": "red-brown wooden black pieces beside light wooden white ones",
     "eboard-jumbo": "grey metal pieces on both sides",
     "eboard-leipzig": "diagram font: heavy black outlines on white pieces",
+    "unifont-font": "16 px pixel glyphs: the outline is as thick as the white inside",
 }
 PIECE_SETS = {
     name: dataclasses.replace(source, exception=_LOW_CONTRAST.get(name, ""))
@@ -760,7 +774,11 @@ def _load_font(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]
     else:
         path = _package_dir(source.package) / source.folder
     try:
-        font = ImageFont.truetype(str(path), int(_FONT_PX * 0.8))
+        # Sized so that the king's glyph fills 80% of the square, whatever the font's em.
+        font = ImageFont.truetype(str(path), 100)
+        left, top, right, bottom = font.getbbox(chr(0x265A))
+        size = round(100 * 0.8 * _FONT_PX / max(right - left, bottom - top, 1))
+        font = ImageFont.truetype(str(path), size)
     except OSError as error:
         raise ChessVLMError(
             f"piece set {piece_set!r}: cannot load the font {path} ({error}); "
