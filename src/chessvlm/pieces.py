@@ -268,7 +268,7 @@ _EBOARD = {
     "ChessBase": ("chessbase", "standard"),
     "Cmf": ("cmf", "standard"),
     "Dominical72": ("dominical", "standard"),
-    "Dyche1": ("dyche", "standard"),
+    "Dyche1": ("companion", "standard"),
     "Ebony": ("ebony", "3d"),
     "Enquil": ("enquil", "standard"),
     "Harlequin": ("harlequin", "standard"),
@@ -276,9 +276,9 @@ _EBOARD = {
     "Leipzig": ("leipzig", "standard"),
     "Mayan": ("maya", "3d"),
     "NutBolt": ("nutbolt", "fantasy"),
-    "OldClassicDark": ("oldclassic", "standard"),
-    "Primepov": ("primepov", "3d"),
-    "Rastapov": ("rastapov", "3d"),
+    "OldClassicDark": ("companion", "standard"),
+    "Primepov": ("altinov", "3d"),
+    "Rastapov": ("altinov", "3d"),
     "SadGreen": ("sadgreen", "standard"),
     "Slics": ("slics", "standard"),
     "Staunton": ("staunton-3d", "3d"),
@@ -288,7 +288,7 @@ _EBOARD = {
     "WCN": ("jumbo", "3d"),
     "Whitney": ("whitney", "3d"),
     "Yahoo": ("yahoo", "low-res"),
-    "classic": ("eboard-classic", "standard"),
+    "classic": ("chessbase", "standard"),
     "plastic": ("staunton-3d", "3d"),
 }
 
@@ -362,15 +362,25 @@ PIECE_SETS: dict[str, PieceSet] = {
         "atopdown", "AGPL-3.0-or-later", "pychess-variants contributors", kind="top-down"
     ),
     "firi": _pychess("firi", "CC BY 4.0", "James Faure", kind="fantasy"),
+    # Alfaerie's orthodox pieces are drawn after Alpha (same silhouettes), so: design alpha.
     "alfaerie": _pychess(
-        "alfaerie", "unknown (The Chess Variant Pages)", "David Howe, H.G. Muller, Greg Strong"
+        "alfaerie",
+        "unknown (The Chess Variant Pages)",
+        "David Howe, H.G. Muller, Greg Strong",
+        design="alpha",
     ),
     "santa": _pychess("santa", _NC, "Ben Jacobs", design="santa", kind="fantasy", format="png"),
     "alpha-png": _cbi(
         "alpha", "alpha", "MIT (package); Alpha design non-commercial", non_commercial=True
     ),
     "wikipedia-png": _cbi("wikipedia", "cburnett", "MIT (package)"),
-    "uscf-png": _cbi("uscf", "uscf", "MIT (package)", kind="low-res"),
+    "uscf-png": _cbi(
+        "uscf",
+        "maestro",  # Maestro's shapes
+        "MIT (package); the Maestro design's CC BY-NC-SA 4.0 may apply",
+        kind="low-res",
+        non_commercial=True,
+    ),
     **{
         (
             name
