@@ -4,6 +4,7 @@ dataset built from it."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import chess
@@ -45,6 +46,8 @@ RECORD_KEYS = [
     "en_passant_target_square",
     "flipped",
     "style",
+    "board_box",
+    "coordinates",
 ]
 
 
@@ -92,6 +95,30 @@ def test_synth_writes_records_whose_labels_match_the_board(synth_dir):
                 assert image.size == (size, size)
             assert record["flipped"] is False
             assert record["style"] == f"cburnett/brown/{size}"
+            assert record["board_box"] == [0.0, 0.0, size, size]
+            assert record["coordinates"] == "none"
+
+
+def test_synth_records_carry_the_board_box_and_the_sets_used(tmp_path):
+    from chessvlm.rendering import image_size, sample_render_params
+
+    _synth(tmp_path, style="mixed", counts={"train": 12, "val": 0, "test": 0}, seed=5)
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    records = [record for record, _ in read_json_dataset(tmp_path / "train.jsonl")]
+    used = sorted({r["style"].split("/")[0] for r in records})
+    assert manifest["piece_sets_used"] == used
+    assert set(used) <= set(manifest["piece_sets"])
+    for record in records:
+        params = sample_render_params("mixed", random.Random(f"5/{record['id']}"))
+        assert record["style"] == params.name
+        assert record["coordinates"] == params.coordinate_mode
+        with Image.open(tmp_path / record["image_path"]) as image:
+            assert image.size == image_size(params)
+        x0, y0, x1, y1 = record["board_box"]
+        assert 0 <= x0 < x1 <= image.size[0] and 0 <= y0 < y1 <= image.size[1]
+        assert x1 - x0 == y1 - y0 == params.size
+    # Resuming a finished dataset with the same settings is allowed.
+    _synth(tmp_path, style="mixed", counts={"train": 12, "val": 0, "test": 0}, seed=5)
 
 
 def test_synth_splits_share_no_board(synth_dir):

@@ -51,6 +51,7 @@ IMAGES_DIR = "images"
 MANIFEST = "dataset.json"
 SKIPPED = "skipped.jsonl"
 _PROGRESS_DIR = ".progress"
+_USED_SETS = "piece_sets_used"  # manifest key: the sets a finished synthetic dataset drew
 _IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg"}
 
 PROMPTS = {
@@ -146,6 +147,7 @@ def _claim_output(out_dir: Path, settings: dict) -> None:
             previous = json.loads(manifest.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(str(manifest), "unreadable; choose another --out") from None
+        previous.pop(_USED_SETS, None)  # written when the dataset is complete
         if previous != settings:
             changed = sorted(
                 k for k in {*previous, *settings} if previous.get(k) != settings.get(k)
@@ -265,7 +267,12 @@ def synth_json_dataset(
             known = ", ".join(rendering.STYLES)
             raise ChessVLMError(f"unknown style {name!r}; choose one of {known}")
     counts = {split: int(counts.get(split, 0)) for split in SPLITS}
-    _claim_output(out_dir, {"kind": "synthetic", "seed": seed, "counts": counts, "styles": styles})
+    # The sets the styles can draw now (art present); other art would change the draws.
+    piece_sets = sorted(
+        {s for name in set(styles.values()) for s in rendering.style_piece_sets(name)}
+    )
+    settings = {"kind": "synthetic", "seed": seed, "counts": counts, "styles": styles}
+    _claim_output(out_dir, settings | {"piece_sets": piece_sets})
     seen: set[tuple[int, ...]] = set()
     written = {}
     for split in SPLITS:
@@ -277,7 +284,21 @@ def synth_json_dataset(
         written[split] = _write_synth_split(
             out_dir, split, seed, styles[split], counts[split], stream, workers, chunk_size
         )
+    _record_piece_sets_used(out_dir)
     return written
+
+
+def _record_piece_sets_used(out_dir: Path) -> None:
+    """Add the piece sets the finished splits actually drew to the manifest."""
+    used = set()
+    for split in SPLITS:
+        path = out_dir / f"{split}.jsonl"
+        if path.is_file():
+            used.update(r["style"].split("/", 1)[0] for _, r in iter_jsonl(path) if r.get("style"))
+    manifest = out_dir / MANIFEST
+    settings = json.loads(manifest.read_text(encoding="utf-8"))
+    if settings.get(_USED_SETS) != sorted(used):
+        atomic_write_json(manifest, settings | {_USED_SETS: sorted(used)})
 
 
 def _write_synth_split(
@@ -314,6 +335,8 @@ def _write_synth_split(
                     chess.Board(job.fen),
                     flipped=job.params.flipped,
                     style=job.params.name,
+                    board_box=list(rendering.board_box(job.params)),
+                    coordinates=job.params.coordinate_mode,
                 )
                 progress.records.write(record)
                 bar.update()

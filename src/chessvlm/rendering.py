@@ -1,17 +1,19 @@
-"""Board images: piece sets, board themes, named styles, and two renderers.
+"""Board images: board themes and looks, named styles, and two renderers.
 
 `render_board` is the fast path: each piece set's pieces are rasterised once per square size
 (cached) and pasted onto a cached empty board with PIL. `render_board_svg` is the reference:
 python-chess's `chess.svg.board` rasterised by cairosvg, with the same colours, coordinates
-and piece images, so the two paths can be compared pixel by pixel.
+and piece images, so the two paths can be compared pixel by pixel (plain looks only).
 
-Geometry (both paths): the board fills the whole image, the image side is a multiple of 8 and
-square `s` covers the `size // 8` pixel box returned by `square_origin`. Coordinates, when on,
-are drawn inside the corner of the edge squares (as lichess does), never in a margin, so the
-8x8 grid stays aligned with the image.
+Geometry: the 8x8 squares fill `board_box(params)` (a `size`-pixel square); with the default
+look that is the whole image. Margins, a frame and coordinates outside the board make the
+image larger (and not always square). Square `s` covers the box from `square_origin`: square
+boundaries sit at round(i * size / 8), so a side that is a multiple of 8 gives whole
+`size // 8` squares. Coordinates are drawn inside the corner of the edge squares (as lichess
+does) or, with `coordinate_place="outside"`, in a band left of and below the board.
 
-Piece images are read at run time from installed packages (python-chess, `pychess-data`,
-`chessboard-image`); docs/piece_sets.md lists each set's source and licence.
+docs/looks.md describes every look and its render speed; docs/piece_sets.md lists each piece
+set's source and licence (the art itself is in `chessvlm.pieces`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from PIL import Image
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes
 from chessvlm.pieces import (
+    FETCH_HINT,
     PIECE_SETS,
     PIECE_SYMBOLS,
+    available_piece_sets,
     check_piece_set,
     piece_bitmap,
     piece_images,
@@ -112,20 +116,64 @@ THEMES: dict[str, Theme] = {
 }
 
 
+# --------------------------------------------------------------------------- looks
+
+FRAMES = ("none", "line", "thick", "bevel", "wood")
+# Frame width as a fraction of the board side (at least 1 px).
+_FRAME_WIDTH = {"none": 0.0, "line": 0.005, "thick": 0.03, "bevel": 0.035, "wood": 0.055}
+BACKGROUNDS = ("plain", "page", "window")
+# Margin colours: white, paper, light grey, lichess dark, chess.com dark, mid grey.
+BACKGROUND_COLOURS = ("#ffffff", "#f7f3e8", "#eeeeee", "#262421", "#312e2b", "#8a8a8a")
+COORDINATE_PLACES = ("inside", "outside")
+COORDINATE_FONTS = ("chess", "sans", "serif", "mono", "sans-bold")
+_FONT_FILES = {
+    "sans": "DejaVuSans.ttf",
+    "serif": "DejaVuSerif.ttf",
+    "mono": "DejaVuSansMono.ttf",
+    "sans-bold": "DejaVuSans-Bold.ttf",
+}
+TEXTURES = ("none", "wood", "marble", "hatch")
+UPSCALE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+# lichess's brush colours; drawn at 80% opacity, as lichess does.
+ARROW_COLOURS = {
+    "green": (21, 120, 27),
+    "red": (136, 32, 32),
+    "blue": (0, 48, 136),
+    "yellow": (230, 143, 0),
+}
+_ARROW_OPACITY = 0.8
+
+# The board looks the leave-designs-out styles keep out of training (`designs-seen` never
+# draws them; `designs-held-out` draws them often). One or two values of each kind of look.
+HELD_OUT_LOOKS: dict[str, tuple[str, ...]] = {
+    "theme": ("purple", "olive"),
+    "texture": ("marble",),
+    "coordinate_font": ("serif",),
+    "frame": ("bevel",),
+    "arrow_colour": ("blue",),
+    "background": ("window",),
+    "upscale": ("lanczos",),
+}
+
+
 # --------------------------------------------------------------------------- parameters
 
 
-def _check_name(name: str, known: dict, what: str) -> str:
+def _check_name(name: str, known, what: str) -> str:
     if name not in known:
         raise ChessVLMError(f"unknown {what} {name!r}; choose from {', '.join(sorted(known))}")
     return name
 
 
 def _check_size(size: int) -> int:
-    # The VLM splits the image into squares; a side that is not a multiple of 8 would put
-    # square borders inside pixels.
-    if not isinstance(size, int) or size % 8 or not 64 <= size <= 2048:
-        raise ChessVLMError(f"image size {size!r} must be a multiple of 8 between 64 and 2048")
+    # Any whole number of pixels: square boundaries fall at round(i * size / 8).
+    if not isinstance(size, int) or not 64 <= size <= 2048:
+        raise ChessVLMError(f"board size {size!r} must be a whole number between 64 and 2048")
     return size
 
 
@@ -133,9 +181,19 @@ def _check_size(size: int) -> int:
 class RenderParams:
     """Everything that decides how one board image looks.
 
-    `flipped` means black is at the bottom (the caller records it in the label). Coordinates
-    are drawn inside the edge squares, never in a margin. `highlight_move` tints the squares
-    of the `last_move` passed to the renderer, when one is passed. `jpeg_quality` None means PNG.
+    `flipped` means black is at the bottom (the caller records it in the label). `size` is the
+    side of the 8x8 squares in pixels (`board_box`); margins, a frame and outside coordinates
+    add to the image. `coordinates` draws rank and file labels, inside the edge squares or in
+    a band outside the board (`coordinate_place`), in `coordinate_font` ("chess" is
+    python-chess's own glyphs, the others DejaVu fonts). `highlight_move` tints the squares
+    of the `last_move` passed to the renderer, `show_check` puts a red glow under a king in
+    check, `selected` marks one piece of the side to move as clicked. `arrows` are
+    (from square, to square, colour) and `circles` (square, colour), drawn over the pieces.
+    `texture` paints the squares (wood, marble, or hatched dark squares), `grayscale` prints
+    in grey. `lowres` > 0 draws the board with `lowres`-pixel squares and enlarges it to
+    `size` with the `upscale` filter. `margin` is (left, top, right, bottom) pixels of
+    `background` ("plain" in `background_colour`, a page of text, or an application window).
+    `jpeg_quality` None means PNG. The defaults are the plain look.
     """
 
     piece_set: str = "cburnett"
@@ -145,6 +203,20 @@ class RenderParams:
     coordinates: bool = False
     highlight_move: bool = False
     jpeg_quality: int | None = None
+    coordinate_place: str = "inside"
+    coordinate_font: str = "chess"
+    frame: str = "none"
+    margin: tuple[int, int, int, int] = (0, 0, 0, 0)
+    background: str = "plain"
+    background_colour: str = "#ffffff"
+    show_check: bool = False
+    selected: bool = False
+    arrows: tuple[tuple[int, int, str], ...] = ()
+    circles: tuple[tuple[int, str], ...] = ()
+    texture: str = "none"
+    grayscale: bool = False
+    lowres: int = 0
+    upscale: str = "bicubic"
 
     def __post_init__(self) -> None:
         check_piece_set(self.piece_set)
@@ -152,15 +224,59 @@ class RenderParams:
         _check_size(self.size)
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ChessVLMError(f"JPEG quality {self.jpeg_quality} must be between 1 and 100")
+        _check_name(self.coordinate_place, COORDINATE_PLACES, "coordinate place")
+        _check_name(self.coordinate_font, COORDINATE_FONTS, "coordinate font")
+        _check_name(self.frame, FRAMES, "frame")
+        _check_name(self.background, BACKGROUNDS, "background")
+        _rgb(self.background_colour)
+        _check_name(self.texture, TEXTURES, "texture")
+        _check_name(self.upscale, UPSCALE_FILTERS, "upscale filter")
+        if len(self.margin) != 4 or any(not 0 <= m <= 4096 for m in self.margin):
+            raise ChessVLMError(f"margin {self.margin!r} must be 4 pixel counts (l, t, r, b)")
+        if self.lowres and not 4 <= self.lowres <= self.size // 8:
+            raise ChessVLMError(f"lowres {self.lowres} must be 0 or 4..size/8 pixels a square")
+        for *squares, colour in (*self.arrows, *self.circles):
+            _check_name(colour, ARROW_COLOURS, "arrow colour")
+            if not all(0 <= s < 64 for s in squares):
+                raise ChessVLMError(f"arrow or circle squares {squares} must be 0..63")
+
+    @property
+    def coordinate_mode(self) -> str:
+        """The record's "coordinates" field: "none", "inside" or "outside"."""
+        return self.coordinate_place if self.coordinates else "none"
 
     @property
     def name(self) -> str:
-        """A short label for the dataset's "style" field, e.g. `merida/green/224/coords/flip`."""
+        """A short label for the dataset's "style" field naming every look drawn, e.g.
+        `merida/green/224/coords/flip` or `alpha/wood/301/coords-outside-serif/frame-wood`."""
         parts = [self.piece_set, self.theme, str(self.size)]
         if self.coordinates:
-            parts.append("coords")
+            label = "coords"
+            if self.coordinate_place != "inside":
+                label += f"-{self.coordinate_place}"
+            if self.coordinate_font != "chess":
+                label += f"-{self.coordinate_font}"
+            parts.append(label)
         if self.highlight_move:
             parts.append("lastmove")
+        if self.show_check:
+            parts.append("check")
+        if self.selected:
+            parts.append("selected")
+        if self.arrows:
+            parts.append("arrows-" + "+".join(sorted({c for *_, c in self.arrows})))
+        if self.circles:
+            parts.append("circles-" + "+".join(sorted({c for _, c in self.circles})))
+        if self.texture != "none":
+            parts.append(f"tex-{self.texture}")
+        if self.frame != "none":
+            parts.append(f"frame-{self.frame}")
+        if any(self.margin):
+            parts.append(f"margin-{self.background}")
+        if self.lowres:
+            parts.append(f"lowres{self.lowres}-{self.upscale}")
+        if self.grayscale:
+            parts.append("gray")
         if self.flipped:
             parts.append("flip")
         if self.jpeg_quality is not None:
@@ -177,36 +293,114 @@ def is_held_out(piece_set: str, theme: str, size: int) -> bool:
     return zlib.crc32(f"{piece_set}/{theme}/{size}".encode()) % 5 == 0
 
 
+# About 1 design in 4.5 is held out, within each kind of design (standard, 3d, low-res, ...)
+# so that every kind with two or more designs has some held out.
+_HELD_OUT_DESIGN_SHARE = 0.22
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_designs() -> frozenset[str]:
+    """The piece designs (`PieceSet.design`) the leave-designs-out styles keep out of training.
+
+    Fixed: within each kind, designs are ordered by a checksum of their name and the first
+    22% (at least one where a kind has two or more designs) are held out. Computed over every
+    known set, fetched or not, so the split does not depend on what is installed."""
+    kinds: dict[str, dict[str, str]] = {}
+    for source in PIECE_SETS.values():
+        kinds.setdefault(source.kind, {}).setdefault(source.design, source.kind)
+    # A design's kind: the kind of its first set (sets of one design share it but for low-res
+    # copies); a design counted under two kinds is held out if either kind holds it out.
+    held = set()
+    for designs in kinds.values():
+        if len(designs) < 2:
+            continue
+        ordered = sorted(designs, key=lambda d: zlib.crc32(d.encode()))
+        held.update(ordered[: max(1, round(len(designs) * _HELD_OUT_DESIGN_SHARE))])
+    return frozenset(held)
+
+
 _COMBINATIONS = ("all", "seen", "held-out")
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_sets(piece_sets: tuple[str, ...] | None, designs: str) -> tuple[str, ...]:
+    """The sets a style draws: its own list, or every set whose art is present (cached for the
+    process), kept to the seen or held-out designs when `designs` says so."""
+    names = available_piece_sets() if piece_sets is None else piece_sets
+    if designs != "all":
+        held = held_out_designs()
+        names = tuple(n for n in names if (PIECE_SETS[n].design in held) == (designs == "held-out"))
+    if not names:
+        raise ChessVLMError(
+            f"no piece set to draw (designs={designs!r}); fetch the art with `{FETCH_HINT}`"
+        )
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
     """A distribution over `RenderParams`, sampled by `sample_render_params`.
 
+    `piece_sets` None means every set whose art is present when sampling
+    (`chessvlm.pieces.available_piece_sets`); a named set whose art is missing is never
+    dropped: drawing it raises pieces.py's error saying how to fetch it. `designs` keeps only
+    the seen or only the held-out designs (`held_out_designs`), `looks` likewise for the board
+    looks in `HELD_OUT_LOOKS` ("seen": never drawn; "held-out": drawn in most samples).
+
     `combinations` picks which (piece set, theme, size) combinations are drawn: `all`, only
     those `is_held_out` rejects (`seen`), or only the held-out ones (`held-out`). Training on
     a `seen` style and testing on its `held-out` twin measures looks whose parts were all
     trained on, but never together. For other splits, derive styles with
     `dataclasses.replace(STYLES["mixed"], piece_sets=(...), themes=(...), sizes=(...))`.
+
+    Rates are per board. `coordinates_rate` is for boards with white below;
+    `coordinates_when_flipped` the rate for flipped boards (None: the same rate; True: all).
+    `odd_size_rate` moves the side off its multiple of 8 by 1-7 pixels.
     """
 
-    piece_sets: tuple[str, ...]
+    piece_sets: tuple[str, ...] | None
     themes: tuple[str, ...]
     sizes: tuple[int, ...]
     flip_rate: float = 0.0
     coordinates_rate: float = 0.0
     # A flipped board without coordinates and without pawns looks exactly like the unflipped
-    # board of the mirrored position, so no reader can tell them apart; published diagrams
-    # shown from black's side carry coordinates for that reason.
-    coordinates_when_flipped: bool = False
+    # board of the mirrored position, so no reader can tell them apart. Until 2026-12 every
+    # flipped board carried coordinates for that reason; but boards in the wild are often
+    # shown from black's side with no coordinates (SPEC: "black at the bottom with or without
+    # coordinates"), and a reader that only ever saw flipped boards with coordinates takes
+    # every board without them for white-below. The mixed styles now show most flipped boards
+    # without coordinates, so orientation is learnt from the pawns and the pieces; where a
+    # board shows neither, the reader must say it cannot tell (SPEC), not guess.
+    coordinates_when_flipped: float | None = None
     highlight_rate: float = 0.0
     jpeg_rate: float = 0.0
     jpeg_qualities: tuple[int, int] = (70, 95)
     combinations: str = "all"
+    designs: str = "all"
+    looks: str = "all"
+    odd_size_rate: float = 0.0
+    outside_coordinates_rate: float = 0.0  # of the boards with coordinates
+    coordinate_fonts: tuple[str, ...] = ("chess",)
+    margin_rate: float = 0.0
+    margin_fraction: tuple[float, float] = (0.02, 0.3)
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    frame_rate: float = 0.0
+    frames: tuple[str, ...] = FRAMES[1:]
+    check_rate: float = 0.0
+    selected_rate: float = 0.0
+    arrow_rate: float = 0.0
+    circle_rate: float = 0.0
+    arrow_colours: tuple[str, ...] = tuple(ARROW_COLOURS)
+    texture_rate: float = 0.0
+    textures: tuple[str, ...] = ("wood", "marble")
+    hatch_rate: float = 0.0
+    grayscale_rate: float = 0.0
+    lowres_rate: float = 0.0
+    lowres_squares: tuple[int, int] = (12, 24)
+    upscale_filters: tuple[str, ...] = tuple(UPSCALE_FILTERS)
 
     def __post_init__(self) -> None:
-        for name in self.piece_sets:
+        for name in self.piece_sets or ():
             check_piece_set(name)
         for name in self.themes:
             _check_name(name, THEMES, "board theme")
@@ -214,7 +408,26 @@ class Style:
             _check_size(size)
         if self.combinations not in _COMBINATIONS:
             raise ChessVLMError(f"combinations must be one of {', '.join(_COMBINATIONS)}")
-        combinations = product(self.piece_sets, self.themes, self.sizes)
+        for field in ("designs", "looks"):
+            _check_name(getattr(self, field), _COMBINATIONS, field)
+        for option, known in (
+            (self.coordinate_fonts, COORDINATE_FONTS),
+            (self.backgrounds, BACKGROUNDS),
+            (self.frames, FRAMES),
+            (self.arrow_colours, ARROW_COLOURS),
+            (self.textures, TEXTURES),
+            (self.upscale_filters, UPSCALE_FILTERS),
+        ):
+            for value in option:
+                _check_name(value, known, "look")
+        sets = tuple(PIECE_SETS) if self.piece_sets is None else self.piece_sets
+        if self.designs != "all":
+            held = held_out_designs()
+            sets = tuple(
+                n for n in sets if (PIECE_SETS[n].design in held) == (self.designs == "held-out")
+            )
+        themes = self._options("theme", self.themes)
+        combinations = product(sets, themes, self.sizes)
         if not any(self._allows(*combination) for combination in combinations):
             raise ChessVLMError(
                 "a style needs at least one (piece set, theme, size) combination to draw"
@@ -226,45 +439,156 @@ class Style:
             return True
         return is_held_out(piece_set, theme, size) == (self.combinations == "held-out")
 
+    def _options(self, aspect: str, options: tuple[str, ...]) -> tuple[str, ...]:
+        if self.looks == "seen":
+            return tuple(o for o in options if o not in HELD_OUT_LOOKS.get(aspect, ()))
+        return options
+
+    def _pick(self, rng: random.Random, aspect: str, options: tuple[str, ...]) -> str:
+        """One value of a look; "held-out" looks prefer the held-out values (60%)."""
+        held = [o for o in options if o in HELD_OUT_LOOKS.get(aspect, ())]
+        if self.looks == "held-out" and held and rng.random() < 0.6:
+            return rng.choice(held)
+        return rng.choice(self._options(aspect, options))
+
+    @property
+    def drawable_piece_sets(self) -> tuple[str, ...]:
+        """The sets this style draws now (its own list, or the available ones)."""
+        return _resolve_sets(self.piece_sets, self.designs)
+
     def sample(self, rng: random.Random) -> RenderParams:
         """Draw one concrete set of parameters; the same `rng` state gives the same draw."""
+        piece_sets = self.drawable_piece_sets
         while True:  # __post_init__ made sure some combination is allowed
-            piece_set = rng.choice(self.piece_sets)
-            theme = rng.choice(self.themes)
+            piece_set = rng.choice(piece_sets)
+            theme = self._pick(rng, "theme", self.themes)
             size = rng.choice(self.sizes)
             if self._allows(piece_set, theme, size):
                 break
         flipped = rng.random() < self.flip_rate
-        coordinates = rng.random() < self.coordinates_rate
-        coordinates = coordinates or (flipped and self.coordinates_when_flipped)
+        rate = self.coordinates_rate
+        if flipped and self.coordinates_when_flipped is not None:
+            rate = float(self.coordinates_when_flipped)
+        coordinates = rng.random() < rate
         highlight = rng.random() < self.highlight_rate
         jpeg = rng.random() < self.jpeg_rate
         # Drawn even for PNG, so the flags above never shift the draws that follow.
         quality = rng.randint(*self.jpeg_qualities)
-        return RenderParams(
+        params = RenderParams(
             piece_set, theme, size, flipped, coordinates, highlight, quality if jpeg else None
         )
+        if not any(getattr(self, rate) for rate in _LOOK_RATES):
+            return params  # no look drawn: the rng is used exactly as before looks existed
+        looks = self._sample_looks(rng, size, coordinates)
+        return dataclasses.replace(params, **looks) if looks else params
+
+    def _sample_looks(self, rng: random.Random, size: int, coordinates: bool) -> dict:
+        looks: dict = {}
+        if rng.random() < self.odd_size_rate:
+            size = looks["size"] = size + rng.randint(1, 7)
+        if coordinates:
+            if rng.random() < self.outside_coordinates_rate:
+                looks["coordinate_place"] = "outside"
+            font = self._pick(rng, "coordinate_font", self.coordinate_fonts)
+            if font != "chess":
+                looks["coordinate_font"] = font
+        if rng.random() < self.margin_rate:
+            low, high = self.margin_fraction
+            looks["margin"] = tuple(round(size * rng.uniform(low, high)) for _ in range(4))
+            looks["background"] = self._pick(rng, "background", self.backgrounds)
+            looks["background_colour"] = rng.choice(BACKGROUND_COLOURS)
+        if rng.random() < self.frame_rate:
+            looks["frame"] = self._pick(rng, "frame", self.frames)
+        if rng.random() < self.check_rate:
+            looks["show_check"] = True
+        if rng.random() < self.selected_rate:
+            looks["selected"] = True
+        if rng.random() < self.arrow_rate:
+            looks["arrows"] = tuple(
+                (
+                    a,
+                    (a + rng.randrange(1, 64)) % 64,
+                    self._pick(rng, "arrow_colour", self.arrow_colours),
+                )
+                for a in (rng.randrange(64) for _ in range(rng.randint(1, 3)))
+            )
+        if rng.random() < self.circle_rate:
+            looks["circles"] = tuple(
+                (rng.randrange(64), self._pick(rng, "arrow_colour", self.arrow_colours))
+                for _ in range(rng.randint(1, 3))
+            )
+        texture = rng.random()
+        if texture < self.hatch_rate:
+            looks["texture"] = "hatch"
+        elif texture < self.hatch_rate + self.texture_rate:
+            looks["texture"] = self._pick(rng, "texture", self.textures)
+        if rng.random() < self.grayscale_rate:
+            looks["grayscale"] = True
+        if rng.random() < self.lowres_rate:
+            looks["lowres"] = min(rng.randint(*self.lowres_squares), size // 8)
+            looks["upscale"] = self._pick(rng, "upscale", self.upscale_filters)
+        return looks
+
+
+_LOOK_RATES = tuple(
+    f.name
+    for f in dataclasses.fields(Style)
+    if f.name.endswith("_rate")
+    and f.name not in ("flip_rate", "coordinates_rate", "highlight_rate", "jpeg_rate")
+)
 
 
 _MIXED = Style(
-    tuple(PIECE_SETS),
+    None,  # every piece set whose art is present
     tuple(THEMES),
     tuple(range(224, 513, 32)),
     flip_rate=0.5,
-    coordinates_rate=0.5,
-    coordinates_when_flipped=True,
+    coordinates_rate=0.4,
+    # As often as on unflipped boards: coordinates say nothing about the orientation, and
+    # 60% of flipped boards show none (see `Style.coordinates_when_flipped`).
+    coordinates_when_flipped=0.4,
     highlight_rate=0.5,
     jpeg_rate=0.3,
+    odd_size_rate=0.25,
+    outside_coordinates_rate=0.4,
+    coordinate_fonts=COORDINATE_FONTS,
+    margin_rate=0.35,
+    frame_rate=0.3,
+    check_rate=0.3,
+    selected_rate=0.15,
+    arrow_rate=0.2,
+    circle_rate=0.1,
+    texture_rate=0.15,
+    hatch_rate=0.08,
+    grayscale_rate=0.1,
+    lowres_rate=0.15,
+)
+# The held-out side of the leave-designs-out pair: held-out looks in most boards, and every
+# look more often than in training.
+_DESIGNS_HELD_OUT = dataclasses.replace(
+    _MIXED,
+    designs="held-out",
+    looks="held-out",
+    outside_coordinates_rate=0.5,
+    margin_rate=0.5,
+    frame_rate=0.5,
+    arrow_rate=0.35,
+    circle_rate=0.2,
+    texture_rate=0.3,
+    lowres_rate=0.25,
 )
 
 STYLES: dict[str, Style] = {
     # The seed's data: 512 px lichess-looking boards, white at the bottom, no coordinates.
     "seed": Style(("cburnett",), ("brown",), (512,)),
-    # The default for synthetic data: every set and theme, both orientations, all options.
+    # The default for synthetic data: every available set, theme and look.
     "mixed": _MIXED,
     # Train on the first, test on the second: piece set, theme and size seen, never together.
     "mixed-seen": dataclasses.replace(_MIXED, combinations="seen"),
     "mixed-held-out": dataclasses.replace(_MIXED, combinations="held-out"),
+    # Leave designs out: whole piece designs and some looks (HELD_OUT_LOOKS) never trained on.
+    "designs-seen": dataclasses.replace(_MIXED, designs="seen", looks="seen"),
+    "designs-held-out": _DESIGNS_HELD_OUT,
     # Quick experiments: one look, smallest size.
     "simple": Style(("cburnett",), ("brown",), (224,)),
 }
@@ -277,15 +601,66 @@ def sample_render_params(style: str | Style, rng: random.Random) -> RenderParams
     return style.sample(rng)
 
 
+def style_piece_sets(style: str | Style) -> tuple[str, ...]:
+    """The piece sets a style (name or `Style`) draws from right now."""
+    if isinstance(style, str):
+        style = STYLES[_check_name(style, STYLES, "style")]
+    return style.drawable_piece_sets
+
+
 # --------------------------------------------------------------------------- geometry
 
 
+def _edge(index: int, size: int) -> int:
+    """Pixel where square column/row `index` (0..8) starts: round(index * size / 8), half up."""
+    return (2 * index * size + 8) // 16
+
+
 def square_origin(square: chess.Square, size: int, flipped: bool) -> tuple[int, int]:
-    """Top-left pixel (x, y) of `square` in a `size`-pixel board image; flipped = black below."""
+    """Top-left pixel (x, y) of `square` in a `size`-pixel board; flipped = black below.
+
+    Square boundaries fall at round(i * size / 8), so for a multiple of 8 every square is
+    `size // 8` pixels; otherwise squares are one pixel larger or smaller here and there.
+    The point is relative to the board: add `board_box(params)[:2]` for image pixels."""
     file, rank = chess.square_file(square), chess.square_rank(square)
     column, row = (7 - file, rank) if flipped else (file, 7 - rank)
-    square_px = size // 8
-    return column * square_px, row * square_px
+    return _edge(column, size), _edge(row, size)
+
+
+def _square_box(square: chess.Square, size: int, flipped: bool) -> tuple[int, int, int, int]:
+    file, rank = chess.square_file(square), chess.square_rank(square)
+    column, row = (7 - file, rank) if flipped else (file, 7 - rank)
+    return _edge(column, size), _edge(row, size), _edge(column + 1, size), _edge(row + 1, size)
+
+
+def _frame_px(params: RenderParams) -> int:
+    if params.frame == "none":
+        return 0
+    return max(1, round(params.size * _FRAME_WIDTH[params.frame]))
+
+
+def _band_px(params: RenderParams) -> int:
+    """Width of the band that holds outside coordinates (left of and below the board)."""
+    if params.coordinate_mode != "outside":
+        return 0
+    return max(10, round(params.size * 0.055))
+
+
+def board_box(params: RenderParams) -> tuple[float, float, float, float]:
+    """The 8x8 squares' area (x0, y0, x1, y1) in image pixels: without frame or outside
+    coordinates. Square (column c, row r) covers x0 + round(c * side / 8) ... (see
+    `square_origin`), side = x1 - x0."""
+    left, top = params.margin[:2]
+    x0 = left + _band_px(params) + _frame_px(params)
+    y0 = top + _frame_px(params)
+    return float(x0), float(y0), float(x0 + params.size), float(y0 + params.size)
+
+
+def image_size(params: RenderParams) -> tuple[int, int]:
+    """(width, height) of the image `render_board` draws for `params`."""
+    left, top, right, bottom = params.margin
+    framed = params.size + 2 * _frame_px(params) + _band_px(params)
+    return left + framed + right, top + framed + bottom
 
 
 def _coordinate_labels(square: chess.Square, flipped: bool) -> tuple[str, str]:
@@ -330,12 +705,89 @@ def _glyph_mask(rank_label: str, file_label: str, square_px: int) -> Image.Image
     return rasterize_svg(ET.tostring(svg), square_px, square_px).getchannel("A")
 
 
+@functools.lru_cache(maxsize=16)
+def _font(name: str, px: int):
+    import matplotlib  # only its bundled DejaVu fonts; matplotlib itself is not loaded
+    from PIL import ImageFont
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / _FONT_FILES[name]
+    return ImageFont.truetype(str(path), max(6, px))
+
+
+@functools.lru_cache(maxsize=512)
+def _label_mask(
+    rank_label: str, file_label: str, width: int, height: int, font: str
+) -> Image.Image:
+    """Coverage mask of a square's inside coordinate labels (`_glyph_mask` for the chess
+    glyphs, else text in a DejaVu font: digit top-left, letter bottom-right)."""
+    if font == "chess":
+        mask = _glyph_mask(rank_label, file_label, min(width, height))
+        return mask if mask.size == (width, height) else mask.crop((0, 0, width, height))
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    face = _font(font, round(height * 0.26))
+    pad = max(1, round(width * 0.05))
+    if rank_label:
+        draw.text((pad, pad // 2), rank_label, fill=255, font=face, anchor="lt")
+    if file_label:
+        draw.text((width - pad, height - pad // 2), file_label, fill=255, font=face, anchor="rd")
+    return mask
+
+
+@functools.lru_cache(maxsize=512)
+def _outside_label(label: str, px: int, font: str) -> Image.Image:
+    """Coverage mask (px x px) of one coordinate label, centred, for the outside band."""
+    if font == "chess":
+        centre = (10.0, 22.0) if label.isdigit() else (22.5, 8.0)
+        view = f"{centre[0] - 9} {centre[1] - 9} 18 18"
+        svg = ET.Element(f"{{{SVG_NS}}}svg", {"viewBox": view})
+        path = ET.fromstring(chess.svg.COORDS[label])
+        ET.SubElement(svg, f"{{{SVG_NS}}}path", {"d": path.attrib["d"], "fill": "#000"})
+        return rasterize_svg(ET.tostring(svg), px, px).getchannel("A")
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (px, px), 0)
+    ImageDraw.Draw(mask).text(
+        (px / 2, px / 2), label, fill=255, font=_font(font, round(px * 0.62)), anchor="mm"
+    )
+    return mask
+
+
 # --------------------------------------------------------------------------- fast path
 
 
-def _square_box(square: chess.Square, size: int, flipped: bool) -> tuple[int, int, int, int]:
-    x, y = square_origin(square, size, flipped)
-    return x, y, x + size // 8, y + size // 8
+@functools.lru_cache(maxsize=16)
+def _noise(kind: str, side: int, seed: int = 0) -> np.ndarray:
+    """A procedural texture field in [-1, 1] (float32, side x side), made once per size.
+
+    Value noise: random grids enlarged bicubically, summed over octaves. Wood is grain along
+    one axis bent by the noise; marble is veins from a sine of the diagonal bent by it."""
+    rng = np.random.default_rng(zlib.crc32(f"{kind}/{seed}".encode()))
+
+    def octave(cells_x: int, cells_y: int) -> np.ndarray:
+        grid = rng.random((cells_y + 3, cells_x + 3), dtype=np.float32)
+        big = Image.fromarray(grid, "F").resize((side, side), Image.Resampling.BICUBIC)
+        return np.asarray(big, dtype=np.float32) - 0.5
+
+    turbulence = octave(4, 4) + 0.5 * octave(9, 9) + 0.25 * octave(19, 19)
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    if kind == "wood":
+        streaks = octave(3, 60)  # fine grain: long along x, narrow along y
+        grain = np.sin(2 * np.pi * (ys * 14 + 1.5 * turbulence)) * 0.6 + streaks * 1.2
+        return np.clip(grain, -1, 1).astype(np.float32)
+    veins = np.abs(np.sin(2 * np.pi * ((xs + ys) * 2.5 + 2.0 * turbulence)))
+    return (1 - 2 * veins**0.25 + 0.6 * turbulence).clip(-1, 1).astype(np.float32)
+
+
+def _square_masks(size: int) -> np.ndarray:
+    """Boolean (size, size): True on light squares (same in both orientations)."""
+    edges = [_edge(i, size) for i in range(9)]
+    index = np.zeros(size, dtype=np.int64)
+    for i in range(8):
+        index[edges[i] : edges[i + 1]] = i
+    return (index[:, None] + index[None, :]) % 2 == 0
 
 
 # 128 holds every theme at every size of the mixed style (9 x 10 boards, ~40 MB).
@@ -351,34 +803,279 @@ def _plain_board(theme: str, size: int) -> Image.Image:
     return image
 
 
+@functools.lru_cache(maxsize=48)
+def _textured_board(theme: str, size: int, texture: str) -> Image.Image:
+    """Empty squares painted with a texture: wood or marble shading of the theme colours, or
+    dark squares hatched with diagonal lines on the light colour (book diagrams)."""
+    colours = THEMES[theme]
+    light = _square_masks(size)[..., None]
+    light_rgb = np.array(_rgb(colours.light), dtype=np.float32)
+    dark_rgb = np.array(_rgb(colours.dark), dtype=np.float32)
+    if texture == "hatch":
+        ys, xs = np.mgrid[0:size, 0:size]
+        period = max(3, round(size / 8 / 7))
+        line = ((xs + ys) % period < max(1, period // 3))[..., None]
+        ink = dark_rgb * 0.55
+        pixels = np.where(light, light_rgb, np.where(line, ink, light_rgb))
+    else:
+        field = _noise(texture, size)
+        other = field.T  # light squares show the grain turned, as on a parquet board
+        amount = 0.16 if texture == "wood" else 0.12
+        shade = np.where(light, other[..., None], field[..., None])
+        pixels = np.where(light, light_rgb, dark_rgb) * (1 + amount * shade)
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+@functools.lru_cache(maxsize=32)
+def _check_glow(width: int, height: int) -> Image.Image:
+    """The red radial glow lichess puts under a king in check (RGBA)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = np.hypot((xs + 0.5) / width - 0.5, (ys + 0.5) / height - 0.5) / 0.5
+    alpha = np.clip(1 - r / 0.95, 0, 1) ** 0.8
+    rgba = np.zeros((height, width, 4), dtype=np.uint8)
+    rgba[..., 0] = (255 - 70 * r.clip(0, 1)).astype(np.uint8)
+    rgba[..., 3] = (alpha * 255).astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA")
+
+
 _LABELLED_SQUARES = {
     flipped: tuple(s for s in chess.SQUARES if any(_coordinate_labels(s, flipped)))
     for flipped in (False, True)
 }
+_SELECTED_TINT = ((20, 85, 30), 0.5)  # lichess's selected-square green
+
+
+def _tint(image: Image.Image, box: tuple[int, int, int, int], colour, alpha: float) -> None:
+    region = image.crop(box)
+    image.paste(Image.blend(region, Image.new("RGB", region.size, colour), alpha), box[:2])
+
+
+def _selected_square(board: chess.BaseBoard) -> chess.Square | None:
+    """A piece of the side to move, chosen from the position (the same board, the same one)."""
+    colour = board.turn if isinstance(board, chess.Board) else chess.WHITE
+    own = [s for s in chess.SQUARES if board.color_at(s) == colour]
+    if not own:
+        return None
+    return own[zlib.crc32(board.board_fen().encode()) % len(own)]
+
+
+def _draw_marks(image: Image.Image, params: RenderParams, side: int) -> None:
+    """Arrows and circles as lichess draws them: over the pieces, 80% opaque. Drawn at twice
+    the size and reduced, for smooth edges."""
+    from PIL import ImageDraw
+
+    scale = 2
+    big = side * scale
+    overlay = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    square = big / 8
+
+    def centre(s: chess.Square) -> np.ndarray:
+        x, y = square_origin(s, 8 * 1000, params.flipped)
+        return np.array([(x / 1000 + 0.5) * square, (y / 1000 + 0.5) * square])
+
+    for s, colour in params.circles:
+        cx, cy = centre(s)
+        radius, width = square * 0.47, max(2, round(square * 0.07))
+        draw.ellipse(
+            (cx - radius, cy - radius, cx + radius, cy + radius),
+            outline=(*ARROW_COLOURS[colour], 255),
+            width=width,
+        )
+    for start, end, colour in params.arrows:
+        a, b = centre(start), centre(end)
+        direction = (b - a) / np.linalg.norm(b - a)
+        normal = np.array([-direction[1], direction[0]])
+        head, half_width, shaft = square * 0.45, square * 0.3, square * 0.08
+        tip = b - direction * square * 0.12
+        base = tip - direction * head
+        fill = (*ARROW_COLOURS[colour], 255)
+        draw.polygon(
+            [
+                tuple(p)
+                for p in (
+                    a + normal * shaft,
+                    base + normal * shaft,
+                    base - normal * shaft,
+                    a - normal * shaft,
+                )
+            ],
+            fill=fill,
+        )
+        draw.polygon(
+            [tuple(p) for p in (tip, base + normal * half_width, base - normal * half_width)],
+            fill=fill,
+        )
+    overlay = overlay.reduce(scale)
+    alpha = overlay.getchannel("A").point(lambda v: round(v * _ARROW_OPACITY))
+    image.paste(overlay.convert("RGB"), (0, 0), alpha)
+
+
+def _draw_board(
+    board: chess.BaseBoard, params: RenderParams, side: int, last_move: chess.Move | None
+) -> Image.Image:
+    """The 8x8 squares with everything on them, `side` pixels square."""
+    theme, flipped = THEMES[params.theme], params.flipped
+    plain = params.texture == "none"
+    if plain:
+        image = _plain_board(params.theme, side).copy()
+    else:
+        image = _textured_board(params.theme, side, params.texture).copy()
+    if params.highlight_move and last_move is not None:
+        for square in {last_move.from_square, last_move.to_square}:
+            box = _square_box(square, side, flipped)
+            if plain:
+                image.paste(_rgb(theme.square_colour(_is_light(square), highlighted=True)), box)
+            else:
+                _tint(image, box, _rgb(theme.highlight), theme.highlight_opacity)
+    if params.selected and (square := _selected_square(board)) is not None:
+        _tint(image, _square_box(square, side, flipped), *_SELECTED_TINT)
+    if params.show_check and isinstance(board, chess.Board) and board.is_check():
+        king = board.king(board.turn)
+        if king is not None:
+            x0, y0, x1, y1 = _square_box(king, side, flipped)
+            image.paste(_check_glow(x1 - x0, y1 - y0), (x0, y0), _check_glow(x1 - x0, y1 - y0))
+    if params.coordinates and params.coordinate_place == "inside":
+        for square in _LABELLED_SQUARES[flipped]:
+            x0, y0, x1, y1 = box = _square_box(square, side, flipped)
+            labels = _coordinate_labels(square, flipped)
+            mask = _label_mask(*labels, x1 - x0, y1 - y0, params.coordinate_font)
+            colour = theme.coordinate_colour(_is_light(square))
+            image.paste(_rgb(colour), box, mask)
+    piece_px = side // 8
+    for square, piece in board.piece_map().items():
+        bitmap = piece_bitmap(params.piece_set, piece.symbol(), piece_px)
+        x0, y0, x1, y1 = _square_box(square, side, flipped)
+        origin = (x0 + (x1 - x0 - piece_px) // 2, y0 + (y1 - y0 - piece_px) // 2)
+        image.paste(bitmap, origin, bitmap)
+    if params.arrows or params.circles:
+        _draw_marks(image, params, side)
+    return image
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def _background(params: RenderParams, width: int, height: int) -> Image.Image:
+    """The margin: one colour, a page of text, or an application window."""
+    from PIL import ImageDraw
+
+    colour = _rgb(params.background_colour)
+    if params.background == "window":
+        colour = (240, 240, 240) if _luminance(colour) > 128 else (43, 43, 43)
+    image = Image.new("RGB", (width, height), colour)
+    draw = ImageDraw.Draw(image)
+    rng = random.Random(zlib.crc32(f"{params.background}/{width}/{height}".encode()))
+    ink = (40, 40, 40) if _luminance(colour) > 128 else (200, 200, 200)
+    if params.background == "page":
+        line = max(6, params.size // 28)
+        for y in range(line, height - line, 2 * line):
+            x = rng.randint(0, line)
+            while x < width:
+                word = rng.randint(line, 5 * line)
+                shade = tuple(round(c * 0.75 + i * 0.25) for c, i in zip(colour, ink, strict=True))
+                draw.rectangle((x, y, x + word, y + line * 0.6), fill=shade)
+                x += word + line // 2 + rng.randint(0, line)
+    elif params.background == "window":
+        bar = max(12, params.size // 14)
+        title = (43, 87, 154) if rng.random() < 0.5 else (60, 63, 65)
+        draw.rectangle((0, 0, width, bar), fill=title)
+        for i in range(3):
+            x = width - (i + 1) * bar
+            draw.rectangle((x + bar // 4, bar // 4, x + 3 * bar // 4, 3 * bar // 4), outline=ink)
+        panel = tuple(min(255, c + 12) if _luminance(colour) < 128 else c - 18 for c in colour)
+        for y in range(2 * bar, height, 2 * bar):
+            draw.rectangle((bar // 2, y, bar // 2 + 3 * bar, y + bar), fill=panel)
+    return image
+
+
+def _draw_frame(image: Image.Image, params: RenderParams) -> None:
+    """The frame around the board (the band between board_box and the frame's outer edge)."""
+    from PIL import ImageDraw
+
+    f = _frame_px(params)
+    x0, y0, x1, y1 = (int(v) for v in board_box(params))
+    outer = (x0 - f, y0 - f, x1 + f - 1, y1 + f - 1)
+    theme = THEMES[params.theme]
+    dark = tuple(round(c * 0.45) for c in _rgb(theme.dark))
+    draw = ImageDraw.Draw(image)
+    if params.frame in ("line", "thick"):
+        draw.rectangle(outer, fill=(30, 30, 30) if params.frame == "line" else dark)
+    elif params.frame == "bevel":
+        base = np.array(_rgb(theme.dark), dtype=np.float32)
+        light = tuple(int(v) for v in np.minimum(255, base * 1.35 + 30))
+        shadow = tuple(int(v) for v in base * 0.55)
+        ox0, oy0, ox1, oy1 = outer
+        draw.rectangle(outer, fill=tuple(int(v) for v in base))
+        draw.polygon([(ox0, oy0), (ox1, oy0), (x1, y0), (x0, y0), (x0, y1), (ox0, oy1)], fill=light)
+        draw.polygon(
+            [(ox1, oy1), (ox0, oy1), (x0, y1), (x1, y1), (x1, y0), (ox1, oy0)], fill=shadow
+        )
+    elif params.frame == "wood":
+        side = outer[2] - outer[0] + 1
+        grain = _noise("wood", side, 1)
+        rgb = np.array((120, 72, 38), dtype=np.float32) * (1 + 0.25 * grain[..., None])
+        wood = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+        image.paste(wood, outer[:2])
+        draw.rectangle(outer, outline=(60, 34, 16), width=max(1, f // 6))
+
+
+def _draw_outside_coordinates(image: Image.Image, params: RenderParams) -> None:
+    band, f = _band_px(params), _frame_px(params)
+    x0, y0, _, y1 = (int(v) for v in board_box(params))
+    colour = _rgb(params.background_colour) if any(params.margin) else (255, 255, 255)
+    if params.background == "window":
+        colour = (240, 240, 240) if _luminance(colour) > 128 else (43, 43, 43)
+    ink = (30, 30, 30) if _luminance(colour) > 128 else (220, 220, 220)
+    image.paste(colour, (x0 - f - band, y0 - f, x0 - f, y1 + f + band))
+    image.paste(colour, (x0 - f - band, y1 + f, x0 + params.size + f, y1 + f + band))
+    for index in range(8):
+        low, high = _edge(index, params.size), _edge(index + 1, params.size)
+        middle = (low + high) // 2
+        rank = chess.RANK_NAMES[index if params.flipped else 7 - index]
+        file = chess.FILE_NAMES[7 - index if params.flipped else index]
+        mask = _outside_label(rank, band, params.coordinate_font)
+        image.paste(ink, (x0 - f - band, y0 + middle - band // 2), mask)
+        mask = _outside_label(file, band, params.coordinate_font)
+        image.paste(ink, (x0 + middle - band // 2, y1 + f), mask)
 
 
 def render_board(
     board: chess.BaseBoard, params: RenderParams, last_move: chess.Move | None = None
 ) -> Image.Image:
     """Draw `board` as an RGB image by compositing cached bitmaps (the fast path)."""
-    theme, size, flipped = THEMES[params.theme], params.size, params.flipped
-    image = _plain_board(params.theme, size).copy()
-    if params.highlight_move and last_move is not None:
-        for square in {last_move.from_square, last_move.to_square}:
-            colour = theme.square_colour(_is_light(square), highlighted=True)
-            image.paste(_rgb(colour), _square_box(square, size, flipped))
-    if params.coordinates:
-        for square in _LABELLED_SQUARES[flipped]:
-            mask = _glyph_mask(*_coordinate_labels(square, flipped), size // 8)
-            colour = theme.coordinate_colour(_is_light(square))
-            image.paste(_rgb(colour), _square_box(square, size, flipped), mask)
-    for square, piece in board.piece_map().items():
-        bitmap = piece_bitmap(params.piece_set, piece.symbol(), size // 8)
-        image.paste(bitmap, square_origin(square, size, flipped), bitmap)
+    side = 8 * params.lowres if params.lowres else params.size
+    image = _draw_board(board, params, side, last_move)
+    if params.lowres:
+        image = image.resize((params.size, params.size), UPSCALE_FILTERS[params.upscale])
+    if any(params.margin) or params.frame != "none" or params.coordinate_mode == "outside":
+        canvas = _background(params, *image_size(params))
+        if params.frame != "none":
+            _draw_frame(canvas, params)
+        if params.coordinate_mode == "outside":
+            _draw_outside_coordinates(canvas, params)
+        x0, y0, _, _ = board_box(params)
+        canvas.paste(image, (int(x0), int(y0)))
+        image = canvas
+    if params.grayscale:
+        image = image.convert("L").convert("RGB")
     return image
 
 
 # --------------------------------------------------------------------------- SVG path
+
+
+_PLAIN_FIELDS = ("piece_set", "theme", "size", "flipped", "coordinates", "highlight_move")
+
+
+def plain_look(params: RenderParams) -> RenderParams:
+    """The same board in the plain look: piece set, theme, size, orientation, inside
+    coordinates (in the chess glyphs), last move and file format kept; every other look
+    dropped."""
+    kept = {name: getattr(params, name) for name in _PLAIN_FIELDS}
+    kept["coordinates"] = params.coordinate_mode == "inside"
+    return RenderParams(**kept, jpeg_quality=params.jpeg_quality)
 
 
 _SVG_ID = re.compile(rb'(id="|url\(#|href="#)([^")]+)')
@@ -466,7 +1163,12 @@ def _coordinate_groups(params: RenderParams) -> list[ET.Element]:
 def render_board_svg(
     board: chess.BaseBoard, params: RenderParams, last_move: chess.Move | None = None
 ) -> Image.Image:
-    """Draw `board` through python-chess's SVG and cairosvg (the slow reference path)."""
+    """Draw `board` through python-chess's SVG and cairosvg (the slow reference path).
+
+    Only the plain look (the fields before `coordinate_place`, chess-glyph coordinates inside
+    the squares) has an SVG twin; other looks raise `ChessVLMError`."""
+    if params != plain_look(params):
+        raise ChessVLMError(f"the SVG path draws only plain looks, not {params.name}")
     svg = board_svg(board, params, last_move).encode("utf-8")
     return rasterize_svg(svg, params.size, params.size).convert("RGB")
 
