@@ -443,6 +443,58 @@ def test_skip_bad_json_lines_keeps_the_good_ones_and_lists_the_rest(tmp_path):
         assert entry["where"] == f"{path}:{line}" and problem in entry["skipped"]
 
 
+def _boxed_json_dataset(root: Path, box: object) -> Path:
+    """A JSON dataset of one 16x16 image whose record gives `box` as its `board_box`."""
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(image_bytes())
+    record = {"id": "a", "image_path": "images/a.png", "fen": chess.Board().fen()}
+    path = root / "test.jsonl"
+    path.write_text(json.dumps({**record, "board_box": box}) + "\n")
+    return path
+
+
+def test_vlm_record_keeps_the_board_box(tmp_path):
+    _boxed_json_dataset(tmp_path / "ds", [2, 1.5, 14, 13.5])
+    create_vlm_dataset(tmp_path / "ds", tmp_path / "vlm")
+    (entry,) = read_vlm_dataset(tmp_path / "vlm" / "test.json")
+    assert entry["board_box"] == [2, 1.5, 14, 13.5]
+    assert [turn["from"] for turn in entry["conversations"]] == ["user", "assistant"]
+    # Without a box the record is as before: the board fills the image.
+    (tmp_path / "ds" / "test.jsonl").write_text(
+        json.dumps({"id": "a", "image_path": "images/a.png", "fen": chess.Board().fen()}) + "\n"
+    )
+    create_vlm_dataset(tmp_path / "ds", tmp_path / "vlm")
+    assert "board_box" not in read_vlm_dataset(tmp_path / "vlm" / "test.json")[0]
+
+
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ([1, 2, 3], "'board_box' must be [left, top, right, bottom]"),
+        ([5, 0, 2, 10], "0 <= left < right"),
+        ([0, 0, "16", 16], "got [0, 0, '16', 16]"),
+        ([-1, 0, 16, 16], "0 <= left < right"),
+        ([0, 0, 17, 16], "reaches outside the 16x16 image"),
+    ],
+)
+def test_bad_board_box_stops_with_file_and_line(tmp_path, box, problem):
+    path = _boxed_json_dataset(tmp_path / "ds", box)
+    with pytest.raises(InputError) as error:
+        create_vlm_dataset(tmp_path / "ds", tmp_path / "vlm")
+    assert str(error.value).startswith(f"{path}:1: ") and problem in str(error.value)
+
+
+def test_read_vlm_dataset_names_the_line_of_a_bad_board_box(tmp_path):
+    path = tmp_path / "test.json"
+    records = [_vlm_record(), _vlm_record(id="y", board_box=[0, 0, 10, True])]
+    path.write_text(json.dumps(records, indent=2))
+    line = path.read_text().splitlines().index("  {", 2) + 1  # where the second record starts
+    with pytest.raises(InputError, match=rf"test\.json:{line} record 1 \(id 'y'\): 'board_box'"):
+        read_vlm_dataset(path)
+    path.write_text(json.dumps([_vlm_record(board_box=[0, 0.5, 10, 9.5])]))
+    assert read_vlm_dataset(path)[0]["board_box"] == [0, 0.5, 10, 9.5]
+
+
 def test_missing_json_dataset_is_named(tmp_path):
     with pytest.raises(InputError, match=r"no train\.jsonl, val\.jsonl or test\.jsonl"):
         create_vlm_dataset(tmp_path, tmp_path / "vlm")
@@ -494,6 +546,8 @@ def _vlm_record(**changes) -> dict:
         ),
         ([_vlm_record(target="fen")], "unknown target 'fen'"),
         ([_vlm_record(fen="8/8/8/8/8/8/8/8 w - - 0 1")], "white has 0 kings"),
+        ([_vlm_record(board_box=[0, 0, 10])], r"'board_box' must be \[left, top, right, bottom\]"),
+        ([_vlm_record(board_box=[0, 0, float("nan"), 9])], "'board_box' must be"),
     ],
 )
 def test_read_vlm_dataset_names_the_bad_record(tmp_path, records, problem):

@@ -262,3 +262,122 @@ def test_two_processes_split_the_test_set_and_merge(model_dir, tmp_path):
     metrics = json.loads(output.read_text())
     assert metrics["n_samples"] == 5
     assert metrics["sources"]["device"] == "2x cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cropping to the board a reader locates
+
+
+def reader_folder(folder: Path) -> Path:
+    """A folder that passes for a reader checkpoint (the reader itself is monkeypatched)."""
+    from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE
+
+    folder.mkdir(parents=True)
+    (folder / CONFIG_FILE).write_text("{}")
+    (folder / WEIGHTS_FILE).write_bytes(b"")
+    return folder
+
+
+@pytest.fixture
+def located(monkeypatch):
+    """A stand-in locator that finds every board in the middle half of its image; lists the
+    image sizes of each call (one call a batch)."""
+    import chessvlm.reader
+
+    calls: list[list[tuple[int, int]]] = []
+
+    def locate(reader, images):
+        assert reader == "reader"
+        calls.append([image.size for image in images])
+        return [(0.25, 0.25, 0.75, 0.75)] * len(images)
+
+    monkeypatch.setattr(chessvlm.reader, "load_reader", lambda path: "reader")
+    monkeypatch.setattr(chessvlm.reader, "locate_boards", locate)
+    return calls
+
+
+def test_crop_with_a_reader_crops_each_batch_and_records_the_box(
+    model_dir, tmp_path, located, monkeypatch, capsys
+):
+    reader = reader_folder(tmp_path / "reader")
+    test_data = make_test_set(tmp_path / "data", count=4, missing={1})
+    output = tmp_path / "run" / "metrics.json"
+    seen: list[tuple[int, int]] = []
+    generate = chessvlm.generation.generate_answers
+
+    def recording(model, processor, images, *args, **kwargs):
+        seen.extend(image.size for image in images)
+        return generate(model, processor, images, *args, **kwargs)
+
+    monkeypatch.setattr(chessvlm.generation, "generate_answers", recording)
+    arguments = [
+        "evaluate", "--model_path", str(model_dir), "--test_data", str(test_data),
+        "--image_base_dir", str(test_data.parent), "--output", str(output),
+        "--batch_size", "2", "--max_new_tokens", "5", "--crop_with", str(reader),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    assert f"board crop: board located by reader {reader.resolve()}" in capsys.readouterr().out
+    assert located == [[(56, 56)], [(56, 56), (56, 56)]]  # a whole batch at once
+    assert seen == [(28, 28)] * 3  # the model saw the located boards only
+    predictions = read_jsonl(output.parent / "metrics.predictions.jsonl")
+    boxes = {record["id"]: record.get("board_box") for record in predictions}
+    middle = [14.0, 14.0, 42.0, 42.0]
+    assert boxes == {"t0": middle, "t1": None, "t2": middle, "t3": middle}
+    sources = json.loads(output.read_text())["sources"]
+    assert sources["board_crop"] == f"board located by reader {reader.resolve()}"
+    assert "boards cropped first" in sources["notes"]
+
+    # A resumed run must read the same way, or its predictions would mix two kinds.
+    assert main([*arguments[:-2], "--crop_with", "none"]) == 2
+    assert "was written reading cropped boards" in capsys.readouterr().err
+    assert main(arguments) == 0  # the same crop: nothing left to do
+
+
+def test_model_trained_on_crops_is_cropped_by_the_default_reader(
+    model_dir, tmp_path, located, monkeypatch, capsys
+):
+    import chessvlm.reader_default
+
+    trained = shutil.copytree(model_dir, tmp_path / "trained")
+    run_config = json.loads((trained / "chessvlm_config.json").read_text())
+    (trained / "chessvlm_config.json").write_text(
+        json.dumps({**run_config, "board_crop": "label box"})
+    )
+    reader = reader_folder(tmp_path / "reader")
+    monkeypatch.setattr(chessvlm.reader_default, "default_reader", lambda: reader)
+    test_data = make_test_set(tmp_path / "data", count=2)
+
+    cropped = evaluate(config_for(trained, test_data, tmp_path / "cropped.json"))
+    assert "cropping each image to the board located by the default reader" in (
+        capsys.readouterr().err
+    )
+    assert "default reader" in cropped["sources"]["board_crop"]
+    assert len(located) == 1
+    whole = evaluate(config_for(trained, test_data, tmp_path / "whole.json", crop_with="none"))
+    assert whole["sources"]["board_crop"] == "none: whole images (--crop_with none)"
+    assert len(located) == 1
+    assert "board_box" not in read_jsonl(tmp_path / "whole.predictions.jsonl")[0]
+    # A model trained on whole images reads whole images unless told otherwise.
+    plain = evaluate(config_for(model_dir, test_data, tmp_path / "plain.json"))
+    assert plain["sources"]["board_crop"] == "none: whole images"
+
+    def no_default():
+        raise ChessVLMError("this install has no default reader in somewhere")
+
+    monkeypatch.setattr(chessvlm.reader_default, "default_reader", no_default)
+    with pytest.raises(ChessVLMError, match="no default reader in somewhere; pass --crop_with"):
+        evaluate(config_for(trained, test_data, tmp_path / "none.json"))
+    with pytest.raises(ChessVLMError, match="not a board reader checkpoint"):
+        evaluate(config_for(trained, test_data, tmp_path / "x.json", crop_with=str(tmp_path)))
+
+
+def test_a_located_box_that_is_no_board_keeps_the_whole_image(monkeypatch):
+    import chessvlm.reader
+    from chessvlm.evaluation import crop_boards
+
+    boxes = [(0.5, 0.5, 0.5, 0.9), (-0.1, 0.1, 0.6, 1.2)]
+    monkeypatch.setattr(chessvlm.reader, "locate_boards", lambda reader, images: boxes)
+    images = [Image.new("RGB", (100, 80)), Image.new("RGB", (100, 80))]
+    crops, pixels = crop_boards("reader", images)
+    assert [crop.size for crop in crops] == [(100, 80), (60, 72)]
+    assert pixels == [[0.0, 0.0, 100.0, 80.0], [0.0, 8.0, 60.0, 80.0]]

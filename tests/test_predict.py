@@ -249,3 +249,42 @@ def test_command_choices_match_the_reader_modules():
     assert command.ENCODERS == reader_model.ENCODERS
     assert command.DECODERS == reader.DECODERS
     assert command.FORMATS == reader_predict.FORMATS
+
+
+def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
+    tmp_path, boards, monkeypatch, capsys
+):
+    import chessvlm.reader
+    import chessvlm.reader_default
+    from chessvlm import generation
+    from chessvlm.modeling import init_model, read_run_config, write_run_config
+
+    model = init_model("tiny", tmp_path / "tiny")
+    write_run_config(model, {**read_run_config(model), "board_crop": "label box"})
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    (reader / "reader.json").write_text("{}")
+    (reader / "reader.safetensors").write_bytes(b"")
+    monkeypatch.setattr(chessvlm.reader_default, "default_reader", lambda: reader)
+    monkeypatch.setattr(chessvlm.reader, "load_reader", lambda path: "reader")
+    located, seen = [], []
+
+    def locate(found, images):
+        located.append(len(images))
+        return [(0.25, 0.25, 0.75, 0.75)] * len(images)
+
+    def fake_answers(vlm, processor, images, prompt, **options):
+        seen.extend(image.size for image in images)
+        answer = answer_text(chess.Board(), "compact")
+        return [generation.Generation(answer, 80, 0.1, False) for _ in images]
+
+    monkeypatch.setattr(chessvlm.reader, "locate_boards", locate)
+    monkeypatch.setattr(generation, "generate_answers", fake_answers)
+    code = main(["predict", str(boards / "board*.png"), "--model", str(model)])
+    captured = capsys.readouterr()
+    assert code == 0 and "default reader" in captured.err
+    assert located == [2] and seen == [(64, 64), (64, 64)]  # one batch; 128 px boards cut
+    for line in captured.out.splitlines():
+        result = json.loads(line)
+        assert result["board_box"] == [32.0, 32.0, 96.0, 96.0]
+        assert "default reader" in result["notes"]["board_crop"]

@@ -34,6 +34,8 @@ from chessvlm.training import (
     VLMCollator,
     VLMTrainer,
     _datasets,
+    board_crop_of,
+    check_examples,
     describe_recipe,
     load_examples,
     lora_config,
@@ -150,6 +152,64 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny, tmp_path):
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
     assert torch.allclose(output.loss, manual, atol=1e-5)
+
+
+def _on_canvas(board_image: Image.Image, size=(100, 90), at=(17, 11)) -> Image.Image:
+    """The board pasted on a bigger grey canvas: a margin, as other software draws one."""
+    canvas = Image.new("RGB", size, (128, 120, 110))
+    canvas.paste(board_image, at)
+    return canvas
+
+
+def test_collator_crops_a_record_with_a_board_box_to_it(tiny, tmp_path):
+    _, processor = load_model_and_processor(tiny, device="cpu")
+    board = chess.Board("r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3")
+    tight = _draw(board, 64)
+    tight.save(tmp_path / "tight.png")
+    _on_canvas(tight).save(tmp_path / "margin.png")
+    answer = '{"board": ["r . b q k b n r"]}'
+    plain = Example("plain", tmp_path / "tight.png", "Read the board.", answer)
+    boxed = Example(
+        "boxed", tmp_path / "margin.png", "Read the board.", answer, board_box=(17, 11, 81, 75)
+    )
+    uncropped = dataclasses.replace(boxed, board_box=None)
+    collator = VLMCollator(processor, SIZE)
+    expected, got, whole = (collator([example]) for example in (plain, boxed, uncropped))
+    # The model sees exactly the tight board, with the labels still on the answer alone.
+    assert torch.equal(got["pixel_values"], expected["pixel_values"])
+    assert not torch.equal(whole["pixel_values"], expected["pixel_values"])
+    assert torch.equal(got["labels"], expected["labels"])
+    labelled = (got["labels"][0] != IGNORE_INDEX).nonzero().flatten()
+    assert processor.tokenizer.decode(got["labels"][0, labelled]) == answer + "<|im_end|>"
+
+
+def test_board_box_outside_its_image_is_a_bad_sample(tiny, tmp_path):
+    _, processor = load_model_and_processor(tiny, device="cpu")
+    _draw(chess.Board(), SIZE).save(tmp_path / "board.png")
+    example = Example("b", tmp_path / "board.png", "Read.", "x", board_box=(0, 0, 80, 56))
+    good, problems = check_examples([example], processor, SIZE, 2048, "train.json")
+    assert good == [] and "reaches outside the 56x56 image" in problems[0]["problem"]
+
+
+def test_run_config_records_how_images_were_prepared(tiny, tmp_path):
+    rng = random.Random(1)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    records = []
+    for index, board in enumerate(random_play_boards(4, rng, max_plies=10)):
+        name = f"images/{index}.png"
+        _on_canvas(_draw(board, 64)).save(tmp_path / "data" / name)
+        look = {"flipped": False, "style": "flat", "board_box": [17, 11, 81, 75]}
+        records.append(vlm_record(look, board, name, "compact", f"train_{index}"))
+    assert records[0]["board_box"] == [17, 11, 81, 75]
+    (tmp_path / "data" / "train.json").write_text(json.dumps(records))
+    examples, _ = load_examples(tmp_path / "data" / "train.json", tmp_path / "data", None, None)
+    assert examples[0].board_box == (17.0, 11.0, 81.0, 75.0)
+    assert board_crop_of(examples) == "label box"
+    assert board_crop_of([dataclasses.replace(e, board_box=None) for e in examples]) == "none"
+    out = train(_config(tmp_path / "data", tiny, tmp_path / "run", max_steps=1, batch_size=2))
+    run = read_run_config(out)
+    assert run["board_crop"] == "label box"
+    assert "cropped to their labelled board box" in describe_recipe(run)
 
 
 def test_trainer_loss_on_answer_positions_equals_the_full_loss(tiny, data, tmp_path):
@@ -343,6 +403,7 @@ def adapter(data, tiny, tmp_path_factory) -> Path:
 
 
 def test_adapter_saves_reloads_and_changes_the_output(adapter, tiny):
+    assert read_run_config(adapter)["board_crop"] == "none"  # whole images: no record had a box
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "tokenizer_config.json").is_file()
     run = read_run_config(adapter)

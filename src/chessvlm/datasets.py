@@ -514,9 +514,12 @@ def vlm_record(
 ) -> dict:
     """One VLM dataset record (the seed's conversation format plus what evaluation needs).
 
-    The user turn asks `prompt`, by default the target's (`PROMPTS`).
+    The user turn asks `prompt`, by default the target's (`PROMPTS`). When the JSON record
+    says where the board's 8x8 squares are (`board_box`: left, top, right, bottom in the
+    image's pixels), the VLM record keeps it: training crops each image to it. Without one,
+    the board fills the image.
     """
-    return {
+    vlm = {
         "id": sample_id,
         "image": image,
         "conversations": [
@@ -528,6 +531,9 @@ def vlm_record(
         "style": record.get("style"),
         "target": target,
     }
+    if record.get("board_box") is not None:
+        vlm["board_box"] = record["board_box"]
+    return vlm
 
 
 def create_vlm_dataset(
@@ -622,39 +628,66 @@ def _vlm_line(
     sample_id = str(record.get("id") or image.stem)
     relative = Path(os.path.relpath(image, base)).as_posix()
     target, prompt = question
-    return vlm_record(record, board, relative, target, sample_id, prompt)
+    vlm = vlm_record(record, board, relative, target, sample_id, prompt)
+    problem = _vlm_record_problem(vlm, set())
+    if problem is None and "board_box" in vlm and check_images:
+        with Image.open(image) as opened:
+            width, height = opened.size
+        right, bottom = vlm["board_box"][2:]
+        # Half a pixel of slack: a box may be rounded outwards.
+        if right > width + 0.5 or bottom > height + 0.5:
+            problem = f"'board_box' {vlm['board_box']} reaches outside the {width}x{height} image"
+    if problem is not None:
+        raise InputError(where, problem)
+    return vlm
 
 
 def read_vlm_dataset(path: str | Path) -> list[dict]:
     """Read and validate a VLM dataset file (`{split}.json`).
 
-    Raises `InputError` naming the file and the record (index and id) that is malformed:
-    not an object, no id or image, conversations not a user turn holding `<image>` followed
-    by an assistant turn, a FEN that cannot be read, an unknown target, a repeated id.
+    Raises `InputError` naming the file, the line where the bad record starts and the record
+    (index and id) that is malformed: not an object, no id or image, conversations not a user
+    turn holding `<image>` followed by an assistant turn, a FEN that cannot be read, an
+    unknown target, a repeated id, a `board_box` that is not [left, top, right, bottom] pixels.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(str(path), f"not valid JSON ({error.msg})", line=error.lineno) from None
     except UnicodeDecodeError:
         raise InputError(str(path), "not a UTF-8 text file") from None
     if not isinstance(data, list):
         raise InputError(str(path), "expected a JSON list of records")
+
+    def line_of(wanted: int) -> int:
+        # Walk the list's items to where record `wanted` starts (only once a record is bad).
+        decoder, offset = json.JSONDecoder(), text.index("[") + 1
+        for _ in range(wanted + 1):
+            while text[offset] in " \t\r\n,":
+                offset += 1
+            start = offset
+            _, offset = decoder.raw_decode(text, offset)
+        return text.count("\n", 0, start) + 1
+
     seen: set[str] = set()
     for index, record in enumerate(data):
         problem = _vlm_record_problem(record, seen)
         if problem:
             label = record.get("id") if isinstance(record, dict) else None
-            where = f"{path} record {index}" + (f" (id {label!r})" if label else "")
+            where = f"{path}:{line_of(index)} record {index}"
+            where += f" (id {label!r})" if label else ""
             raise InputError(where, problem)
         seen.add(record["id"])
     return data
 
 
 def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
+    import math
+
     if not isinstance(record, dict):
         return "not a JSON object"
     for key in ("id", "image"):
@@ -678,6 +711,19 @@ def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
             checked_board(str(record["fen"]), "fen")
         except InputError as error:
             return error.problem
+    if "board_box" in record:
+        # Where the 8x8 squares are, in the image's pixels (left, top, right, bottom).
+        box = record["board_box"]
+        numbers = isinstance(box, list) and len(box) == 4
+        numbers = numbers and all(
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            for value in box
+        )
+        if not numbers or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+            return (
+                "'board_box' must be [left, top, right, bottom] in the image's pixels, with "
+                f"0 <= left < right and 0 <= top < bottom; got {box!r}"
+            )
     return None
 
 

@@ -11,6 +11,14 @@ sample's share of its batch's wall time, `truncated` whether it hit `max_new_tok
 image that is missing or unreadable gives `{"id", "answer": null, "error": "missing_image" |
 "unreadable_image", "error_detail", "seconds"}`: scored as a failed answer, never a crash.
 
+Boards that do not fill their image (a margin, a frame, coordinates outside the squares) are
+cut out first when the model was trained that way: `crop_with` names a board reader whose
+locator finds each board (`reader.locate_boards`, a whole batch at once), and each prediction
+line then also holds `"board_box"`, the [left, top, right, bottom] pixels the model saw. A
+model whose run config says `"board_crop": "label box"` (trained on boards cropped to their
+labelled box) is cropped with the shipped default reader unless `crop_with` says otherwise;
+the test data's own `board_box` labels are never used. The metrics' `sources` name the crop.
+
 A rerun skips every id already logged, so an interrupted evaluation resumes and loses nothing
 (a line torn by a crash is dropped and that sample redone). Under `torchrun` or `accelerate
 launch` each process takes every N-th sample and logs to its own part file
@@ -38,6 +46,9 @@ if TYPE_CHECKING:
     from chessvlm.generation import Generation
 
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
+NO_CROP = "none"
+# A located box narrower than this (pixels) is no board: the whole image is read instead.
+_MIN_CROP_PIXELS = 8
 
 
 @dataclass
@@ -54,6 +65,9 @@ class EvaluateConfig:
     max_samples: int | None = None
     constrained: bool = False
     predictions: str | Path | None = None
+    # A board reader checkpoint whose locator crops each image to its board first; `NO_CROP`
+    # ("none") for whole images; None: as the model was trained (see `plan_crop`).
+    crop_with: str | Path | None = None
 
 
 def predictions_path(config: EvaluateConfig) -> Path:
@@ -82,6 +96,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     predictions = predictions_path(config)
     test_ids = [str(record["id"]) for record in all_labels]
     done = _logged_ids(predictions, test_ids)
+    if done:
+        _check_same_crop(predictions, plan.crop)
 
     state = process_state()
     shard = labels[state.process_index :: state.num_processes]
@@ -163,6 +179,19 @@ def _logged_ids(predictions: Path, test_ids: list[str]) -> set[str]:
     return logged
 
 
+def _check_same_crop(predictions: Path, crop: CropPlan) -> None:
+    """Refuse to resume a predictions log made with cropping on with it off, or the reverse."""
+    answered = [record for record in _read_logs(predictions) if record.get("answer") is not None]
+    cropped = {"board_box" in record for record in answered}
+    if cropped and cropped != {crop.reader is not None}:
+        then = "cropped boards" if True in cropped else "whole images"
+        raise InputError(
+            str(predictions),
+            f"was written reading {then}, but this run's crop is {crop.description}; rerun "
+            "with the same --crop_with, or pass another --predictions",
+        )
+
+
 def merge_predictions(predictions: Path, test_ids: list[str]) -> list[dict]:
     """Merge the part files into `predictions` (one record per id, in test order).
 
@@ -181,13 +210,85 @@ def merge_predictions(predictions: Path, test_ids: list[str]) -> list[dict]:
 
 
 @dataclass(frozen=True)
+class CropPlan:
+    """How test images are cut to their board before the model sees them."""
+
+    # The reader checkpoint whose locator finds each board; None: whole images.
+    reader: Path | None
+    # One line for logs, metrics and reports.
+    description: str
+
+
+@dataclass(frozen=True)
 class ModelPlan:
-    """What to load and how to ask it: base model, adapter, prompt and board size."""
+    """What to load and how to ask it: base model, adapter, prompt, board size and crop."""
 
     base: str
     adapter: str | None
     prompt: str
     image_size: int
+    crop: CropPlan = CropPlan(None, "none: whole images")
+
+
+def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> CropPlan:
+    """The crop for a model: `crop_with` (a reader checkpoint, or `NO_CROP`) when given; else
+    the shipped default reader (`reader_default.default_reader`) for a model trained on
+    boards cropped to their labelled box (run config `board_crop`), said on stderr; else none.
+
+    A model never sees a label's box at test time: only a reader's located one.
+    """
+    from chessvlm.reader import is_reader_checkpoint
+    from chessvlm.training import LABEL_BOX
+
+    if crop_with is not None and str(crop_with) == NO_CROP:
+        return CropPlan(None, "none: whole images (--crop_with none)")
+    if crop_with is not None:
+        folder = Path(crop_with)
+        if not is_reader_checkpoint(folder):
+            raise ChessVLMError(
+                f"--crop_with {crop_with}: not a board reader checkpoint (a folder from "
+                "`chessvlm reader train`); pass one, or --crop_with none for whole images"
+            )
+        return CropPlan(folder.resolve(), f"board located by reader {folder.resolve()}")
+    if run_config.get("board_crop") != LABEL_BOX:
+        return CropPlan(None, "none: whole images")
+    from chessvlm.reader_default import default_reader
+
+    try:
+        folder = default_reader()
+    except ChessVLMError as error:
+        raise ChessVLMError(
+            f"{model} was trained on boards cropped to their box, so test images are cropped "
+            f"too, but {error}; pass --crop_with READER_DIR, or --crop_with none to read "
+            "whole images"
+        ) from None
+    print(
+        f"chessvlm: {model} was trained on boards cropped to their box; cropping each image "
+        f"to the board located by the default reader {folder} (--crop_with to choose)",
+        file=sys.stderr,
+    )
+    return CropPlan(
+        folder, f"board located by the default reader {folder} (trained on label-box crops)"
+    )
+
+
+def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[float]]]:
+    """Each image cut to the board `reader`'s locator finds in it (one batch, one call), and
+    each box as [left, top, right, bottom] pixels of the image. A box narrower than a few
+    pixels (no board found) keeps the whole image, and says so by its box."""
+    from chessvlm import reader as reader_module
+    from chessvlm.reader_images import crop_to_box
+
+    crops, boxes = [], []
+    for image, box in zip(images, reader_module.locate_boards(reader, images), strict=True):
+        left, top, right, bottom = (min(max(float(value), 0.0), 1.0) for value in box)
+        width, height = image.size
+        if min((right - left) * width, (bottom - top) * height) < _MIN_CROP_PIXELS:
+            left, top, right, bottom = 0.0, 0.0, 1.0, 1.0
+        crops.append(crop_to_box(image, (left, top, right, bottom)))
+        pixels = (left * width, top * height, right * width, bottom * height)
+        boxes.append([round(value, 1) for value in pixels])
+    return crops, boxes
 
 
 def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPlan:
@@ -223,7 +324,8 @@ def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPl
             file=sys.stderr,
         )
     image_size = int(trained.get("image_size") or DEFAULT_IMAGE_SIZE)
-    return ModelPlan(source.base, source.adapter, prompt, image_size)
+    crop = plan_crop(config.crop_with, trained, config.model_path)
+    return ModelPlan(source.base, source.adapter, prompt, image_size, crop)
 
 
 def _predict(
@@ -244,6 +346,11 @@ def _predict(
     model, processor = load_model_and_processor(
         plan.base, plan.adapter, device=device, image_size=plan.image_size
     )
+    locator = None
+    if plan.crop.reader is not None:
+        from chessvlm import reader as reader_module
+
+        locator = reader_module.load_reader(plan.crop.reader)
     max_new_tokens = _max_new_tokens(config, target)
     bar = tqdm(total=len(records), desc="evaluate", unit="board", disable=not show_progress)
     with JsonlAppender(log_path) as log, bar:
@@ -257,6 +364,12 @@ def _predict(
                 else:
                     readable.append(record)
                     images.append(image)
+            boxes: list[list[float] | None] = [None] * len(images)
+            locating = 0.0  # each image's share of the time spent finding its board
+            if locator is not None and images:
+                started = time.perf_counter()
+                images, boxes = crop_boards(locator, images)
+                locating = (time.perf_counter() - started) / len(images)
             generations = generate_answers(
                 model,
                 processor,
@@ -267,8 +380,12 @@ def _predict(
                 constrained_target=target if config.constrained else None,
                 image_size=plan.image_size,
             )
-            for record, generation in zip(readable, generations, strict=True):
-                log.write(prediction_record(str(record["id"]), generation, target))
+            for record, generation, box in zip(readable, generations, boxes, strict=True):
+                line = prediction_record(str(record["id"]), generation, target)
+                line["seconds"] += locating
+                if box is not None:
+                    line["board_box"] = box
+                log.write(line)
             bar.update(len(batch))
 
 
@@ -332,6 +449,8 @@ def _sources(
     ]
     if state.num_processes > 1:
         settings.append(f"{state.num_processes} processes")
+    if plan.crop.reader is not None:
+        settings.append(f"boards cropped first: {plan.crop.description}")
     seconds = sum(float(record.get("seconds") or 0.0) for record in predictions)
     return {
         "model": plan.base,
@@ -343,6 +462,7 @@ def _sources(
         "eval_seconds": seconds / state.num_processes,
         "device": _device_name(state),
         "notes": ", ".join(settings),
+        "board_crop": plan.crop.description,
     }
 
 

@@ -134,6 +134,7 @@ def _vlm_placements(
     model: str, sources: Sequence[str], batch_size: int, max_new_tokens: int | None
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
     from chessvlm.datasets import PROMPTS
+    from chessvlm.evaluation import crop_boards, plan_crop
     from chessvlm.generation import default_max_new_tokens, generate_answers
     from chessvlm.modeling import load_model_and_processor, resolve_model
 
@@ -141,6 +142,14 @@ def _vlm_placements(
     target = run_config.get("target", "compact")
     # A base model never trained here has no prompt of its own: it is asked the compact one.
     prompt = run_config.get("prompt") or PROMPTS[target]
+    # A VLM trained on boards cropped to their labelled box sees each image cut to the board
+    # the shipped reader locates, as `chessvlm evaluate` does; others see whole images.
+    crop = plan_crop(None, run_config, model)
+    locator = None
+    if crop.reader is not None:
+        from chessvlm import reader as reader_module
+
+        locator = reader_module.load_reader(crop.reader)
     vlm, processor = load_model_and_processor(model)
     options = {
         "batch_size": batch_size,
@@ -150,14 +159,23 @@ def _vlm_placements(
     items = zip(sources, iter_loaded(sources, open_board_image, lookahead=batch_size), strict=True)
     while chunk := list(islice(items, batch_size)):
         images = [image for _, (image, _) in chunk if image is not None]
+        boxes: list[list[float] | None] = [None] * len(images)
+        if locator is not None and images:
+            images, boxes = crop_boards(locator, images)
         answers = iter(
             generate_answers(vlm, processor, images, prompt, **options) if images else []
         )
+        located = iter(boxes)
         for source, (image, error) in chunk:
             if image is None:
                 yield str(source), None, error
-            else:
-                yield str(source), *_vlm_placement(next(answers).answer, target, str(source), model)
+                continue
+            placement, error = _vlm_placement(next(answers).answer, target, str(source), model)
+            box = next(located)
+            if placement is not None and box is not None:
+                placement.box = tuple(box)
+                placement.notes["board_crop"] = f"the model read the {crop.description}"
+            yield str(source), placement, error
 
 
 def _vlm_placement(

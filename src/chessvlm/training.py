@@ -40,6 +40,9 @@ from chessvlm.routing import RoutingProbe
 from chessvlm.tokenizer import END_OF_TURN
 
 IGNORE_INDEX = -100
+# The run config's `board_crop`: how training prepared each image before resizing it.
+LABEL_BOX = "label box"  # cropped to the record's `board_box` (when it has one)
+NO_CROP = "none"  # whole images: the boards fill them
 # Boards whose size is a multiple of this have whole visual tokens on every square.
 BOARD_TOKEN_PIXELS = 8 * TOKEN_PIXELS
 METRICS_LOG = "metrics.jsonl"
@@ -123,6 +126,9 @@ class Example:
     screen: tuple[str, ...] | None = None
     # Whether the board is shown from black's side (the record's "flipped"); for `routing_loss`.
     flipped: bool = False
+    # Where the board's 8x8 squares are in the image (the record's "board_box": left, top,
+    # right, bottom in pixels); the collator crops the image to it. None: the board fills it.
+    board_box: tuple[float, float, float, float] | None = None
 
 
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
@@ -179,7 +185,9 @@ def load_examples(
         flipped = bool(record.get("flipped", False))
         screen = tuple(screen_symbols(board, flipped)) if board is not None else None
         image = image_base_dir / record["image"]
-        examples.append(Example(record["id"], image, prompt, answer, screen, flipped))
+        box = record.get("board_box")
+        box = tuple(float(value) for value in box) if box is not None else None
+        examples.append(Example(record["id"], image, prompt, answer, screen, flipped, box))
     chosen = target or next(iter(targets), "compact")
     return examples, chosen
 
@@ -187,7 +195,8 @@ def load_examples(
 def check_examples(
     examples: list[Example], processor: Any, image_size: int, max_length: int, where: str
 ) -> tuple[list[Example], list[dict]]:
-    """Split examples into usable ones and problems (missing image, longer than `max_length`).
+    """Split examples into usable ones and problems (missing image, longer than `max_length`,
+    a `board_box` outside the image).
 
     Lengths count the chat template, the image's visual tokens, the prompt, the answer and
     the end-of-turn token, exactly as the collator builds them; nothing is ever cut.
@@ -210,8 +219,8 @@ def check_examples(
             problem = f"{length} tokens with the prompt and image, over --max_length {max_length}"
         else:
             try:
-                with Image.open(example.image):
-                    pass
+                with Image.open(example.image) as image:
+                    problem = _box_problem(example, image.size)
             except (OSError, UnidentifiedImageError) as error:
                 problem = f"unreadable image {example.image} ({error})"
         if problem:
@@ -221,12 +230,36 @@ def check_examples(
     return good, problems
 
 
+def _box_problem(example: Example, size: tuple[int, int]) -> str | None:
+    """Why an example's `board_box` does not fit its image (half a pixel of slack), or None."""
+    if example.board_box is None:
+        return None
+    width, height = size
+    if example.board_box[2] > width + 0.5 or example.board_box[3] > height + 0.5:
+        return f"'board_box' {list(example.board_box)} reaches outside the {width}x{height} image"
+    return None
+
+
+def crop_to_pixel_box(image: Any, box: tuple[float, float, float, float] | None) -> Any:
+    """The board part of `image`: the pixel box `box` (left, top, right, bottom), cut as the
+    reader's crops are (`reader_images.crop_to_box`); the image itself when `box` is None."""
+    from chessvlm.reader_images import crop_to_box
+
+    if box is None:
+        return image
+    width, height = image.size
+    left, top, right, bottom = box
+    return crop_to_box(image, (left / width, top / height, right / width, bottom / height))
+
+
 class VLMCollator:
     """Turn examples into a right-padded batch whose labels cover only the answer.
 
     Each sample is the chat text of `chat_text(processor, prompt, answer)` with its board
-    resized to `image_size`; its labels are -100 except for the answer's tokens and the
-    end-of-turn token, which are checked to be exactly the answer's own tokenization.
+    cropped to the example's `board_box` (when it has one: then the board fills the frame,
+    as the square and routing losses assume) and resized to `image_size`; its labels are
+    -100 except for the answer's tokens and the end-of-turn token, which are checked to be
+    exactly the answer's own tokenization.
     Keeps every input the installed transformers wants (`mm_token_type_ids` included).
 
     With `square_loss`, the batch also holds `square_labels`: at each visual token, the token
@@ -332,7 +365,7 @@ class VLMCollator:
 
         try:
             with Image.open(example.image) as image:
-                return prepare_image(image, self.image_size)
+                return prepare_image(crop_to_pixel_box(image, example.board_box), self.image_size)
         except (OSError, UnidentifiedImageError) as error:
             raise InputError(
                 f"sample {example.id!r}", f"unreadable image {example.image} ({error})"
@@ -620,6 +653,7 @@ def train(config: TrainConfig) -> Path:
     model, processor = build_model(config, image_size)
     train_set, eval_set, target, prompt = _datasets(config, processor, image_size)
     run_config = _run_config(config, image_size, target, prompt, len(train_set))
+    run_config["board_crop"] = board_crop_of(train_set)
     budget = TimeBudget(config.max_minutes, output_dir) if config.max_minutes else None
     trainer = VLMTrainer(
         model=model,
@@ -655,10 +689,20 @@ def describe_recipe(run_config: dict) -> str:
         parts.append("square loss on the visual tokens")
     if knobs.get("routing_loss"):
         parts.append("routing loss on an attention head")
+    if run_config.get("board_crop") == LABEL_BOX:
+        parts.append("images cropped to their labelled board box")
     prompt = str(run_config.get("prompt"))
     prompt = prompt if len(prompt) <= 40 else prompt[:37] + "..."
     parts.append(f"loss on the answer only; prompt {prompt!r}")
     return "; ".join(parts)
+
+
+def board_crop_of(examples: list[Example]) -> str:
+    """How training prepared the images, for the run config's `board_crop`: `LABEL_BOX` when
+    any example had a `board_box` (its image was cropped to it; those without one filled the
+    frame already), else `NO_CROP` (whole images). Evaluation crops the same way, with the
+    board reader's locator in place of the labels (`evaluation.plan_crop`)."""
+    return LABEL_BOX if any(example.board_box is not None for example in examples) else NO_CROP
 
 
 def _model_image_size(model_name: str) -> int:

@@ -11,7 +11,12 @@ predictions JSONL as it comes (a rerun resumes), then write the metrics JSON to 
 The baseline is the same command with the base model and no adapter, e.g.
 `--model_path Qwen/Qwen2-VL-2B-Instruct`; it is asked the test data's prompt. Under
 `torchrun --nproc_per_node N` or `accelerate launch` the test set is split across the
-processes and process 0 merges the predictions and writes the metrics."""
+processes and process 0 merges the predictions and writes the metrics.
+
+A model trained on boards cropped to their labelled box (its run config's "board_crop") is
+shown each test image cut to the board that a board reader's locator finds: the shipped
+default reader unless --crop_with names another (or "none" for whole images). The labels'
+own boxes are never used at test time."""
 
 
 def register(subparsers) -> None:
@@ -52,6 +57,13 @@ def register(subparsers) -> None:
         "--max_samples", type=_positive_int, help="evaluate the first N test samples only"
     )
     parser.add_argument(
+        "--crop_with",
+        metavar="READER_DIR",
+        help="crop each image to the board this reader checkpoint locates before asking the "
+        "model; 'none' for whole images (default: the shipped reader for a model trained on "
+        "cropped boards, else whole images)",
+    )
+    parser.add_argument(
         "--constrained",
         action="store_true",
         help="decode under the target's grammar so every answer is valid JSON (xgrammar)",
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         constrained=args.constrained,
         predictions=args.predictions,
+        crop_with=args.crop_with,
     )
     metrics = evaluate(config)
     if process_state().is_main_process:
@@ -81,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
         for key in (*MAIN_FIGURES, "boards_per_second"):
             print(f"{key}: {_format(metrics.get(key))}")
+        print(f"board crop: {metrics.get('sources', {}).get('board_crop')}")
         print(f"predictions: {predictions_path(config)}")
         print(f"metrics: {args.output}")
     return 0
