@@ -758,8 +758,14 @@ def _outside_label(label: str, px: int, font: str) -> Image.Image:
 # --------------------------------------------------------------------------- fast path
 
 
-@functools.lru_cache(maxsize=16)
 def _noise(kind: str, side: int, seed: int = 0) -> np.ndarray:
+    """A procedural texture field in [-1, 1] (float32, side x side): the corner of a field
+    made once per 128-pixel step of side, so boards of any side share a few fields."""
+    return _noise_field(kind, -(-side // 128) * 128, seed)[:side, :side]
+
+
+@functools.lru_cache(maxsize=16)
+def _noise_field(kind: str, side: int, seed: int = 0) -> np.ndarray:
     """A procedural texture field in [-1, 1] (float32, side x side), made once per size.
 
     Value noise: random grids enlarged bicubically, summed over octaves. Wood is grain along
@@ -865,23 +871,21 @@ def _draw_marks(image: Image.Image, params: RenderParams, side: int) -> None:
     from PIL import ImageDraw
 
     scale = 2
-    big = side * scale
-    overlay = Image.new("RGBA", (big, big), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
-    square = big / 8
+    square = side * scale / 8
+    opacity = round(255 * _ARROW_OPACITY)
 
     def centre(s: chess.Square) -> np.ndarray:
         x, y = square_origin(s, 8 * 1000, params.flipped)
         return np.array([(x / 1000 + 0.5) * square, (y / 1000 + 0.5) * square])
 
+    # Shapes per colour, in twice-size pixels: ("ellipse" | "polygon", points).
+    shapes: dict[str, list[tuple[str, list[tuple[float, float]]]]] = {}
+    width = max(2, round(square * 0.07))
     for s, colour in params.circles:
         cx, cy = centre(s)
-        radius, width = square * 0.47, max(2, round(square * 0.07))
-        draw.ellipse(
-            (cx - radius, cy - radius, cx + radius, cy + radius),
-            outline=(*ARROW_COLOURS[colour], 255),
-            width=width,
-        )
+        radius = square * 0.47
+        box = [(cx - radius, cy - radius), (cx + radius, cy + radius)]
+        shapes.setdefault(colour, []).append(("ellipse", box))
     for start, end, colour in params.arrows:
         a, b = centre(start), centre(end)
         direction = (b - a) / np.linalg.norm(b - a)
@@ -889,26 +893,27 @@ def _draw_marks(image: Image.Image, params: RenderParams, side: int) -> None:
         head, half_width, shaft = square * 0.45, square * 0.3, square * 0.08
         tip = b - direction * square * 0.12
         base = tip - direction * head
-        fill = (*ARROW_COLOURS[colour], 255)
-        draw.polygon(
-            [
-                tuple(p)
-                for p in (
-                    a + normal * shaft,
-                    base + normal * shaft,
-                    base - normal * shaft,
-                    a - normal * shaft,
-                )
-            ],
-            fill=fill,
-        )
-        draw.polygon(
-            [tuple(p) for p in (tip, base + normal * half_width, base - normal * half_width)],
-            fill=fill,
-        )
-    overlay = overlay.reduce(scale)
-    alpha = overlay.getchannel("A").point(lambda v: round(v * _ARROW_OPACITY))
-    image.paste(overlay.convert("RGB"), (0, 0), alpha)
+        corners = (a + normal * shaft, base + normal * shaft, base - normal * shaft)
+        shaft_points = [tuple(p) for p in (*corners, a - normal * shaft)]
+        head_points = [
+            tuple(p) for p in (tip, base + normal * half_width, base - normal * half_width)
+        ]
+        shapes.setdefault(colour, []).extend((("polygon", shaft_points), ("polygon", head_points)))
+    # One coverage mask per colour, drawn at 80% over just the shapes' bounding box (even
+    # corner, so it halves onto whole pixels): marks of one colour do not add up.
+    for colour, drawn in shapes.items():
+        points = np.array([p for _, ps in drawn for p in ps])
+        x0, y0 = (np.floor(points.min(axis=0) / 2).astype(int) - 1).clip(0) * 2
+        x1, y1 = (np.ceil(points.max(axis=0) / 2).astype(int) + 1).clip(0, side) * 2
+        coverage = Image.new("L", (int(x1 - x0), int(y1 - y0)), 0)
+        draw = ImageDraw.Draw(coverage)
+        for kind, ps in drawn:
+            moved = [(x - x0, y - y0) for x, y in ps]
+            if kind == "ellipse":
+                draw.ellipse(moved, outline=opacity, width=width)
+            else:
+                draw.polygon(moved, fill=opacity)
+        image.paste(ARROW_COLOURS[colour], (int(x0) // 2, int(y0) // 2), coverage.reduce(scale))
 
 
 def _draw_board(
@@ -1013,12 +1018,21 @@ def _draw_frame(image: Image.Image, params: RenderParams) -> None:
             [(ox1, oy1), (ox0, oy1), (x0, y1), (x1, y1), (x1, y0), (ox1, oy0)], fill=shadow
         )
     elif params.frame == "wood":
-        side = outer[2] - outer[0] + 1
-        grain = _noise("wood", side, 1)
-        rgb = np.array((120, 72, 38), dtype=np.float32) * (1 + 0.25 * grain[..., None])
-        wood = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-        image.paste(wood, outer[:2])
-        draw.rectangle(outer, outline=(60, 34, 16), width=max(1, f // 6))
+        image.paste(_wood_frame(outer[2] - outer[0] + 1, f), outer[:2])
+
+
+@functools.lru_cache(maxsize=32)
+def _wood_frame(side: int, width: int) -> Image.Image:
+    """A `side`-pixel square of wood with a dark edge (the board is pasted over its middle)."""
+    from PIL import ImageDraw
+
+    grain = _noise("wood", side, 1)
+    rgb = np.array((120, 72, 38), dtype=np.float32) * (1 + 0.25 * grain[..., None])
+    wood = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    ImageDraw.Draw(wood).rectangle(
+        (0, 0, side - 1, side - 1), outline=(60, 34, 16), width=max(1, width // 6)
+    )
+    return wood
 
 
 def _draw_outside_coordinates(image: Image.Image, params: RenderParams) -> None:
