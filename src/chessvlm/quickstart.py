@@ -1,8 +1,10 @@
 """One command from nothing to a trained board-reading VLM, a board reader and a report.
 
 Stages, each resumable and skipped when already done:
-data (render boards) -> vlm dataset -> init small model -> train VLM (time budget) ->
-evaluate VLM -> train board reader (time budget) -> evaluate reader -> report.
+art (fetch the piece sets' art) -> data (render boards in the seen designs, and a test split
+in designs kept out of training) -> vlm dataset -> init small model -> train VLM (time
+budget) -> train board reader (time budget) -> evaluate both on both test splits -> report.
+The VLM reads boards cut out by the reader's locator, so the reader trains first.
 
 A stage that finished leaves `OUT/stages/<name>.json` with its result; the long stages
 (rendering, training, evaluation) also resume from their own partial output.
@@ -33,7 +35,10 @@ class QuickstartConfig:
     out: Path
     minutes: float = 10.0
     reader_minutes: float = 12.0
-    style: str = "mixed"
+    # Training and in-distribution test: every piece design and look but those kept out...
+    style: str = "designs-seen"
+    # ...which only this second test split draws: designs and looks never trained on.
+    unseen_style: str = "designs-held-out"
     preset: str = "small"
     train_samples: int = 20000
     val_samples: int = 200
@@ -48,9 +53,19 @@ class QuickstartConfig:
         return self.out / "data"
 
     @property
+    def unseen_data_dir(self) -> Path:
+        """The test split in designs kept out of training (`unseen_style`)."""
+        return self.out / "data_unseen"
+
+    @property
     def vlm_data_dir(self) -> Path:
         """The VLM (conversation) dataset."""
         return self.out / "vlm_data"
+
+    @property
+    def unseen_vlm_data_dir(self) -> Path:
+        """The unseen-design test split as a VLM dataset."""
+        return self.out / "vlm_data_unseen"
 
     @property
     def base_model_dir(self) -> Path:
@@ -72,23 +87,33 @@ class QuickstartConfig:
         return self.out / "runs" / name
 
 
+# The two test splits: the training style's own, and the designs kept out of training.
+TESTS = ("seen", "unseen")
+
+
 def run_quickstart(config: QuickstartConfig) -> dict[str, dict]:
-    """Run every stage (resuming finished ones) and return the two runs' metrics."""
+    """Run every stage (resuming finished ones) and return the four runs' metrics, keyed
+    `vlm`, `reader` (in distribution), `vlm_unseen` and `reader_unseen`."""
     config.out.mkdir(parents=True, exist_ok=True)
     stages: list[tuple[str, Callable[[QuickstartConfig], Any]]] = [
+        ("art", _fetch_art),
         ("data", _render_data),
         ("vlm_dataset", _vlm_dataset),
         ("init_model", _init_model),
         ("train_vlm", _train_vlm),
-        ("evaluate_vlm", _evaluate_vlm),
         ("train_reader", _train_reader),
         ("evaluate_reader", _evaluate_reader),
+        ("evaluate_vlm", _evaluate_vlm),
         ("report", _report),
     ]
     results = {}
     for index, (name, stage) in enumerate(stages, start=1):
         results[name] = _run_stage(config, f"{index}/{len(stages)} {name}", name, stage)
-    return {"vlm": results["evaluate_vlm"], "reader": results["evaluate_reader"]}
+    return {
+        f"{model}{suffix}": results[f"evaluate_{model}"][test]
+        for model in ("vlm", "reader")
+        for test, suffix in zip(TESTS, ("", "_unseen"), strict=True)
+    }
 
 
 def _run_stage(config: QuickstartConfig, title: str, name: str, stage: Callable) -> Any:
@@ -105,6 +130,21 @@ def _run_stage(config: QuickstartConfig, title: str, name: str, stage: Callable)
     return result
 
 
+def _fetch_art(config: QuickstartConfig) -> dict:
+    """Fetch the piece sets' art from the package registries; a package that cannot be had
+    (offline) is named, and the quickstart goes on with the sets at hand."""
+    from chessvlm.pieces import available_piece_sets, fetch_art
+
+    failed = {name: result for name, result in fetch_art(log=tqdm.write).items() if result != "ok"}
+    if failed:
+        tqdm.write(
+            f"could not fetch the art of {', '.join(sorted(failed))}: going on with the "
+            f"{len(available_piece_sets())} piece sets at hand (`chessvlm data art --list` "
+            "shows which); rerun `chessvlm data art --fetch` when the registries can be reached"
+        )
+    return {"failed": failed, "piece_sets": len(available_piece_sets())}
+
+
 def _render_data(config: QuickstartConfig) -> dict:
     from chessvlm.datasets import synth_json_dataset
 
@@ -113,23 +153,46 @@ def _render_data(config: QuickstartConfig) -> dict:
         "val": config.val_samples,
         "test": config.test_samples,
     }
-    return synth_json_dataset(
+    seen = synth_json_dataset(
         config.data_dir, counts, seed=config.seed, style=config.style, workers=config.workers
     )
+    # Other games as well as other designs: no unseen test board is a training position.
+    unseen = synth_json_dataset(
+        config.unseen_data_dir,
+        {"test": config.test_samples},
+        seed=config.seed + 1,
+        style=config.unseen_style,
+        workers=config.workers,
+    )
+    return {"seen": seen, "unseen": unseen}
 
 
 def _vlm_dataset(config: QuickstartConfig) -> dict:
     from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
 
-    # The images were just rendered and checked by the renderer: no need to decode them again.
-    written = create_vlm_dataset(
-        config.data_dir,
-        config.vlm_data_dir,
-        base_dir=config.data_dir,
-        check_images=False,
-        prompt=SHORT_PROMPT,
-    )
-    return {split: count for split, (count, _) in written.items()}
+    written = {}
+    for test in TESTS:
+        data_dir, vlm_dir = _data_dir(config, test), _vlm_data_dir(config, test)
+        # The images were just rendered and checked by the renderer: no need to decode them.
+        made = create_vlm_dataset(
+            data_dir, vlm_dir, base_dir=data_dir, check_images=False, prompt=SHORT_PROMPT
+        )
+        written[test] = {split: count for split, (count, _) in made.items()}
+    return written
+
+
+def _data_dir(config: QuickstartConfig, test: str) -> Path:
+    return config.data_dir if test == "seen" else config.unseen_data_dir
+
+
+def _vlm_data_dir(config: QuickstartConfig, test: str) -> Path:
+    return config.vlm_data_dir if test == "seen" else config.unseen_vlm_data_dir
+
+
+def _test_title(config: QuickstartConfig, test: str) -> str:
+    if test == "seen":
+        return f"in distribution ({config.style})"
+    return f"unseen designs ({config.unseen_style})"
 
 
 def _init_model(config: QuickstartConfig) -> str:
@@ -171,38 +234,48 @@ def _train_vlm(config: QuickstartConfig) -> dict:
 
 
 def _evaluate_vlm(config: QuickstartConfig) -> dict:
+    """Both test splits, each board cut out by the quickstart's reader first."""
     from chessvlm.evaluation import EvaluateConfig, evaluate
     from chessvlm.modeling import read_run_config
     from chessvlm.reports import write_run_info
     from chessvlm.training import describe_recipe
 
-    run_dir = config.run_dir("vlm")
     trained = _stage_result(config, "train_vlm")
     run_config = read_run_config(trained["model"])
-    write_run_info(
-        run_dir,
-        name=f"{config.preset} VLM (from scratch, {config.minutes:g} min CPU)",
-        model=trained["model"],
-        target="compact",
-        train_data=config.vlm_data_dir / "train.json",
-        train_samples=config.train_samples,
-        steps=trained["steps"],
-        epochs=run_config.get("epochs"),
-        train_seconds=trained["train_seconds"],
-        recipe=describe_recipe(run_config),
-        test_data=config.vlm_data_dir / "test.json",
-        image_base_dir=config.data_dir,
-    )
-    return evaluate(
-        EvaluateConfig(
-            model_path=trained["model"],
-            test_data=config.vlm_data_dir / "test.json",
-            image_base_dir=config.data_dir,
-            output=run_dir / "metrics.json",
-            predictions=run_dir / "predictions.jsonl",
-            batch_size=config.eval_batch_size,
+    results = {}
+    for test in TESTS:
+        run_dir = config.run_dir(_run_name("vlm", test))
+        test_data = _vlm_data_dir(config, test) / "test.json"
+        write_run_info(
+            run_dir,
+            name=f"{config.preset} VLM, {_test_title(config, test)}",
+            model=trained["model"],
+            target="compact",
+            train_data=config.vlm_data_dir / "train.json",
+            train_samples=config.train_samples,
+            steps=trained["steps"],
+            epochs=run_config.get("epochs"),
+            train_seconds=trained["train_seconds"],
+            recipe=describe_recipe(run_config),
+            test_data=test_data,
+            image_base_dir=_data_dir(config, test),
         )
-    )
+        results[test] = evaluate(
+            EvaluateConfig(
+                model_path=trained["model"],
+                test_data=test_data,
+                image_base_dir=_data_dir(config, test),
+                output=run_dir / "metrics.json",
+                predictions=run_dir / "predictions.jsonl",
+                batch_size=config.eval_batch_size,
+                crop_with=str(config.reader_dir),
+            )
+        )
+    return results
+
+
+def _run_name(model: str, test: str) -> str:
+    return model if test == "seen" else f"{model}_unseen"
 
 
 def _train_reader(config: QuickstartConfig) -> str:
@@ -221,20 +294,29 @@ def _train_reader(config: QuickstartConfig) -> str:
 def _evaluate_reader(config: QuickstartConfig) -> dict:
     from chessvlm.reader import ReaderEvalConfig, evaluate_reader
 
-    eval_config = ReaderEvalConfig(
-        model=str(config.reader_dir),
-        data_dir=str(config.data_dir),
-        output=str(config.run_dir("reader")),
-        name=f"board reader (CNN, {config.reader_minutes:g} min CPU)",
-        workers=config.workers,
-    )
-    return evaluate_reader(eval_config)
+    return {
+        test: evaluate_reader(
+            ReaderEvalConfig(
+                model=str(config.reader_dir),
+                data_dir=str(_data_dir(config, test)),
+                output=str(config.run_dir(_run_name("reader", test))),
+                name=f"board reader (CNN, {config.reader_minutes:g} min CPU), "
+                + _test_title(config, test),
+                workers=config.workers,
+            )
+        )
+        for test in TESTS
+    }
 
 
 def _report(config: QuickstartConfig) -> str:
     from chessvlm.reports import load_run, write_report
 
-    runs = [load_run(config.run_dir("vlm")), load_run(config.run_dir("reader"))]
+    runs = [
+        load_run(config.run_dir(_run_name(model, test)))
+        for test in TESTS
+        for model in ("vlm", "reader")
+    ]
     title = f"chessvlm quickstart: {config.train_samples:,} '{config.style}' boards"
     return str(write_report(runs, config.out / "report", title=title))
 
