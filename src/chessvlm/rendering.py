@@ -809,7 +809,8 @@ def _plain_board(theme: str, size: int) -> Image.Image:
     return image
 
 
-@functools.lru_cache(maxsize=48)
+# 96 boards: ~40 MB at the mixed style's sizes.
+@functools.lru_cache(maxsize=96)
 def _textured_board(theme: str, size: int, texture: str) -> Image.Image:
     """Empty squares painted with a texture: wood or marble shading of the theme colours, or
     dark squares hatched with diagonal lines on the light colour (book diagrams)."""
