@@ -14,7 +14,9 @@ from chessvlm.datasets import vlm_record
 from chessvlm.errors import ChessVLMError
 from chessvlm.io import atomic_write_json, atomic_write_jsonl
 from chessvlm.metrics import compute_metrics
+from chessvlm.pieces import PIECE_SETS
 from chessvlm.positions import answer_text, compact_rows
+from chessvlm.rendering import held_out_designs
 from chessvlm.reports import Run, load_run, percent, write_report, write_run_info
 
 FENS = [
@@ -33,8 +35,9 @@ def _wrong_answer(board: chess.Board, edits: dict[str, str]) -> str:
     return json.dumps({"board": compact_rows(edited)})
 
 
-def make_dataset(root: Path) -> Path:
-    """A 4-board JSON dataset with small images; the last image is missing on purpose."""
+def make_dataset(root: Path, styles: tuple[str, str] = ("plain", "wood")) -> Path:
+    """A 4-board JSON dataset with small images; the last image is missing on purpose. The
+    first two boards have the first style, the others the second."""
     records = []
     for index, fen in enumerate(FENS):
         board = chess.Board(fen)
@@ -51,7 +54,7 @@ def make_dataset(root: Path) -> Path:
                 "image_path": image_path,
                 "fen": fen,
                 "flipped": flipped,
-                "style": "plain" if index < 2 else "wood",
+                "style": styles[0] if index < 2 else styles[1],
             }
         )
     atomic_write_jsonl(root / "test.jsonl", records)
@@ -232,3 +235,23 @@ def test_cli_metrics_reports_mismatched_ids(run_dir: Path, tmp_path: Path, capsy
     assert main([*args, "--partial"]) == 0
     written = json.loads((tmp_path / "m.json").read_text())
     assert written["error_counts"] == {"missing_prediction": 3, "no_json": 1}
+
+
+def test_boards_of_unseen_designs_get_their_own_section(tmp_path: Path):
+    held, seen = (
+        next(name for name, s in PIECE_SETS.items() if (s.design in held_out_designs()) == want)
+        for want in (True, False)
+    )
+    labels = make_dataset(tmp_path / "data", styles=(f"{held}/brown/224", f"{seen}/blue/256"))
+    make_run(tmp_path / "run", labels)
+    run = load_run(tmp_path / "run")
+    by_design = run.metrics["by_design"]
+    assert by_design[PIECE_SETS[held].design]["held_out"] is True
+    assert by_design[PIECE_SETS[seen].design]["held_out"] is False
+    markdown = write_report([run], tmp_path / "report").read_text()
+    section = markdown.split("## Unseen designs", 1)[1].split("\n## ", 1)[0]
+    assert f"| {PIECE_SETS[held].design} |" in section
+    assert f"| {PIECE_SETS[seen].design} |" not in section
+    # Its gallery shows the one wrong board of the unseen design (test_1), not test_3.
+    assert "sample test_1" in section and "sample test_3" not in section
+    assert list((tmp_path / "report" / "gallery").glob("*_unseen_00_board.png"))

@@ -82,6 +82,9 @@ unparsed answer counts as wrong on all 64 squares and on every per-sample test b
   each image style and board orientation, when the labels record `style` / `flipped`. Styles
   of rendered boards are named `piece-set/theme/size/options`; a test set holds too few boards
   of each whole combination, so they are grouped by their first part, the piece set.
+- `by_design`: the same grouped by piece design (`chessvlm.pieces.PieceSet.design`: several
+  sets may draw one design), with `held_out` telling the designs the leave-designs-out styles
+  keep out of training (`chessvlm.rendering.held_out_designs`).
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ def compute_metrics(
         metadata_accuracy=_metadata_accuracy(scores) if target == "seed" else None,
         error_counts=dict(sorted(Counter(c for s in scores for c in s.error_codes).items())),
         by_style=_breakdown(scores, _style_group),
+        by_design=_design_breakdown(scores),
         by_orientation=_breakdown(scores, _orientation),
     )
     return metrics
@@ -515,6 +519,24 @@ def _orientation(label: dict) -> str | None:
 def _style_group(label: dict) -> str | None:
     style = label.get("style")
     return style.split("/")[0] if style else None
+
+
+def design_of(label: dict) -> str | None:
+    """The piece design a rendered label's board was drawn in (None: not a known set)."""
+    from chessvlm.pieces import PIECE_SETS
+
+    source = PIECE_SETS.get(_style_group(label) or "")
+    return source.design if source else None
+
+
+def _design_breakdown(scores: Sequence[SampleScore]) -> dict | None:
+    from chessvlm.rendering import held_out_designs
+
+    groups = _breakdown(scores, design_of)
+    held = held_out_designs()
+    return {
+        name: {**figures, "held_out": name in held} for name, figures in (groups or {}).items()
+    } or None
 
 
 def _breakdown(scores: Sequence[SampleScore], key) -> dict | None:

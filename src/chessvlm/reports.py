@@ -51,6 +51,7 @@ from chessvlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from chessvlm.metrics import (
     METADATA_FIELDS,
     SampleScore,
+    design_of,
     read_labels,
     read_predictions,
     score_samples,
@@ -422,6 +423,7 @@ def write_report(
     blocks += _results_section(runs)
     blocks += _metadata_section(runs)
     blocks += _breakdown_sections(runs)
+    blocks += _unseen_section(runs, out, worst)
     blocks += _errors_section(runs)
     blocks += _plots_section(runs, out)
     blocks += _gallery_section(runs, out, worst)
@@ -520,6 +522,48 @@ def _breakdown_sections(runs: Sequence[Run]) -> list[Block]:
             tables += [Heading(3, run.name), Table(header, rows)]
         if tables:
             blocks += [Heading(2, title), *tables]
+    return blocks
+
+
+def _unseen_section(runs: Sequence[Run], out: Path, worst: int) -> list[Block]:
+    """The boards drawn in designs kept out of training: by design, worst first, and the
+    worst of those boards."""
+    tested = [
+        run
+        for run in runs
+        if any(f.get("held_out") for f in (run.metrics.get("by_design") or {}).values())
+    ]
+    if not tested:
+        return []
+    blocks: list[Block] = [
+        Heading(2, "Unseen designs"),
+        Paragraph(
+            "Boards drawn in the piece designs that the leave-designs-out styles keep out of "
+            "training (`designs-held-out`, docs/looks.md): for a model trained on "
+            "`designs-seen`, designs it never saw. Worst designs first, then the worst boards "
+            "of those designs."
+        ),
+    ]
+    header = ["Design", *(name for _, name, _ in BREAKDOWN_COLUMNS)]
+    for run in tested:
+        held = {
+            name: figures
+            for name, figures in run.metrics["by_design"].items()
+            if figures.get("held_out")
+        }
+        ordered = sorted(held.items(), key=lambda item: item[1]["per_square_accuracy"])
+        rows = [
+            [name, *(fmt(figures.get(metric)) for metric, _, fmt in BREAKDOWN_COLUMNS)]
+            for name, figures in ordered
+        ]
+        blocks += [Heading(3, run.name), Table(header, rows)]
+        blocks += _run_gallery(
+            run,
+            out,
+            worst,
+            keep=lambda label, held=held: design_of(label) in held,
+            prefix="unseen_",
+        )
     return blocks
 
 
@@ -686,7 +730,15 @@ def _gallery_section(runs: Sequence[Run], out: Path, worst: int) -> list[Block]:
     return blocks
 
 
-def _run_gallery(run: Run, out: Path, worst: int) -> list[Block]:
+def _run_gallery(
+    run: Run,
+    out: Path,
+    worst: int,
+    keep: Callable[[dict], bool] | None = None,
+    prefix: str = "",
+) -> list[Block]:
+    """The worst boards of a run (of those whose label `keep` accepts), image files named
+    with `prefix` so that two galleries of one run do not collide."""
     if run.predictions is None or run.test_data is None:
         return [
             Paragraph(
@@ -698,7 +750,13 @@ def _run_gallery(run: Run, out: Path, worst: int) -> list[Block]:
     labels = read_labels(run.test_data)
     predictions = read_predictions(run.predictions)
     predicted = {str(record["id"]) for record in predictions}
-    labels = [label for label in labels if str(label.get("id")) in predicted]
+    labels = [
+        label
+        for label in labels
+        if str(label.get("id")) in predicted and (keep is None or keep(label))
+    ]
+    kept = {str(label.get("id")) for label in labels}
+    predictions = [record for record in predictions if str(record["id"]) in kept]
     target = run.metrics.get("target", "compact")
     scores = score_samples(labels, predictions, target)
     base = run.image_base_dir or run.test_data.parent
@@ -719,7 +777,7 @@ def _run_gallery(run: Run, out: Path, worst: int) -> list[Block]:
     if not chosen:
         return [*blocks, Paragraph("Every parsed answer is right on all 64 squares.")]
     rows = [
-        _gallery_row(run, score, images[score.id], out, rank)
+        _gallery_row(run, score, images[score.id], out, f"{prefix}{rank:02d}")
         for rank, score in enumerate(chosen[:worst])
     ]
     return [*blocks, Table(["Image", "Predicted board (wrong squares red)", "Details"], rows)]
@@ -744,9 +802,9 @@ def _unparsed_examples(unparsed: Sequence[SampleScore], limit: int = 3) -> list[
 
 
 def _gallery_row(
-    run: Run, score: SampleScore, image: Path | None, out: Path, rank: int
+    run: Run, score: SampleScore, image: Path | None, out: Path, rank: str
 ) -> list[Cell]:
-    stem = f"gallery/{_slug(run.name)}_{rank:02d}"
+    stem = f"gallery/{_slug(run.name)}_{rank}"
     flipped = bool(score.label.get("flipped", False))
     atomic_write_bytes(
         out / f"{stem}_board.png", _board_png(score.pred_board, score.wrong_squares, flipped)
