@@ -196,12 +196,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             orientation=args.orientation,
         )
     )
+    reader = metrics["reader"]
     print(
         f"per-square {metrics['per_square_accuracy']:.5f}, exact boards "
         f"{metrics['exact_board_match']:.4f}, boards/s {metrics['boards_per_second'] or 0:.1f} "
         f"({Path(args.output) / 'metrics.json'})"
     )
+    print(
+        f"orientation {_figure(reader['orientation_accuracy'])} (boards with 4+ pawns and no "
+        f"coordinates: {_figure(reader['orientation_accuracy_pawns_no_coordinates'])}), board "
+        f"box error {_figure(reader['box_error_squares'])} squares"
+    )
     return 0
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _register_predict(subparsers) -> None:
