@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python bench/bench_generalisation.py --work /tmp/generalisation \
         [--train 20000 --val 500 --test 1000] [--reader-minutes 20] [--vlm-minutes 30] [--no-vlm]
+        [--reader DIR]
 
 Steps, each skipped when its output exists (a rerun resumes where it stopped):
 
@@ -9,9 +10,10 @@ Steps, each skipped when its output exists (a rerun resumes where it stopped):
    in the `designs-seen` style (only the seen piece designs and board looks). `held-out`: a
    test split in `designs-held-out` (only designs and looks that `designs-seen` never draws),
    from other games.
-2. The board reader, trained on `seen` for `--reader-minutes` of its training loop, then
-   evaluated on both test splits (`evaluate_reader`: it locates each board in the image, then
-   reads it).
+2. The board reader, trained on `seen` for `--reader-minutes` of its training loop (or
+   `--reader DIR`: a reader already trained on `designs-seen`, such as the shipped default),
+   then evaluated on both test splits (`evaluate_reader`: it locates each board in the image,
+   then reads it).
 3. The small VLM (`init-model --preset small`, all weights, one-line prompt, square and
    routing losses, annealed over the last fifth), trained on `seen` for `--vlm-minutes`; each
    training image is cut to its labelled board box, and each test image to the box the reader
@@ -49,21 +51,27 @@ def make_datasets(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     return {"seen": seen, "held-out": held_out}
 
 
-def reader_figures(work: Path, data: dict[str, Path], args: argparse.Namespace) -> dict:
-    """Step 2: train on `seen`, evaluate on both test splits."""
-    model = work / "reader"
+def reader_figures(
+    work: Path, data: dict[str, Path], args: argparse.Namespace
+) -> tuple[Path, dict]:
+    """Step 2: train on `seen` (unless `--reader` gives a trained one), evaluate on both test
+    splits; returns the reader's folder and its figures."""
+    model = args.reader or work / "reader"
     started = time.perf_counter()
-    train_reader(
-        ReaderTrainConfig(
-            data_dir=str(data["seen"]),
-            out=str(model),
-            epochs=args.reader_epochs,
-            max_minutes=args.reader_minutes,
-            seed=args.seed,
+    if args.reader is None:
+        train_reader(
+            ReaderTrainConfig(
+                data_dir=str(data["seen"]),
+                out=str(model),
+                epochs=args.reader_epochs,
+                max_minutes=args.reader_minutes,
+                seed=args.seed,
+            )
         )
-    )
     figures: dict = {"train_step_minutes": (time.perf_counter() - started) / 60}
     config = json.loads((model / "reader.json").read_text())
+    if args.reader is not None:
+        figures["train_step_minutes"] = config["train_minutes"]
     figures["train_minutes"] = config["train_minutes"]
     figures["train_cpu_minutes"] = config["train_cpu_minutes"]
     for name, folder in data.items():
@@ -73,10 +81,10 @@ def reader_figures(work: Path, data: dict[str, Path], args: argparse.Namespace) 
             )
         )
         figures[name] = summary(metrics)
-    return figures
+    return model, figures
 
 
-def vlm_figures(work: Path, data: dict[str, Path], args: argparse.Namespace) -> dict:
+def vlm_figures(work: Path, data: dict[str, Path], reader: Path, args: argparse.Namespace) -> dict:
     """Step 3: the small VLM, trained on label crops, tested on the reader's crops."""
     from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
     from chessvlm.evaluation import EvaluateConfig, evaluate
@@ -116,7 +124,7 @@ def vlm_figures(work: Path, data: dict[str, Path], args: argparse.Namespace) -> 
                 test_data=str(vlm_data[name] / "test.json"),
                 image_base_dir=str(folder),
                 output=str(output),
-                crop_with=str(work / "reader"),
+                crop_with=str(reader),
             )
         )
         figures[name] = summary(metrics)
@@ -198,14 +206,17 @@ def main() -> None:
     parser.add_argument("--reader-epochs", type=int, default=30)
     parser.add_argument("--vlm-minutes", type=float, default=30.0)
     parser.add_argument("--no-vlm", action="store_true", help="the reader only")
+    parser.add_argument(
+        "--reader", type=Path, help="a reader trained on designs-seen: skip training one"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     data = make_datasets(args.work, args)
     results: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
-    results["reader"] = reader_figures(args.work, data, args)
+    reader, results["reader"] = reader_figures(args.work, data, args)
     if not args.no_vlm:
-        results["vlm"] = vlm_figures(args.work, data, args)
+        results["vlm"] = vlm_figures(args.work, data, reader, args)
     atomic_write_json(args.work / "bench.json", results)
     print_tables(results)
 
