@@ -85,7 +85,7 @@ def test_transparent_pixels_become_white(tmp_path):
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_text("hello"), "not an image file"),
         (lambda p: Image.new("RGB", (40, 40)).save(p, "PNG"), "at least|or more"),
-        (lambda p: Image.new("RGB", (300, 100)).save(p, "PNG"), "not a board cropped"),
+        (lambda p: Image.new("RGB", (300, 100)).save(p, "PNG"), "too far from square"),
         (lambda p: p.write_bytes(_png_bytes()[:300]), "cannot decode"),
     ],
 )

@@ -58,7 +58,9 @@ def open_board_image(source: str | Path | bytes, draft_size: int | None = None) 
         raise InputError(name, f"image is {width}x{height} px; a board needs {MIN_SIDE} px or more")
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise InputError(
-            name, f"image is {width}x{height} px, not a board cropped to its 8x8 squares"
+            name,
+            f"image is {width}x{height} px, too far from square to be one board (a board with "
+            f"margins is read up to {MAX_ASPECT}:1)",
         )
     rgb = _to_rgb(image)
     rgb.info[SOURCE_SIZE] = image.info.get(SOURCE_SIZE, image.size)
