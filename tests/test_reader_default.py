@@ -1,0 +1,66 @@
+"""The default reader shipped inside the package: present, small, reproducible by its recipe,
+and still reading boards of designs it never saw, so that a change to rendering or
+preprocessing that breaks the shipped weights cannot pass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import chess
+import pytest
+
+from chessvlm.cli import main
+from chessvlm.datasets import synth_json_dataset
+from chessvlm.errors import ChessVLMError
+from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE, ReaderEvalConfig, evaluate_reader
+from chessvlm.reader_default import DEFAULT_READER, DefaultRecipe, default_reader
+from chessvlm.rendering import RenderParams, render_board
+
+MAX_BYTES = 5_000_000
+
+
+def test_the_package_ships_a_small_default_reader():
+    folder = default_reader()
+    size = sum((folder / name).stat().st_size for name in (CONFIG_FILE, WEIGHTS_FILE))
+    assert size <= MAX_BYTES
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    # The one command that makes it, with the recipe this code would use.
+    assert config["built_by"] == {
+        "command": "chessvlm reader build-default",
+        **dataclasses.asdict(DefaultRecipe()),
+    }
+
+
+def test_default_reader_reads_unseen_designs(tmp_path):
+    # Fresh boards of the designs and looks the default reader was never trained on.
+    data = synth_json_dataset(
+        tmp_path / "data", {"test": 120}, seed=12345, style="designs-held-out"
+    )
+    assert data["test"] == 120
+    metrics = evaluate_reader(
+        ReaderEvalConfig(
+            model=str(DEFAULT_READER),
+            data_dir=str(tmp_path / "data"),
+            output=str(tmp_path / "run"),
+            workers=1,
+        )
+    )
+    # The shipped weights read 97.5% of these fixed boards' squares (95.98% on 1,000 others);
+    # a preprocessing change that breaks them falls far below. The issue's target, 99.5%, is
+    # not reached yet: raise this floor with the weights.
+    assert metrics["per_square_accuracy"] >= 0.96
+
+
+def test_predict_needs_no_model_flag(tmp_path, capsys):
+    board = chess.Board("r1bqk2r/pppp1ppp/2n2n2/2b1p3/2B1P3/3P1N2/PPP2PPP/RNBQ1RK1 b kq - 2 5")
+    render_board(board, RenderParams("merida", "green", 256)).save(tmp_path / "board.png")
+    assert main(["predict", str(tmp_path / "board.png"), "--format", "fen"]) == 0
+    (fen,) = capsys.readouterr().out.splitlines()
+    assert fen.split()[0] == board.board_fen()
+
+
+def test_a_missing_default_reader_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("chessvlm.reader_default.DEFAULT_READER", tmp_path / "none")
+    with pytest.raises(ChessVLMError, match=r"no default reader.*--model"):
+        default_reader()
