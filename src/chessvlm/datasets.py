@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -686,8 +687,6 @@ def read_vlm_dataset(path: str | Path) -> list[dict]:
 
 
 def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
-    import math
-
     if not isinstance(record, dict):
         return "not a JSON object"
     for key in ("id", "image"):
@@ -712,18 +711,23 @@ def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
         except InputError as error:
             return error.problem
     if "board_box" in record:
-        # Where the 8x8 squares are, in the image's pixels (left, top, right, bottom).
-        box = record["board_box"]
-        numbers = isinstance(box, list) and len(box) == 4
-        numbers = numbers and all(
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            for value in box
+        return board_box_problem(record["board_box"])
+    return None
+
+
+def board_box_problem(box: object) -> str | None:
+    """What is wrong with a record's `board_box` (where the 8x8 squares are, in the image's
+    pixels: left, top, right, bottom), or None."""
+    numbers = isinstance(box, list) and len(box) == 4
+    numbers = numbers and all(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        for value in box
+    )
+    if not numbers or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+        return (
+            "'board_box' must be [left, top, right, bottom] in the image's pixels, with "
+            f"0 <= left < right and 0 <= top < bottom; got {box!r}"
         )
-        if not numbers or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
-            return (
-                "'board_box' must be [left, top, right, bottom] in the image's pixels, with "
-                f"0 <= left < right and 0 <= top < bottom; got {box!r}"
-            )
     return None
 
 

@@ -249,17 +249,15 @@ def load_board_set(
 
 
 def _pixel_box(record: dict, data_dir: str | Path) -> list[float] | None:
+    from chessvlm.datasets import board_box_problem
+
     box = record.get("board_box")
     if box is None:
         return None
-    valid = isinstance(box, list) and len(box) == 4
-    valid = valid and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-    if not valid or not (box[0] < box[2] and box[1] < box[3]):
-        raise InputError(
-            str(Path(data_dir) / str(record["image_path"])),
-            f"'board_box' must be [left, top, right, bottom] pixels, got {box!r}"
-            f" (sample {record['id']})",
-        )
+    problem = board_box_problem(box)
+    if problem is not None:
+        image = str(Path(data_dir) / str(record["image_path"]))
+        raise InputError(image, f"{problem} (sample {record['id']})")
     return [float(value) for value in box]
 
 
