@@ -34,7 +34,8 @@ from pathlib import Path
 from chessvlm.datasets import synth_json_dataset
 from chessvlm.io import atomic_write_json
 from chessvlm.pieces import PIECE_SETS
-from chessvlm.reader import ReaderEvalConfig, ReaderTrainConfig, evaluate_reader, train_reader
+from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
+from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
 SPLITS = {"seen": "designs-seen", "held-out": "designs-held-out"}
 

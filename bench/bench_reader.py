@@ -35,16 +35,9 @@ from pathlib import Path
 from chessvlm import rendering
 from chessvlm.datasets import synth_json_dataset
 from chessvlm.io import atomic_write_json, read_jsonl
-from chessvlm.reader import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    ReaderEvalConfig,
-    ReaderTrainConfig,
-    evaluate_reader,
-    load_reader,
-    predict_boards,
-    train_reader,
-)
+from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
+from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader, predict_boards
+from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
 TRAIN_SIZES = tuple(range(224, 513, 32))
 TEST_SIZES = tuple(range(232, 489, 64))  # 232, 296, 360, 424, 488: none is a training size
@@ -57,7 +50,7 @@ EVALUATIONS = (
 LOAD_SCRIPT = """
 import sys, time
 started = time.perf_counter()
-from chessvlm.reader import load_reader
+from chessvlm.reader.read import load_reader
 imported = time.perf_counter()
 load_reader(sys.argv[1])
 print(imported - started, time.perf_counter() - imported)
@@ -129,7 +122,7 @@ def clip_speed(batch: int = 16) -> dict[str, float]:
     does not depend on them), boards per CPU second for inference and for training steps."""
     import torch
 
-    from chessvlm.reader_model import BoardReader, ReaderSpec, square_loss
+    from chessvlm.reader.model import BoardReader, ReaderSpec, square_loss
 
     model = BoardReader(ReaderSpec(encoder="clip", image_size=256))
     images = torch.rand(batch, 3, 256, 256)

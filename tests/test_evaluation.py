@@ -270,7 +270,7 @@ def test_two_processes_split_the_test_set_and_merge(model_dir, tmp_path):
 
 def reader_folder(folder: Path) -> Path:
     """A folder that passes for a reader checkpoint (the reader itself is monkeypatched)."""
-    from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE
+    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE
 
     folder.mkdir(parents=True)
     (folder / CONFIG_FILE).write_text("{}")
@@ -282,7 +282,7 @@ def reader_folder(folder: Path) -> Path:
 def located(monkeypatch):
     """A stand-in locator that finds every board in the middle half of its image; lists the
     image sizes of each call (one call a batch)."""
-    import chessvlm.reader
+    import chessvlm.reader.read
 
     calls: list[list[tuple[int, int]]] = []
 
@@ -291,8 +291,8 @@ def located(monkeypatch):
         calls.append([image.size for image in images])
         return [(0.25, 0.25, 0.75, 0.75)] * len(images)
 
-    monkeypatch.setattr(chessvlm.reader, "load_reader", lambda path: "reader")
-    monkeypatch.setattr(chessvlm.reader, "locate_boards", locate)
+    monkeypatch.setattr(chessvlm.reader.read, "load_reader", lambda path: "reader")
+    monkeypatch.setattr(chessvlm.reader.read, "locate_boards", locate)
     return calls
 
 
@@ -336,7 +336,7 @@ def test_crop_with_a_reader_crops_each_batch_and_records_the_box(
 def test_model_trained_on_crops_is_cropped_by_the_default_reader(
     model_dir, tmp_path, located, monkeypatch, capsys
 ):
-    import chessvlm.reader_default
+    import chessvlm.reader.default
 
     trained = shutil.copytree(model_dir, tmp_path / "trained")
     run_config = json.loads((trained / "chessvlm_config.json").read_text())
@@ -344,7 +344,7 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
         json.dumps({**run_config, "board_crop": "label box"})
     )
     reader = reader_folder(tmp_path / "reader")
-    monkeypatch.setattr(chessvlm.reader_default, "default_reader", lambda: reader)
+    monkeypatch.setattr(chessvlm.reader.default, "default_reader", lambda: reader)
     test_data = make_test_set(tmp_path / "data", count=2)
 
     cropped = evaluate(config_for(trained, test_data, tmp_path / "cropped.json"))
@@ -364,7 +364,7 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
     def no_default():
         raise ChessVLMError("this install has no default reader in somewhere")
 
-    monkeypatch.setattr(chessvlm.reader_default, "default_reader", no_default)
+    monkeypatch.setattr(chessvlm.reader.default, "default_reader", no_default)
     with pytest.raises(ChessVLMError, match="no default reader in somewhere; pass --crop_with"):
         evaluate(config_for(trained, test_data, tmp_path / "none.json"))
     with pytest.raises(ChessVLMError, match="not a board reader checkpoint"):
@@ -372,11 +372,11 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
 
 
 def test_a_located_box_that_is_no_board_keeps_the_whole_image(monkeypatch):
-    import chessvlm.reader
+    import chessvlm.reader.read
     from chessvlm.evaluation import crop_boards
 
     boxes = [(0.5, 0.5, 0.5, 0.9), (-0.1, 0.1, 0.6, 1.2)]
-    monkeypatch.setattr(chessvlm.reader, "locate_boards", lambda reader, images: boxes)
+    monkeypatch.setattr(chessvlm.reader.read, "locate_boards", lambda reader, images: boxes)
     images = [Image.new("RGB", (100, 80)), Image.new("RGB", (100, 80))]
     crops, pixels = crop_boards("reader", images)
     assert [crop.size for crop in crops] == [(100, 80), (60, 72)]

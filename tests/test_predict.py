@@ -15,9 +15,7 @@ from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 from chessvlm.cli import main
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.positions import answer_text
-from chessvlm.reader import ReaderTrainConfig, train_reader
-from chessvlm.reader_images import collect_image_paths, load_board_image
-from chessvlm.reader_predict import (
+from chessvlm.predict import (
     CASTLING_INFERRED,
     TO_MOVE_ASSUMED,
     Metadata,
@@ -26,6 +24,8 @@ from chessvlm.reader_predict import (
     complete_position,
     format_result,
 )
+from chessvlm.reader.images import collect_image_paths, load_board_image
+from chessvlm.reader.train import ReaderTrainConfig, train_reader
 from chessvlm.rendering import RenderParams, render_board
 
 
@@ -186,8 +186,8 @@ def test_predict_with_a_reader_reports_each_image(checkpoint, boards, capsys):
 
 
 def test_orientation_a_board_cannot_show_is_called_a_guess(monkeypatch):
-    from chessvlm.reader import BoardReading
-    from chessvlm.reader_predict import _orientation_note
+    from chessvlm.predict import _orientation_note
+    from chessvlm.reader.read import BoardReading
 
     kings = chess.Board("4k3/8/8/8/8/8/8/4K3 w - - 0 1")
     reading = BoardReading(kings, True, 0.7, None, 0.9, coordinates_probability=0.05)
@@ -243,19 +243,20 @@ def test_predict_with_a_folder_that_is_no_model(tmp_path, boards, capsys):
 
 
 def test_command_choices_match_the_reader_modules():
-    from chessvlm import reader, reader_model, reader_predict
+    from chessvlm import predict
     from chessvlm.cli import reader as command
+    from chessvlm.reader import model, read
 
-    assert command.ENCODERS == reader_model.ENCODERS
-    assert command.DECODERS == reader.DECODERS
-    assert command.FORMATS == reader_predict.FORMATS
+    assert command.ENCODERS == model.ENCODERS
+    assert command.DECODERS == read.DECODERS
+    assert command.FORMATS == predict.FORMATS
 
 
 def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
     tmp_path, boards, monkeypatch, capsys
 ):
-    import chessvlm.reader
-    import chessvlm.reader_default
+    import chessvlm.reader.default
+    import chessvlm.reader.read
     from chessvlm import generation
     from chessvlm.modeling import init_model, read_run_config, write_run_config
 
@@ -265,8 +266,8 @@ def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
     reader.mkdir()
     (reader / "reader.json").write_text("{}")
     (reader / "reader.safetensors").write_bytes(b"")
-    monkeypatch.setattr(chessvlm.reader_default, "default_reader", lambda: reader)
-    monkeypatch.setattr(chessvlm.reader, "load_reader", lambda path: "reader")
+    monkeypatch.setattr(chessvlm.reader.default, "default_reader", lambda: reader)
+    monkeypatch.setattr(chessvlm.reader.read, "load_reader", lambda path: "reader")
     located, seen = [], []
 
     def locate(found, images):
@@ -278,7 +279,7 @@ def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
         answer = answer_text(chess.Board(), "compact")
         return [generation.Generation(answer, 80, 0.1, False) for _ in images]
 
-    monkeypatch.setattr(chessvlm.reader, "locate_boards", locate)
+    monkeypatch.setattr(chessvlm.reader.read, "locate_boards", locate)
     monkeypatch.setattr(generation, "generate_answers", fake_answers)
     code = main(["predict", str(boards / "board*.png"), "--model", str(model)])
     captured = capsys.readouterr()

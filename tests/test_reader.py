@@ -16,30 +16,11 @@ from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 from chessvlm.errors import InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader import (
-    LOG_FILE,
-    STATE_FILE,
-    BoardReading,
-    BoardSet,
-    Reader,
-    ReaderEvalConfig,
-    ReaderTrainConfig,
-    _decode_outputs,
-    _meta_loss,
-    evaluate_reader,
-    image_order_labels,
-    load_reader,
-    locate_boards,
-    predict_boards,
-    read_arrays,
-    read_split,
-    save_checkpoint,
-    square_labels,
-    train_reader,
-)
-from chessvlm.reader_augment import augment_batch, augment_scenes
-from chessvlm.reader_images import crop_to_box, load_board_image
-from chessvlm.reader_model import (
+from chessvlm.reader.augment import augment_batch, augment_scenes
+from chessvlm.reader.data import BoardSet, image_order_labels, read_split, square_labels
+from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
+from chessvlm.reader.images import crop_to_box, load_board_image
+from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
     BoardReader,
@@ -49,6 +30,17 @@ from chessvlm.reader_model import (
     to_image_order,
     to_square_order,
 )
+from chessvlm.reader.read import (
+    BoardReading,
+    Reader,
+    decode_outputs,
+    load_reader,
+    locate_boards,
+    predict_boards,
+    read_arrays,
+    save_checkpoint,
+)
+from chessvlm.reader.train import LOG_FILE, STATE_FILE, ReaderTrainConfig, _meta_loss, train_reader
 from chessvlm.rendering import RenderParams, render_board
 
 TINY_CLIP = {
@@ -133,7 +125,7 @@ def test_outputs_in_image_order_decode_to_the_standard_board(flipped):
     labels = torch.tensor(square_labels(ASYMMETRIC_FEN))
     in_cells = to_image_order(_one_hot_log_probs(labels.tolist()), flipped, dim=0)
     meta = torch.tensor([[0.9 if flipped else 0.1, 0.5, 0.5, 0.1]])
-    (reading,) = _decode_outputs(in_cells.unsqueeze(0), meta, "argmax", with_to_move=False)
+    (reading,) = decode_outputs(in_cells.unsqueeze(0), meta, "argmax", with_to_move=False)
     assert reading.flipped is flipped
     assert reading.board.board_fen() == chess.Board(ASYMMETRIC_FEN).board_fen()
     mirrored = chess.Board(ASYMMETRIC_FEN).transform(chess.flip_horizontal).board_fen()
@@ -146,8 +138,8 @@ def test_a_known_orientation_overrides_the_predicted_one(flipped):
     labels = square_labels(ASYMMETRIC_FEN)
     in_cells = to_image_order(_one_hot_log_probs(labels), flipped, dim=0).unsqueeze(0)
     wrong_guess = torch.tensor([[0.1 if flipped else 0.9, 0.5, 0.5, 0.1]])
-    (guessed,) = _decode_outputs(in_cells, wrong_guess, "argmax", False)
-    (told,) = _decode_outputs(in_cells, wrong_guess, "argmax", False, [flipped])
+    (guessed,) = decode_outputs(in_cells, wrong_guess, "argmax", False)
+    (told,) = decode_outputs(in_cells, wrong_guess, "argmax", False, [flipped])
     assert guessed.board.board_fen() != chess.Board(ASYMMETRIC_FEN).board_fen()
     assert told.board.board_fen() == chess.Board(ASYMMETRIC_FEN).board_fen()
     assert told.flipped is flipped and told.flipped_probability == wrong_guess[0, 0].item()
@@ -299,7 +291,7 @@ def test_meta_losses_follow_the_output_names(monkeypatch):
     )
     # Logits that are right for every output: the loss is near its floor whatever the order.
     right = torch.tensor([[20.0, -20.0, 20.0, -20.0], [-20.0, -20.0, -20.0, -20.0]])
-    monkeypatch.setattr("chessvlm.reader.META_OUTPUTS", META_OUTPUTS)
+    monkeypatch.setattr("chessvlm.reader.train.META_OUTPUTS", META_OUTPUTS)
     assert float(_meta_loss(right, boards, torch.arange(2))) < 1e-6
     # The orientation from coordinates is not taught on boards that draw none.
     no_coordinates_signal = right.clone()

@@ -13,8 +13,9 @@ import pytest
 from chessvlm.cli import main
 from chessvlm.datasets import synth_json_dataset
 from chessvlm.errors import ChessVLMError
-from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE, ReaderEvalConfig, evaluate_reader
-from chessvlm.reader_default import DEFAULT_READER, DefaultRecipe, default_reader
+from chessvlm.reader.default import DEFAULT_READER, DefaultRecipe, default_reader
+from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
+from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE
 from chessvlm.rendering import RenderParams, render_board
 
 MAX_BYTES = 5_000_000
@@ -61,6 +62,6 @@ def test_predict_needs_no_model_flag(tmp_path, capsys):
 
 
 def test_a_missing_default_reader_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("chessvlm.reader_default.DEFAULT_READER", tmp_path / "none")
+    monkeypatch.setattr("chessvlm.reader.default.DEFAULT_READER", tmp_path / "none")
     with pytest.raises(ChessVLMError, match=r"no default reader.*--model"):
         default_reader()

@@ -232,12 +232,12 @@ class ModelPlan:
 
 def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> CropPlan:
     """The crop for a model: `crop_with` (a reader checkpoint, or `NO_CROP`) when given; else
-    the shipped default reader (`reader_default.default_reader`) for a model trained on
+    the shipped default reader (`chessvlm.reader.default.default_reader`) for a model trained on
     boards cropped to their labelled box (run config `board_crop`), said on stderr; else none.
 
     A model never sees a label's box at test time: only a reader's located one.
     """
-    from chessvlm.reader import is_reader_checkpoint
+    from chessvlm.reader.read import is_reader_checkpoint
     from chessvlm.training import LABEL_BOX
 
     if crop_with is not None and str(crop_with) == NO_CROP:
@@ -252,7 +252,7 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
         return CropPlan(folder.resolve(), f"board located by reader {folder.resolve()}")
     if run_config.get("board_crop") != LABEL_BOX:
         return CropPlan(None, "none: whole images")
-    from chessvlm.reader_default import default_reader
+    from chessvlm.reader.default import default_reader
 
     try:
         folder = default_reader()
@@ -276,8 +276,8 @@ def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[fl
     """Each image cut to the board `reader`'s locator finds in it (one batch, one call), and
     each box as [left, top, right, bottom] pixels of the image. A box narrower than a few
     pixels (no board found) keeps the whole image, and says so by its box."""
-    from chessvlm import reader as reader_module
-    from chessvlm.reader_images import crop_to_box
+    from chessvlm.reader import read as reader_module
+    from chessvlm.reader.images import crop_to_box
 
     crops, boxes = [], []
     for image, box in zip(images, reader_module.locate_boards(reader, images), strict=True):
@@ -348,7 +348,7 @@ def _predict(
     )
     locator = None
     if plan.crop.reader is not None:
-        from chessvlm import reader as reader_module
+        from chessvlm.reader import read as reader_module
 
         locator = reader_module.load_reader(plan.crop.reader)
     max_new_tokens = _max_new_tokens(config, target)

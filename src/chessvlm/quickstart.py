@@ -279,7 +279,7 @@ def _run_name(model: str, test: str) -> str:
 
 
 def _train_reader(config: QuickstartConfig) -> str:
-    from chessvlm.reader import ReaderTrainConfig, train_reader
+    from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
     reader_config = ReaderTrainConfig(
         data_dir=str(config.data_dir),
@@ -292,7 +292,7 @@ def _train_reader(config: QuickstartConfig) -> str:
 
 
 def _evaluate_reader(config: QuickstartConfig) -> dict:
-    from chessvlm.reader import ReaderEvalConfig, evaluate_reader
+    from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 
     return {
         test: evaluate_reader(

@@ -243,7 +243,7 @@ def _box_problem(example: Example, size: tuple[int, int]) -> str | None:
 def crop_to_pixel_box(image: Any, box: tuple[float, float, float, float] | None) -> Any:
     """The board part of `image`: the pixel box `box` (left, top, right, bottom), cut as the
     reader's crops are (`reader_images.crop_to_box`); the image itself when `box` is None."""
-    from chessvlm.reader_images import crop_to_box
+    from chessvlm.reader.images import crop_to_box
 
     if box is None:
         return image

@@ -89,7 +89,7 @@ def _register_train(commands) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from chessvlm.reader import ReaderTrainConfig, train_reader
+    from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
     config = ReaderTrainConfig(
         data_dir=args.data_dir,
@@ -114,7 +114,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _register_build_default(commands) -> None:
-    from chessvlm.reader_default import DEFAULT_READER, DefaultRecipe
+    from chessvlm.reader.default import DEFAULT_READER, DefaultRecipe
 
     recipe = DefaultRecipe()
     parser = commands.add_parser(
@@ -143,7 +143,7 @@ def _register_build_default(commands) -> None:
 
 
 def _run_build_default(args: argparse.Namespace) -> int:
-    from chessvlm.reader_default import build_default_reader
+    from chessvlm.reader.default import build_default_reader
 
     print(f"default reader: {build_default_reader(args.work, args.out, workers=args.workers)}")
     return 0
@@ -180,8 +180,8 @@ def _register_evaluate(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from chessvlm.reader import ReaderEvalConfig, evaluate_reader
-    from chessvlm.reader_default import default_reader
+    from chessvlm.reader.default import default_reader
+    from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 
     metrics = evaluate_reader(
         ReaderEvalConfig(
@@ -248,9 +248,7 @@ def _register_predict(subparsers) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from chessvlm.reader_default import default_reader
-    from chessvlm.reader_images import collect_image_paths
-    from chessvlm.reader_predict import (
+    from chessvlm.predict import (
         Metadata,
         check_flags,
         complete_position,
@@ -258,6 +256,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         predict_images,
         reading_fields,
     )
+    from chessvlm.reader.default import default_reader
+    from chessvlm.reader.images import collect_image_paths
 
     flags = Metadata(args.to_move, args.castling, args.en_passant)
     check_flags(flags)

@@ -340,3 +340,12 @@ def _one_king(scores: torch.Tensor, classes: torch.Tensor, king: int) -> torch.T
 def square_loss(square_logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over all squares (logits B x 64 x 13, labels B x 64 in image order)."""
     return F.cross_entropy(square_logits.reshape(-1, NUM_CLASSES), image_labels.reshape(-1))
+
+
+def box_error_in_squares(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per board, the largest error of the four box edges, in squares of the true board."""
+    square = (true[:, 2:] - true[:, :2]).repeat(1, 2) / 8
+    return ((predicted - true).abs() / square).amax(dim=1)
+
+
+# --------------------------------------------------------------------------- evaluation

@@ -16,7 +16,7 @@ from pathlib import Path
 from chessvlm.errors import ChessVLMError
 from chessvlm.io import atomic_write_json
 
-DEFAULT_READER = Path(__file__).resolve().parent / "weights" / "reader"
+DEFAULT_READER = Path(__file__).resolve().parent.parent / "weights" / "reader"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DefaultRecipe:
 
 def default_reader() -> Path:
     """The shipped checkpoint folder; a clear error when the package was built without it."""
-    from chessvlm.reader import is_reader_checkpoint
+    from chessvlm.reader.read import is_reader_checkpoint
 
     if not is_reader_checkpoint(DEFAULT_READER):
         raise ChessVLMError(
@@ -56,13 +56,8 @@ def build_default_reader(
     """Render the recipe's data into `work_dir`, train the reader there (both resume when run
     again) and copy the finished checkpoint's two files into `out`."""
     from chessvlm.datasets import synth_json_dataset
-    from chessvlm.reader import (
-        CONFIG_FILE,
-        WEIGHTS_FILE,
-        ReaderTrainConfig,
-        load_reader,
-        train_reader,
-    )
+    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader
+    from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
     work_dir, out = Path(work_dir), Path(out)
     data_dir = work_dir / "data"

@@ -18,7 +18,7 @@ import chess
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.positions import board_with_metadata, compact_rows, seed_json
-from chessvlm.reader_images import iter_loaded, open_board_image
+from chessvlm.reader.images import iter_loaded, open_board_image
 
 FORMATS = ("json", "fen", "compact")
 # A model folder, a chessvlm checkpoint or a LoRA adapter has one of these; a hub id is no folder.
@@ -68,7 +68,7 @@ def predict_images(
     read, without stopping the others. `flipped` (reader only) states that black (True) or
     white (False) is at the bottom of every image instead of letting the reader decide.
     """
-    from chessvlm.reader import CONFIG_FILE, WEIGHTS_FILE, is_reader_checkpoint
+    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, is_reader_checkpoint
 
     folder = Path(model)
     if is_reader_checkpoint(folder):
@@ -91,7 +91,7 @@ def _reader_placements(
     decode: str | None,
     flipped: bool | None,
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
-    from chessvlm.reader import load_reader, predict_boards
+    from chessvlm.reader.read import load_reader, predict_boards
 
     reader = load_reader(model)
     known = [flipped] * len(sources)
@@ -147,7 +147,7 @@ def _vlm_placements(
     crop = plan_crop(None, run_config, model)
     locator = None
     if crop.reader is not None:
-        from chessvlm import reader as reader_module
+        from chessvlm.reader import read as reader_module
 
         locator = reader_module.load_reader(crop.reader)
     vlm, processor = load_model_and_processor(model)

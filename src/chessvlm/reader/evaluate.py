@@ -1,0 +1,205 @@
+"""Scoring a reader on a split: predictions written as they go (resumable), the shared
+metrics, and the reader's own figures (orientation, board box).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chess
+import torch
+from tqdm import tqdm
+
+from chessvlm.errors import ChessVLMError
+from chessvlm.io import (
+    JsonlAppender,
+    atomic_write_json,
+    read_jsonl,
+)
+from chessvlm.positions import board_from_fen
+from chessvlm.reader.data import read_split, shows_coordinates
+from chessvlm.reader.model import box_error_in_squares
+from chessvlm.reader.read import Reader, load_reader, predict_boards
+
+
+@dataclass
+class ReaderEvalConfig:
+    """Everything `evaluate_reader` needs; the CLI builds one from its flags."""
+
+    model: str
+    data_dir: str
+    output: str
+    split: str = "test"
+    batch_size: int = 64
+    max_samples: int | None = None
+    decode: str | None = None
+    name: str | None = None
+    workers: int = 2
+    orientation: str = "predicted"
+
+
+ORIENTATIONS = ("predicted", "given")
+
+
+def evaluate_reader(config: ReaderEvalConfig) -> dict:
+    """Read a split's boards into `OUTPUT/predictions.jsonl` (resumable) and score them.
+
+    Writes `metrics.json` (`chessvlm.metrics.compute_metrics`, compact target: placement)
+    and `run.json` (what was evaluated, for `chessvlm report`), and returns the metrics.
+    With `orientation="given"` each board is read in the orientation its label states (as
+    when a user says which side is at the bottom) instead of the predicted one; the
+    predictions' `flipped_pred` stays the model's own guess.
+    """
+    from chessvlm.metrics import compute_metrics
+
+    if config.orientation not in ORIENTATIONS:
+        raise ChessVLMError(f"orientation must be one of {', '.join(ORIENTATIONS)}")
+    out = Path(config.output)
+    started = time.monotonic()
+    reader = load_reader(config.model)
+    load_seconds = time.monotonic() - started
+    records = read_split(config.data_dir, config.split, config.max_samples)
+    predictions_path = out / "predictions.jsonl"
+    with JsonlAppender(predictions_path) as appender:
+        todo = [record for record in records if str(record["id"]) not in appender.done_ids]
+        _predict_records(reader, config, todo, appender)
+    wanted = {str(record["id"]) for record in records}
+    predictions = [p for p in read_jsonl(predictions_path) if str(p["id"]) in wanted]
+    elapsed = sum(float(p.get("seconds", 0.0)) for p in predictions)
+    metrics = compute_metrics(records, predictions, target="compact", elapsed_seconds=elapsed)
+    metrics["reader"] = _reader_figures(reader, records, predictions, load_seconds, config)
+    atomic_write_json(out / "metrics.json", metrics)
+    from chessvlm.reports import write_run_info
+
+    trained = reader.config
+    train_minutes = trained.get("train_minutes")
+    write_run_info(
+        out,
+        name=config.name or f"reader ({trained['spec']['encoder']})",
+        model=str(config.model),
+        target="compact",
+        train_data=Path(trained["data_dir"]) / "train.jsonl" if "data_dir" in trained else None,
+        train_samples=trained.get("train_samples"),
+        steps=trained.get("steps"),
+        epochs=trained.get("epochs_trained"),
+        recipe=describe_reader_recipe(trained),
+        train_seconds=None if train_minutes is None else train_minutes * 60,
+        test_data=Path(config.data_dir) / f"{config.split}.jsonl",
+        image_base_dir=config.data_dir,
+        predictions=predictions_path,
+        eval_seconds=elapsed,
+        device="cpu",
+        notes=f"board reader, {metrics['reader']['decode']} decoding",
+    )
+    return metrics
+
+
+def describe_reader_recipe(config: dict[str, Any]) -> str:
+    """One line on how a reader was trained, from its checkpoint config."""
+    spec = config["spec"]
+    parts = [f"{spec['encoder'].upper()} encoder" + (", frozen" if spec["freeze_encoder"] else "")]
+    if "batch_size" in config:
+        parts.append(f"batch {config['batch_size']}, lr {config['learning_rate']:g}")
+        parts.append("augmented images" if config["augment"] else "no augmentation")
+    parts.append(f"{spec['image_size']} px")
+    parts.append(f"kept the best epoch by val exact boards (epoch {config['epoch']})")
+    parts.append(f"{config.get('decode', 'argmax')} decoding")
+    return "; ".join(parts)
+
+
+def _predict_records(
+    reader: Reader, config: ReaderEvalConfig, records: list[dict], appender: JsonlAppender
+) -> None:
+    paths = [Path(config.data_dir) / str(record["image_path"]) for record in records]
+    given = config.orientation == "given"
+    results = predict_boards(
+        reader,
+        paths,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        decode=config.decode,
+        flipped=[bool(record.get("flipped", False)) for record in records] if given else None,
+    )
+    bar = tqdm(total=len(records), desc=f"reading {config.split}")
+    last = time.monotonic()
+    batch: list[dict] = []
+    for record, (_, reading, error) in zip(records, results, strict=True):
+        if reading is None:
+            batch.append({"id": record["id"], "error": str(error)})
+        else:
+            batch.append(
+                {
+                    "id": record["id"],
+                    "fen": reading.board.board_fen(),
+                    "flipped_pred": reading.flipped_probability > 0.5,
+                    "box": [round(value, 2) for value in reading.box or ()],
+                }
+            )
+        if len(batch) >= config.batch_size:
+            last = _write_timed(appender, batch, last)
+            bar.update(len(batch))
+            batch = []
+    _write_timed(appender, batch, last)
+    bar.update(len(batch))
+    bar.close()
+
+
+def _write_timed(appender: JsonlAppender, batch: list[dict], since: float) -> float:
+    now = time.monotonic()
+    # Each sample's share of its batch's wall time, decoding included, so boards/s survives resumes.
+    for prediction in batch:
+        prediction["seconds"] = (now - since) / len(batch)
+        appender.write(prediction)
+    return now
+
+
+def _reader_figures(
+    reader: Reader,
+    records: list[dict],
+    predictions: list[dict],
+    load_seconds: float,
+    config: ReaderEvalConfig,
+) -> dict:
+    by_id = {str(p["id"]): p for p in predictions}
+    read = [(r, by_id[str(r["id"])]) for r in records if "fen" in by_id.get(str(r["id"]), {})]
+    oriented = [p.get("flipped_pred") == bool(r.get("flipped", False)) for r, p in read]
+    # The orientation target: boards that show it by their pawns alone.
+    by_pawns = [
+        p.get("flipped_pred") == bool(r.get("flipped", False))
+        for r, p in read
+        if not _draws_coordinates(r) and _pawns(str(r["fen"])) >= 4
+    ]
+    box_errors = [
+        float(box_error_in_squares(torch.tensor([p["box"]]), torch.tensor([r["board_box"]])))
+        for r, p in read
+        if r.get("board_box") and p.get("box")
+    ]
+    return {
+        "decode": config.decode or reader.decode,
+        "orientation": config.orientation,
+        "orientation_accuracy": _mean(oriented),
+        "orientation_accuracy_pawns_no_coordinates": _mean(by_pawns),
+        "boards_pawns_no_coordinates": len(by_pawns),
+        "box_error_squares": _mean(box_errors),
+        "box_within_eighth_square": _mean([error <= 0.125 for error in box_errors]),
+        "model_load_seconds": round(load_seconds, 3),
+        "encoder": reader.config["spec"]["encoder"],
+        "train_minutes": reader.config.get("train_minutes"),
+    }
+
+
+def _pawns(fen: str) -> int:
+    return chess.popcount(board_from_fen(fen).pawns)
+
+
+def _draws_coordinates(record: dict) -> bool:
+    """Coordinates anywhere in the image: inside the squares or outside them."""
+    return record.get("coordinates", "none") != "none" or shows_coordinates(record)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,313 @@
+"""Reader checkpoints and batched reading.
+
+A reader checkpoint is a folder with `reader.json` (what was built, how it decodes, what it
+scored on validation) and `reader.safetensors` (the weights). Reading locates each board in
+its image, cuts out its squares and decodes the network's outputs into positions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import chess
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from chessvlm.positions import SQUARE_CLASSES
+from chessvlm.reader.images import (
+    SOURCE_SIZE,
+    crop_board,
+    iter_loaded,
+    load_scene,
+    scene_array,
+)
+from chessvlm.reader.model import (
+    LOCATOR_SIZE,
+    META_OUTPUTS,
+    BoardReader,
+    ReaderSpec,
+    decode_squares,
+    to_square_order,
+)
+
+WEIGHTS_FILE = "reader.safetensors"
+CONFIG_FILE = "reader.json"
+DECODERS = ("argmax", "chess_rules")
+# The checkpoint layout this code writes and reads (2: the board locator and the coordinates
+# output were added).
+CHECKPOINT_FORMAT = 2
+
+
+@dataclass
+class BoardReading:
+    """One board read by the reader.
+
+    `board` holds the placement in standard orientation only (white to move, no castling):
+    metadata is not in the image and is the caller's to add. `black_to_move_probability` is
+    None unless the checkpoint learned the side to move (`Reader.predicts_to_move`).
+    `coordinates_probability` is that of coordinates drawn in the edge squares; `box` is where
+    the squares are in the image, in its pixels (left, top, right, bottom), when it was located.
+    """
+
+    board: chess.Board
+    flipped: bool
+    flipped_probability: float
+    black_to_move_probability: float | None
+    min_square_confidence: float
+    coordinates_probability: float
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def orientation_shown(self) -> bool:
+        """Whether the board shows which side is at the bottom: pawns (which way they stand,
+        and where) or coordinates. Without either, a board from black's side is the exact
+        picture of the mirrored position from white's, and the orientation is a guess."""
+        pawns = self.board.pawns
+        return bool(pawns) or self.coordinates_probability > 0.5
+
+
+@dataclass
+class Reader:
+    """A loaded reader checkpoint, ready to read boards."""
+
+    model: BoardReader
+    config: dict[str, Any]
+    path: Path
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square the boards are resized to."""
+        return int(self.config["spec"]["image_size"])
+
+    @property
+    def predicts_to_move(self) -> bool:
+        """Whether validation showed that the side to move can be read from these images."""
+        return bool(self.config.get("predicts_to_move"))
+
+    @property
+    def decode(self) -> str:
+        """The decoding that did best on validation (`argmax` or `chess_rules`)."""
+        return str(self.config.get("decode", "argmax"))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def save_checkpoint(model: BoardReader, out: Path, config: dict[str, Any]) -> None:
+    """Write `reader.safetensors` then `reader.json` (stamped with `CHECKPOINT_FORMAT`), each
+    atomically."""
+    tensors = {name: t.detach().contiguous() for name, t in model.trainable_state_dict().items()}
+    atomic_write_bytes(out / WEIGHTS_FILE, save_safetensors(tensors))
+    atomic_write_json(out / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, **config})
+
+
+def is_reader_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a reader checkpoint folder (as opposed to a VLM)."""
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
+def load_reader(path: str | Path) -> Reader:
+    """Load a reader checkpoint folder for inference (eval mode, CPU)."""
+    path = Path(path)
+    if not is_reader_checkpoint(path):
+        raise ChessVLMError(
+            f"{path}: not a reader checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    config = _read_config(path / CONFIG_FILE)
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise ChessVLMError(
+            f"{path}: a reader checkpoint of format {config.get('format')}, made by an older "
+            f"chessvlm (this one reads format {CHECKPOINT_FORMAT}: with a board locator); "
+            "train it again with `chessvlm reader train`"
+        )
+    spec = ReaderSpec.from_dict(config["spec"])
+    # Weights in the file replace the encoder's, so a pretrained ViT is fetched only when the
+    # checkpoint left it out (frozen).
+    model = BoardReader(spec, pretrained=spec.freeze_encoder and spec.clip_model is not None)
+    tensors = load_safetensors((path / WEIGHTS_FILE).read_bytes())
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [name for name in missing if name in model.trainable_state_dict()]
+    if missing or unexpected:
+        raise ChessVLMError(f"{path / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}")
+    prepare_for_cpu(model)
+    return Reader(model=model.eval(), config=config, path=path)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(str(path), f"cannot read ({error})") from None
+    if not isinstance(data, dict) or "spec" not in data:
+        raise InputError(str(path), "not a reader config (no 'spec')")
+    return data
+
+
+def prepare_for_cpu(model: BoardReader) -> None:
+    # Channels-last convolutions ran about 1.7x faster on this CPU (bench/bench_reader.py).
+    if model.spec.encoder == "cnn":
+        model.to(memory_format=torch.channels_last)
+
+
+def read_arrays(
+    reader: Reader,
+    arrays: Sequence[np.ndarray] | torch.Tensor,
+    decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
+) -> list[BoardReading]:
+    """Read a batch of boards already cut to their squares (`load_board_image` arrays, or
+    uint8 N x 3 x S x S).
+
+    `flipped` gives, per board, a known orientation (True: black at the bottom) that replaces
+    the predicted one, or None to use the prediction.
+    """
+    if isinstance(arrays, torch.Tensor):
+        batch = arrays
+    else:
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    log_probs, meta = run_network(reader.model, batch)
+    return decode_outputs(
+        log_probs, meta, decode or reader.decode, reader.predicts_to_move, flipped
+    )
+
+
+def read_images(
+    reader: Reader,
+    images: Sequence[Image.Image],
+    scenes: Sequence[np.ndarray],
+    decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
+) -> list[BoardReading]:
+    """Read whole images (`load_scene`'s image and scene): locate each board, cut out its
+    squares, read them. Each reading's `box` is in the image file's pixels."""
+    boxes = locate(reader.model, torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
+    crops = [
+        crop_board(image, box, reader.image_size)
+        for image, box in zip(images, boxes.tolist(), strict=True)
+    ]
+    readings = read_arrays(reader, crops, decode, flipped)
+    for reading, image, box in zip(readings, images, boxes.tolist(), strict=True):
+        width, height = image.info.get(SOURCE_SIZE, image.size)
+        reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    return readings
+
+
+def locate_boards(
+    reader: Reader, images: Sequence[Image.Image]
+) -> list[tuple[float, float, float, float]]:
+    """Where each image's board squares are, as fractions of the image (left, top, right,
+    bottom): the reader's locator, for any model that reads cropped boards (e.g. a VLM)."""
+    if not images:
+        return []
+    scenes = np.stack([scene_array(image, LOCATOR_SIZE) for image in images])
+    boxes = locate(reader.model, torch.from_numpy(scenes).permute(0, 3, 1, 2))
+    return [tuple(box) for box in boxes.tolist()]
+
+
+@torch.inference_mode()
+def locate(model: BoardReader, scenes: torch.Tensor) -> torch.Tensor:
+    """uint8 whole images N x 3 x L x L -> the boards' boxes N x 4 (fractions of the image)."""
+    pixels = scenes.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    return model.locator(pixels)
+
+
+@torch.inference_mode()
+def run_network(model: BoardReader, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 boards -> (square log-probabilities B x 64 x 13 in image order, meta probabilities)."""
+    images = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    square_logits, meta_logits = model(images)
+    return square_logits.log_softmax(dim=-1), meta_logits.sigmoid()
+
+
+def decode_outputs(
+    log_probs: torch.Tensor,
+    meta: torch.Tensor,
+    decode: str,
+    with_to_move: bool,
+    known_flips: Sequence[bool | None] | None = None,
+) -> list[BoardReading]:
+    if decode not in DECODERS:
+        raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
+    readings = []
+    known_flips = known_flips or [None] * len(log_probs)
+    outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
+    for cells, meta_probabilities, known in outputs:
+        named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))
+        flipped = named["flipped"] > 0.5 if known is None else known
+        in_squares = to_square_order(cells, flipped, dim=0)
+        classes = decode_squares(in_squares, chess_rules=decode == "chess_rules")
+        chosen = in_squares.gather(1, torch.tensor(classes).unsqueeze(1))
+        readings.append(
+            BoardReading(
+                board=_board_from_classes(classes),
+                flipped=flipped,
+                flipped_probability=named["flipped"],
+                black_to_move_probability=named["black_to_move"] if with_to_move else None,
+                min_square_confidence=float(chosen.min().exp()),
+                coordinates_probability=named["coordinates"],
+            )
+        )
+    return readings
+
+
+def _board_from_classes(classes: Sequence[int]) -> chess.Board:
+    board = chess.Board(None)
+    for square, index in enumerate(classes):
+        if index:
+            board.set_piece_at(square, chess.Piece.from_symbol(SQUARE_CLASSES[index]))
+    return board
+
+
+_Pending = tuple[str | Path, tuple[Image.Image, np.ndarray] | None, InputError | None, bool | None]
+
+
+def predict_boards(
+    reader: Reader,
+    sources: Sequence[str | Path],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+    decode: str | None = None,
+    flipped: Sequence[bool | None] | None = None,
+) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
+    """Read image files in batches (`read_images`): `(source, reading, None)` or
+    `(source, None, error)` each, in input order; a bad file gives its error and the others
+    go on. `flipped`, aligned with `sources`, gives known orientations (see `read_arrays`)."""
+    pending: list[_Pending] = []
+    load = partial(load_scene, size=reader.image_size, scene_size=LOCATOR_SIZE)
+    loaded = iter_loaded(sources, load, workers=workers, lookahead=2 * batch_size)
+    flips = flipped if flipped is not None else [None] * len(sources)
+    for source, (views, error), known in zip(sources, loaded, flips, strict=True):
+        pending.append((source, views, error, known))
+        if sum(item[1] is not None for item in pending) >= batch_size:
+            yield from _flush(reader, pending, decode)
+            pending = []
+    yield from _flush(reader, pending, decode)
+
+
+def _flush(
+    reader: Reader, pending: list[_Pending], decode: str | None
+) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
+    good = [(views, known) for _, views, _, known in pending if views is not None]
+    images = [views[0] for views, _ in good]
+    scenes = [views[1] for views, _ in good]
+    flips = [known for _, known in good]
+    readings = iter(read_images(reader, images, scenes, decode, flips) if good else [])
+    for source, views, error, _ in pending:
+        yield source, (next(readings) if views is not None else None), error
+
+
+# --------------------------------------------------------------------------- training
