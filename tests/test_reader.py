@@ -449,3 +449,13 @@ def test_reading_matches_single_image_loading(dataset, checkpoint):
     together = read_arrays(reader, arrays)
     alone = [read_arrays(reader, [array])[0] for array in arrays]
     assert [r.board.board_fen() for r in together] == [r.board.board_fen() for r in alone]
+
+
+def test_each_reading_gives_the_probability_of_every_square_read(dataset, checkpoint):
+    reader = load_reader(checkpoint)
+    paths = sorted((dataset / "images").glob("test_*.png"))
+    readings = read_arrays(reader, [load_board_image(path, reader.image_size) for path in paths])
+    for reading in readings:
+        assert len(reading.square_probabilities) == 64
+        assert all(0.0 < p <= 1.0 for p in reading.square_probabilities)
+        assert min(reading.square_probabilities) == pytest.approx(reading.min_square_confidence)

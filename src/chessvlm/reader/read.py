@@ -60,6 +60,8 @@ class BoardReading:
     None unless the checkpoint learned the side to move (`Reader.predicts_to_move`).
     `coordinates_probability` is that of coordinates drawn in the edge squares; `box` is where
     the squares are in the image, in its pixels (left, top, right, bottom), when it was located.
+    `square_probabilities` gives, per square (python-chess order, a1 first), the probability
+    of the piece (or emptiness) read there.
     """
 
     board: chess.Board
@@ -69,6 +71,7 @@ class BoardReading:
     min_square_confidence: float
     coordinates_probability: float
     box: tuple[float, float, float, float] | None = None
+    square_probabilities: tuple[float, ...] = ()
 
     @property
     def orientation_shown(self) -> bool:
@@ -258,6 +261,7 @@ def decode_outputs(
                 black_to_move_probability=named["black_to_move"] if with_to_move else None,
                 min_square_confidence=float(chosen.min().exp()),
                 coordinates_probability=named["coordinates"],
+                square_probabilities=tuple(chosen.squeeze(1).exp().tolist()),
             )
         )
     return readings
