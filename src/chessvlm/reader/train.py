@@ -65,6 +65,11 @@ LOCATOR_LOSS_WEIGHT = 20.0
 # Side to move counts as read from the image only when validation shows it clearly.
 TO_MOVE_MIN_ACCURACY = 0.95
 TO_MOVE_MIN_GAIN = 0.05
+# Each epoch's shuffle and each step's augmentation draw from their own generator, seeded
+# from the run's seed and the epoch or step: a resumed run repeats them exactly. The strides
+# (primes larger than any epoch or step count) keep the streams of different seeds apart.
+EPOCH_SEED_STRIDE = 7919
+STEP_SEED_STRIDE = 1_000_003
 
 
 @dataclass
@@ -139,8 +144,8 @@ def train_reader(config: ReaderTrainConfig) -> Path:
         config.data_dir, train_records, spec.image_size, desc="decoding train", **load
     )
     val = load_board_set(config.data_dir, val_records, spec.image_size, desc="decoding val", **load)
-    trainer = _Trainer(model, optimizer, lr, config, out, progress)
-    trainer.run(train, val)
+    trainer = _Trainer(model, optimizer, lr, config, out, progress, train)
+    trainer.run(val)
     return out
 
 
@@ -173,6 +178,7 @@ class _Trainer:
         config: ReaderTrainConfig,
         out: Path,
         progress: dict,
+        train: BoardSet,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -180,6 +186,10 @@ class _Trainer:
         self.config = config
         self.out = out
         self.progress = progress
+        self.train = train
+        self.train_cells = image_order_labels(train.labels, train.flipped)
+        self.total_steps = math.ceil(len(train) / config.batch_size) * config.epochs
+        self.train_to_move_rate = float(train.black_to_move.float().mean())
         self.started = time.monotonic()
         self.seconds_at_start = progress["seconds"]
         self.cpu_started = time.process_time()
@@ -189,17 +199,11 @@ class _Trainer:
     def seconds(self) -> float:
         return self.seconds_at_start + time.monotonic() - self.started
 
-    def run(self, train: BoardSet, val: BoardSet) -> None:
-        train_cells = image_order_labels(train.labels, train.flipped)
-        batches_per_epoch = math.ceil(len(train) / self.config.batch_size)
-        self.total_steps = batches_per_epoch * self.config.epochs
-        self.train_to_move_rate = float(train.black_to_move.float().mean())
-        self.train_samples = len(train)
+    def run(self, val: BoardSet) -> None:
         while not _finished(self.progress, self.config):
             epoch = self.progress["epoch"]
-            order = torch.randperm(
-                len(train), generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-            )
+            seed = self.config.seed * EPOCH_SEED_STRIDE + epoch
+            order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
             batches = order.split(self.config.batch_size)
             bar = tqdm(
                 range(self.progress["batch"], len(batches)),
@@ -209,7 +213,7 @@ class _Trainer:
             )
             losses = []
             for index in bar:
-                losses.append(self.step(train, train_cells, batches[index]))
+                losses.append(self.step(batches[index]))
                 self.progress["batch"] = index + 1
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if _finished(self.progress, self.config):
@@ -224,11 +228,11 @@ class _Trainer:
             self.end_of_epoch(val, float(np.mean(losses)) if losses else None, epoch_done)
         self.finish(val)
 
-    def step(self, train: BoardSet, train_cells: torch.Tensor, indices: torch.Tensor) -> float:
+    def step(self, indices: torch.Tensor) -> float:
         self.model.train()
-        generator = torch.Generator().manual_seed(
-            self.config.seed * 1_000_003 + self.progress["step"]
-        )
+        seed = self.config.seed * STEP_SEED_STRIDE + self.progress["step"]
+        generator = torch.Generator().manual_seed(seed)
+        train = self.train
         images, scenes, boxes = train.images[indices], train.scenes[indices], train.boxes[indices]
         if self.config.augment:
             pixels = augment_batch(images, generator)
@@ -239,7 +243,7 @@ class _Trainer:
         square_logits, meta_logits = self.model(pixels.contiguous(memory_format=channels_last))
         located = self.model.locator(scene_pixels.contiguous(memory_format=channels_last))
         loss = (
-            square_loss(square_logits, train_cells[indices])
+            square_loss(square_logits, self.train_cells[indices])
             + _meta_loss(meta_logits, train, indices)
             + LOCATOR_LOSS_WEIGHT * torch.nn.functional.l1_loss(located, boxes)
         )
@@ -302,7 +306,7 @@ class _Trainer:
             "train_cpu_minutes": round(self.progress["cpu_seconds"] / 60, 2),
             "train_black_to_move_rate": self.train_to_move_rate,
             "data_dir": str(self.config.data_dir),
-            "train_samples": self.train_samples,
+            "train_samples": len(self.train),
             "batch_size": self.config.batch_size,
             "learning_rate": self.lr,
             "augment": self.config.augment,
@@ -317,7 +321,7 @@ class _Trainer:
         config["train_minutes"] = round(self.progress["seconds"] / 60, 2)
         config["train_cpu_minutes"] = round(self.progress["cpu_seconds"] / 60, 2)
         config["steps"] = self.progress["step"]
-        epochs = self.progress["step"] * self.config.batch_size / self.train_samples
+        epochs = self.progress["step"] * self.config.batch_size / len(self.train)
         config["epochs_trained"] = round(epochs, 2)
         atomic_write_json(self.out / CONFIG_FILE, config)
         tqdm.write(
