@@ -369,15 +369,3 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
         evaluate(config_for(trained, test_data, tmp_path / "none.json"))
     with pytest.raises(ChessVLMError, match="not a board reader checkpoint"):
         evaluate(config_for(trained, test_data, tmp_path / "x.json", crop_with=str(tmp_path)))
-
-
-def test_a_located_box_that_is_no_board_keeps_the_whole_image(monkeypatch):
-    import chessvlm.reader.read
-    from chessvlm.evaluation import crop_boards
-
-    boxes = [(0.5, 0.5, 0.5, 0.9), (-0.1, 0.1, 0.6, 1.2)]
-    monkeypatch.setattr(chessvlm.reader.read, "locate_boards", lambda reader, images: boxes)
-    images = [Image.new("RGB", (100, 80)), Image.new("RGB", (100, 80))]
-    crops, pixels = crop_boards("reader", images)
-    assert [crop.size for crop in crops] == [(100, 80), (60, 72)]
-    assert pixels == [[0.0, 0.0, 100.0, 80.0], [0.0, 8.0, 60.0, 80.0]]

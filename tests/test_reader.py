@@ -16,7 +16,7 @@ from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 from chessvlm.errors import InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader.augment import augment_batch, augment_scenes
+from chessvlm.reader.augment import _redraw_pieces, _stroke_weight, augment_batch, augment_scenes
 from chessvlm.reader.data import BoardSet, image_order_labels, read_split, square_labels
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 from chessvlm.reader.images import crop_to_box, load_board_image
@@ -242,6 +242,36 @@ def test_augmentation_keeps_shape_and_range():
     assert not torch.allclose(first, images.float() / 255)
 
 
+def test_redrawn_pieces_stay_in_their_squares():
+    # One flat colour a square: a warp that kept each square to itself changes nothing.
+    colours = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    boards = colours.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3).float() / 255
+    redrawn = _redraw_pieces(boards, torch.Generator().manual_seed(0))
+    assert torch.allclose(redrawn, boards, atol=1e-5)
+    # A piece (a dot in each square's middle) moves and changes size within its square.
+    boards[:, :, 3::8, 3::8] = 0.0
+    redrawn = _redraw_pieces(boards, torch.Generator().manual_seed(0))
+    assert not torch.allclose(redrawn, boards, atol=1e-3)
+    cells = (redrawn - boards).abs().view(4, 3, 8, 8, 8, 8).amax(dim=(1, 3, 5))
+    assert (cells > 0).float().mean() > 0.1  # some squares of the chosen boards changed
+
+
+def test_stroke_weight_thickens_or_thins_dark_lines():
+    boards = torch.ones(32, 3, 16, 16)
+    boards[:, :, :, 8] = 0.0  # a dark line one pixel wide
+    widths = (_stroke_weight(boards, torch.Generator().manual_seed(0))[:, 0, 0] < 0.5).sum(1)
+    assert set(widths.tolist()) == {0, 1, 3}  # thinned away, unchanged, thickened
+
+
+def test_specs_written_before_the_context_layers_have_none():
+    spec = ReaderSpec(image_size=TEST_IMAGE_SIZE)
+    assert spec.context_layers > 0 and BoardReader(spec).context is not None
+    old = {key: value for key, value in spec.to_dict().items() if key != "context_layers"}
+    assert ReaderSpec.from_dict(old).context_layers == 0
+    assert BoardReader(ReaderSpec.from_dict(old)).context is None
+    assert ReaderSpec.from_dict(spec.to_dict()) == spec
+
+
 def test_scene_augmentation_moves_the_box_with_the_board():
     # A white board on black: after augmentation the box must frame the white pixels.
     scenes = torch.zeros(16, 3, 64, 64, dtype=torch.uint8)
@@ -459,3 +489,11 @@ def test_each_reading_gives_the_probability_of_every_square_read(dataset, checkp
         assert len(reading.square_probabilities) == 64
         assert all(0.0 < p <= 1.0 for p in reading.square_probabilities)
         assert min(reading.square_probabilities) == pytest.approx(reading.min_square_confidence)
+
+
+def test_a_located_box_that_is_no_board_keeps_the_whole_image():
+    from chessvlm.reader.images import FULL_FRAME, usable_box
+
+    image = Image.new("RGB", (100, 80))
+    assert usable_box((0.5, 0.5, 0.5, 0.9), image) == FULL_FRAME
+    assert usable_box((-0.1, 0.1, 0.6, 1.2), image) == (0.0, 0.1, 0.6, 1.0)

@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 NO_CROP = "none"
-# A located box narrower than this (pixels) is no board: the whole image is read instead.
-_MIN_CROP_PIXELS = 8
 
 
 @dataclass
@@ -274,18 +272,16 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
 
 def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[float]]]:
     """Each image cut to the board `reader`'s locator finds in it (one batch, one call), and
-    each box as [left, top, right, bottom] pixels of the image. A box narrower than a few
-    pixels (no board found) keeps the whole image, and says so by its box."""
+    each box as [left, top, right, bottom] pixels of the image. Where no board was found the
+    whole image is kept, and its box says so."""
     from chessvlm.reader import read as reader_module
     from chessvlm.reader.images import crop_to_box
 
     crops, boxes = [], []
     for image, box in zip(images, reader_module.locate_boards(reader, images), strict=True):
-        left, top, right, bottom = (min(max(float(value), 0.0), 1.0) for value in box)
+        left, top, right, bottom = box
         width, height = image.size
-        if min((right - left) * width, (bottom - top) * height) < _MIN_CROP_PIXELS:
-            left, top, right, bottom = 0.0, 0.0, 1.0, 1.0
-        crops.append(crop_to_box(image, (left, top, right, bottom)))
+        crops.append(crop_to_box(image, box))
         pixels = (left * width, top * height, right * width, bottom * height)
         boxes.append([round(value, 1) for value in pixels])
     return crops, boxes

@@ -1,7 +1,9 @@
 """Training augmentation for the board reader, on whole batches of decoded boards.
 
 It imitates what users feed: boards cropped a little loose or tight (margins, shifts, a
-slightly wrong aspect), shown at lower resolution (blur), in other colours, and saved as JPEG.
+slightly wrong aspect), shown at lower resolution (blur), in other colours, and saved as JPEG;
+and, since users' piece designs are not ours, it redraws ours a little: each piece scaled,
+squeezed, turned and moved within its square, its strokes thickened or thinned.
 Every transform of `augment_batch` keeps each square inside its own image cell, so labels do
 not move. `augment_scenes` (for the board locator) moves the board inside a wider margin and
 moves its box label with it.
@@ -23,6 +25,12 @@ SHIFT = 0.04  # in [-1, 1] image coordinates: up to 1/6 of a square
 # Scenes: the whole image shrinks by up to this factor inside a new margin.
 SCENE_SCALE_RANGE = (1.0, 1.6)
 MIN_RESOLUTION = 0.3
+# Per square: input extent / output extent (above 1 the piece shrinks), the height's extra
+# factor, a turn in radians and a shift in [-1, 1] square coordinates.
+PIECE_SCALE_RANGE = (0.88, 1.18)
+PIECE_ASPECT_RANGE = (0.9, 1.1)
+PIECE_TURN = 0.07
+PIECE_SHIFT = 0.08
 JPEG_QUALITY = (25, 95)
 
 
@@ -37,6 +45,8 @@ def _chance(generator: torch.Generator, size: int, probability: float) -> torch.
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1]."""
     x = images.float() / 255.0
+    x = _redraw_pieces(x, generator)
+    x = _stroke_weight(x, generator)
     x = _reframe(x, generator)
     x = _lower_resolution(x, generator)
     x = _recolour(x, generator)
@@ -73,6 +83,46 @@ def augment_scenes(
     x = _lower_resolution(x, generator)
     x = _recolour(x, generator)
     return x.clamp_(0.0, 1.0), boxes.clamp_(0.0, 1.0)
+
+
+def _redraw_pieces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Warp each square of some boards on its own (before any reframing, while the squares
+    still sit on the 8x8 grid), its edge pixels filling in what the warp uncovers."""
+    chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
+    n, side = len(chosen), x.shape[-1]
+    if n == 0 or side % 8:
+        return x
+    square = side // 8
+    tiles = x[chosen].view(n, 3, 8, square, 8, square).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * 64, 3, square, square)
+    count = n * 64
+    scale = _uniform(generator, count, *PIECE_SCALE_RANGE)
+    height = scale * _uniform(generator, count, *PIECE_ASPECT_RANGE)
+    turn = _uniform(generator, count, -PIECE_TURN, PIECE_TURN)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = scale * turn.cos(), -scale * turn.sin()
+    theta[:, 1, 0], theta[:, 1, 1] = height * turn.sin(), height * turn.cos()
+    theta[:, :, 2] = _uniform(generator, 2 * count, -PIECE_SHIFT, PIECE_SHIFT).view(count, 2)
+    grid = F.affine_grid(theta, list(tiles.shape), align_corners=False)
+    warped = F.grid_sample(tiles, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    board = warped.view(n, 8, 8, 3, square, square).permute(0, 3, 1, 4, 2, 5)
+    x = x.clone()
+    x[chosen] = board.reshape(n, 3, side, side)
+    return x
+
+
+def _stroke_weight(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Thicker dark outlines (a 3x3 minimum) on some boards, thinner (a maximum) on others:
+    designs differ as much in line weight as in shape."""
+    chosen = _chance(generator, len(x), 0.3)
+    thicker = chosen & _chance(generator, len(x), 0.5)
+    thinner = chosen & ~thicker
+    x = x.clone()
+    if thicker.any():
+        x[thicker] = -F.max_pool2d(-x[thicker], 3, stride=1, padding=1)
+    if thinner.any():
+        x[thinner] = F.max_pool2d(x[thinner], 3, stride=1, padding=1)
+    return x
 
 
 def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

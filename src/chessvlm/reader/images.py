@@ -35,6 +35,8 @@ MIN_SIDE = 64
 # but refuse e.g. a whole screenshot.
 MAX_ASPECT = 1.6
 FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
+# A located box narrower than this (in the image's pixels) found no board.
+MIN_BOX_PIXELS = 8
 # The image's size in its file, kept in `Image.info`: a JPEG decoded at a reduced scale is
 # smaller, and pixel boxes from labels are in the file's pixels.
 SOURCE_SIZE = "chessvlm_source_size"
@@ -81,6 +83,16 @@ def crop_board(image: Image.Image, box: Sequence[float], size: int) -> np.ndarra
     # reducing_gap: a fast integer pre-reduction of big images before the bilinear filter.
     resized = image.resize((size, size), Image.Resampling.BILINEAR, box=pixels, reducing_gap=2.0)
     return np.array(resized, dtype=np.uint8)
+
+
+def usable_box(box: Sequence[float], image: Image.Image) -> tuple[float, float, float, float]:
+    """A located `box` (fractions: left, top, right, bottom) clamped to the image; the whole
+    image when the box is narrower than `MIN_BOX_PIXELS` (no board found)."""
+    left, top, right, bottom = (min(max(float(value), 0.0), 1.0) for value in box)
+    width, height = image.size
+    if min((right - left) * width, (bottom - top) * height) < MIN_BOX_PIXELS:
+        return FULL_FRAME
+    return left, top, right, bottom
 
 
 def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:

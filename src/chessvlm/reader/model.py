@@ -43,6 +43,10 @@ _EDGE_OUTPUTS = 2  # the last two of META_OUTPUTS
 # The locator sees the whole image at this size: enough to place a board's edges within a
 # fraction of a square, at a sixteenth of the reader's pixels per board.
 LOCATOR_SIZE = 128
+# Self-attention layers over the 64 square features: a piece design the reader never saw is
+# easier to read against the rest of its board (the shape that stands eight times on one
+# rank is a pawn; both kings share a shape in two colours).
+CONTEXT_LAYERS = 2
 _PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
 _KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
 _BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
@@ -66,6 +70,7 @@ class ReaderSpec:
     clip_model: str | None = None
     clip_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
+    context_layers: int = CONTEXT_LAYERS
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, stored in the checkpoint's `reader.json`."""
@@ -75,8 +80,9 @@ class ReaderSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReaderSpec:
-        """Inverse of `to_dict`."""
-        return cls(**{**data, "widths": tuple(data.get("widths", cls.widths))})
+        """Inverse of `to_dict`. Specs written before the context layers had none."""
+        widths = tuple(data.get("widths", cls.widths))
+        return cls(**{"context_layers": 0, **data, "widths": widths})
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -197,6 +203,30 @@ class ClipSquareEncoder(nn.Module):
         return patches.transpose(1, 2).reshape(pixels.shape[0], -1, GRID, GRID)
 
 
+class SquareContext(nn.Module):
+    """Transformer layers over the 8x8 cells, each cell a token with its learned place, added
+    to the encoder's features (a residual, so zero layers is the identity)."""
+
+    def __init__(self, channels: int, layers: int) -> None:
+        super().__init__()
+        self.places = nn.Parameter(torch.zeros(1, GRID * GRID, channels))
+        layer = nn.TransformerEncoderLayer(
+            channels,
+            nhead=4,
+            dim_feedforward=2 * channels,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features B x C x 8 x 8 -> the same, each cell informed by the others."""
+        tokens = features.flatten(2).transpose(1, 2)
+        mixed = self.layers(tokens + self.places)
+        return features + mixed.transpose(1, 2).reshape_as(features)
+
+
 class BoardLocator(nn.Module):
     """Where the board's 8x8 squares are in a whole image: a small CNN over the image resized
     to `LOCATOR_SIZE` px, regressing the box (left, top, right, bottom) as fractions of the
@@ -240,6 +270,7 @@ class BoardReader(nn.Module):
         if spec.freeze_encoder:
             self.encoder.requires_grad_(False)
         channels = self.encoder.out_channels
+        self.context = SquareContext(channels, spec.context_layers) if spec.context_layers else None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.square_head = nn.Conv2d(channels, NUM_CLASSES, 1)
@@ -260,6 +291,8 @@ class BoardReader(nn.Module):
         meta logits B x 4 (`META_OUTPUTS`)."""
         pixels = (images - self.mean) / self.std
         features = self.encoder(pixels)
+        if self.context is not None:
+            features = self.context(features)
         squares = self.square_head(features).flatten(2).transpose(1, 2)
         edges = self.edges(pixels)
         meta = self.meta_head(torch.cat([self.meta_cells(features).flatten(1), edges], dim=1))

@@ -33,6 +33,7 @@ from chessvlm.reader.images import (
     iter_loaded,
     load_scene,
     scene_array,
+    usable_box,
 )
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
@@ -196,13 +197,13 @@ def read_images(
 ) -> list[BoardReading]:
     """Read whole images (`load_scene`'s image and scene): locate each board, cut out its
     squares, read them. Each reading's `box` is in the image file's pixels."""
-    boxes = locate(reader.model, torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
+    located = locate(reader.model, torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
+    boxes = [usable_box(box, image) for image, box in zip(images, located.tolist(), strict=True)]
     crops = [
-        crop_board(image, box, reader.image_size)
-        for image, box in zip(images, boxes.tolist(), strict=True)
+        crop_board(image, box, reader.image_size) for image, box in zip(images, boxes, strict=True)
     ]
     readings = read_arrays(reader, crops, decode, flipped)
-    for reading, image, box in zip(readings, images, boxes.tolist(), strict=True):
+    for reading, image, box in zip(readings, images, boxes, strict=True):
         width, height = image.info.get(SOURCE_SIZE, image.size)
         reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
     return readings
@@ -212,12 +213,13 @@ def locate_boards(
     reader: Reader, images: Sequence[Image.Image]
 ) -> list[tuple[float, float, float, float]]:
     """Where each image's board squares are, as fractions of the image (left, top, right,
-    bottom): the reader's locator, for any model that reads cropped boards (e.g. a VLM)."""
+    bottom): the reader's locator, for any model that reads cropped boards (e.g. a VLM).
+    Each box is `usable_box`: inside the image, or all of it where no board was found."""
     if not images:
         return []
     scenes = np.stack([scene_array(image, LOCATOR_SIZE) for image in images])
     boxes = locate(reader.model, torch.from_numpy(scenes).permute(0, 3, 1, 2))
-    return [tuple(box) for box in boxes.tolist()]
+    return [usable_box(box, image) for image, box in zip(images, boxes.tolist(), strict=True)]
 
 
 @torch.inference_mode()

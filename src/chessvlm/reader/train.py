@@ -34,6 +34,7 @@ from chessvlm.reader.data import (
     square_labels,
 )
 from chessvlm.reader.model import (
+    CONTEXT_LAYERS,
     META_OUTPUTS,
     BoardReader,
     ReaderSpec,
@@ -92,6 +93,7 @@ class ReaderTrainConfig:
     clip_model: str | None = None
     clip_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
+    context_layers: int = CONTEXT_LAYERS
     workers: int = 2
     save_every_minutes: float = 2.0
 
@@ -103,6 +105,7 @@ class ReaderTrainConfig:
             clip_model=self.clip_model,
             clip_config=dict(self.clip_config),
             freeze_encoder=self.freeze_encoder,
+            context_layers=self.context_layers,
         )
 
 
