@@ -87,9 +87,10 @@ def reader_figures(
 
 def vlm_figures(work: Path, data: dict[str, Path], reader: Path, args: argparse.Namespace) -> dict:
     """Step 3: the small VLM, trained on label crops, tested on the reader's crops."""
-    from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
+    from chessvlm.datasets import create_vlm_dataset
     from chessvlm.evaluation import EvaluateConfig, evaluate
     from chessvlm.modeling import init_model
+    from chessvlm.prompts import SHORT_PROMPT
     from chessvlm.training import TrainConfig, train
 
     base, model = work / "vlm-base", work / "vlm"

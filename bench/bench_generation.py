@@ -27,7 +27,6 @@ from pathlib import Path
 import chess
 import torch
 
-from chessvlm.datasets import PROMPTS
 from chessvlm.generation import default_max_new_tokens, generate_answers
 from chessvlm.modeling import (
     default_device,
@@ -37,6 +36,7 @@ from chessvlm.modeling import (
     read_run_config,
 )
 from chessvlm.positions import parse_answer
+from chessvlm.prompts import PROMPTS
 from chessvlm.rendering import RenderParams, render_board
 from chessvlm.sources import iter_synthetic_positions
 

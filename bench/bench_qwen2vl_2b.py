@@ -23,9 +23,9 @@ from pathlib import Path
 import chess
 import torch
 
-from chessvlm.datasets import PROMPTS
 from chessvlm.modeling import build_processor, count_parameters
 from chessvlm.positions import answer_text
+from chessvlm.prompts import PROMPTS
 from chessvlm.rendering import render_board, sample_render_params
 from chessvlm.tokenizer import build_qwen2_tokenizer
 from chessvlm.training import Example, TrainConfig, VLMCollator, VLMTrainer, lora_config

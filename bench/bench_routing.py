@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset, synth_json_dataset
+from chessvlm.datasets import create_vlm_dataset, synth_json_dataset
 from chessvlm.evaluation import EvaluateConfig, evaluate
 from chessvlm.modeling import init_model
+from chessvlm.prompts import SHORT_PROMPT
 from chessvlm.training import TrainConfig, train
 
 # (name, TrainConfig overrides); the first is the baseline.

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset, synth_json_dataset
+from chessvlm.datasets import create_vlm_dataset, synth_json_dataset
 from chessvlm.modeling import init_model, load_model_and_processor
+from chessvlm.prompts import SHORT_PROMPT
 from chessvlm.training import TrainConfig, VLMCollator, load_examples, train
 
 SKIPPED_STEPS = 2

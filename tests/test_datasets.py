@@ -21,8 +21,6 @@ from seed_layouts import (
 from chessvlm import rendering
 from chessvlm.cli import main
 from chessvlm.datasets import (
-    PROMPTS,
-    SHORT_PROMPT,
     assistant_answer,
     create_vlm_dataset,
     import_json_dataset,
@@ -34,6 +32,7 @@ from chessvlm.datasets import (
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import board_from_seed_json, parse_answer
+from chessvlm.prompts import PROMPTS, SHORT_PROMPT
 
 COUNTS = {"train": 10, "val": 3, "test": 4}
 RECORD_KEYS = [

@@ -17,7 +17,8 @@ from chessvlm.metrics import compute_metrics
 from chessvlm.pieces import PIECE_SETS
 from chessvlm.positions import answer_text, compact_rows
 from chessvlm.rendering import held_out_designs
-from chessvlm.reports import Run, load_run, percent, write_report, write_run_info
+from chessvlm.reports import Run, load_run, percent, write_report
+from chessvlm.run_info import write_run_info
 
 FENS = [
     chess.STARTING_FEN,

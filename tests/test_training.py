@@ -16,7 +16,7 @@ from boards import random_play_boards
 from PIL import Image, ImageDraw
 
 from chessvlm.cli import main
-from chessvlm.datasets import PROMPTS, vlm_record
+from chessvlm.datasets import vlm_record
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.modeling import (
     chat_text,
@@ -26,6 +26,7 @@ from chessvlm.modeling import (
     read_run_config,
 )
 from chessvlm.positions import SQUARE_CLASSES, screen_symbols, square_symbols
+from chessvlm.prompts import PROMPTS
 from chessvlm.training import (
     IGNORE_INDEX,
     Example,

@@ -433,7 +433,7 @@ def prediction_record(sample_id: str, generation: Generation, target: str) -> di
 def _sources(
     config: EvaluateConfig, plan: ModelPlan, target: str, predictions: list[dict], state: Any
 ) -> dict:
-    """What was run, under the `run.json` keys the report reads (`reports.RUN_INFO_KEYS`).
+    """What was run, under the `run.json` keys the report reads (`run_info.RUN_INFO_KEYS`).
 
     `eval_seconds` is the generation time: the samples' seconds summed over every run that
     produced them (resumes included), divided by the number of processes sharing the work.

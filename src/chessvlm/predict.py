@@ -133,10 +133,10 @@ def _orientation_note(reading, *, given: bool) -> str:
 def _vlm_placements(
     model: str, sources: Sequence[str], batch_size: int, max_new_tokens: int | None
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
-    from chessvlm.datasets import PROMPTS
     from chessvlm.evaluation import crop_boards, plan_crop
     from chessvlm.generation import default_max_new_tokens, generate_answers
     from chessvlm.modeling import load_model_and_processor, resolve_model
+    from chessvlm.prompts import PROMPTS
 
     run_config = resolve_model(model).run_config
     target = run_config.get("target", "compact")

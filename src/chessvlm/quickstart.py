@@ -168,7 +168,8 @@ def _render_data(config: QuickstartConfig) -> dict:
 
 
 def _vlm_dataset(config: QuickstartConfig) -> dict:
-    from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
+    from chessvlm.datasets import create_vlm_dataset
+    from chessvlm.prompts import SHORT_PROMPT
 
     written = {}
     for test in TESTS:
@@ -237,7 +238,7 @@ def _evaluate_vlm(config: QuickstartConfig) -> dict:
     """Both test splits, each board cut out by the quickstart's reader first."""
     from chessvlm.evaluation import EvaluateConfig, evaluate
     from chessvlm.modeling import read_run_config
-    from chessvlm.reports import write_run_info
+    from chessvlm.run_info import write_run_info
     from chessvlm.training import describe_recipe
 
     trained = _stage_result(config, "train_vlm")

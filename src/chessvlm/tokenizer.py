@@ -201,8 +201,8 @@ def chess_corpus(boards: int = 300, seed: int = 0) -> list[str]:
     """
     import chess
 
-    from chessvlm.datasets import PROMPTS
     from chessvlm.positions import TARGETS, answer_text
+    from chessvlm.prompts import PROMPTS
 
     rng = random.Random(seed)
     texts = ["system\nYou are a helpful assistant.", "user\n", "assistant\n", "\n"]

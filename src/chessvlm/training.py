@@ -166,8 +166,9 @@ def load_examples(
     With `target` set, prompt and answer are rebuilt for it from each record's FEN, so one
     VLM dataset serves both targets; otherwise the records' own turns are used.
     """
-    from chessvlm.datasets import PROMPTS, assistant_answer, read_vlm_dataset, user_prompt
+    from chessvlm.datasets import assistant_answer, read_vlm_dataset, user_prompt
     from chessvlm.positions import answer_text, board_from_fen, screen_symbols
+    from chessvlm.prompts import PROMPTS
 
     records = read_vlm_dataset(path)[:max_samples]
     targets = Counter(record.get("target", "seed") for record in records)

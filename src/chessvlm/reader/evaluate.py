@@ -73,7 +73,7 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
     metrics = compute_metrics(records, predictions, target="compact", elapsed_seconds=elapsed)
     metrics["reader"] = _reader_figures(reader, records, predictions, load_seconds, config)
     atomic_write_json(out / "metrics.json", metrics)
-    from chessvlm.reports import write_run_info
+    from chessvlm.run_info import write_run_info
 
     trained = reader.config
     train_minutes = trained.get("train_minutes")
