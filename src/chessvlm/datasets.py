@@ -57,7 +57,6 @@ _USED_SETS = "piece_sets_used"  # manifest key: the sets a finished synthetic da
 _IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg"}
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Records and images
 
