@@ -518,7 +518,9 @@ def _vlm_record(**changes) -> dict:
     [
         ({"a": 1}, "expected a JSON list"),
         ([_vlm_record(), "text"], r"record 1: not a JSON object"),
-        ([_vlm_record(image="")], r"record 0 \(id 'x'\): missing or empty 'image'"),
+        ([_vlm_record(image="")], r"record 0 \(id 'x'\): 'image' is empty"),
+        ([_vlm_record(id=1)], r"record 0 \(id 1\): 'id' must be a string, got 1"),
+        ([{k: v for k, v in _vlm_record().items() if k != "image"}], r"missing 'image'"),
         ([_vlm_record(), _vlm_record()], r"record 1 \(id 'x'\): duplicate id"),
         ([_vlm_record(conversations=[])], "'conversations' must be a list"),
         (

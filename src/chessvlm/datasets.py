@@ -36,6 +36,8 @@ from chessvlm.io import (
     atomic_write_json,
     atomic_write_jsonl,
     iter_jsonl,
+    require_file,
+    require_folder,
 )
 from chessvlm.positions import TARGETS, answer_text, en_passant_square, seed_json
 from chessvlm.prompts import IMAGE_TOKEN, PROMPTS
@@ -663,12 +665,28 @@ def read_vlm_dataset(path: str | Path) -> list[dict]:
     return data
 
 
+def require_training_data(data_dir: str | Path, image_base_dir: str | Path | None) -> None:
+    """Refuse, before any model loads, a VLM dataset folder without `train.json` or a missing
+    image folder (a `ConfigError` naming `data_dir` or `image_base_dir`)."""
+    folder = require_folder("data_dir", data_dir)
+    require_file("data_dir", folder / "train.json", "`chessvlm create-vlm-dataset` makes it")
+    if image_base_dir is not None:
+        require_folder("image_base_dir", image_base_dir)
+
+
+def require_test_data(test_data: str | Path, image_base_dir: str | Path) -> None:
+    """Refuse, before any model loads, a missing VLM test set or image folder."""
+    require_file("test_data", test_data, "a VLM dataset's test.json")
+    require_folder("image_base_dir", image_base_dir)
+
+
 def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
     if not isinstance(record, dict):
         return "not a JSON object"
     for key in ("id", "image"):
-        if not isinstance(record.get(key), str) or not record[key]:
-            return f"missing or empty {key!r}"
+        problem = _text_field_problem(record, key)
+        if problem:
+            return problem
     if record["id"] in seen:
         return "duplicate id"
     turns = record.get("conversations")
@@ -690,6 +708,16 @@ def _vlm_record_problem(record: object, seen: set[str]) -> str | None:
     if "board_box" in record:
         return board_box_problem(record["board_box"])
     return None
+
+
+def _text_field_problem(record: dict, key: str) -> str | None:
+    """What is wrong with a required text field of a record, naming a value that is there."""
+    if key not in record:
+        return f"missing {key!r}"
+    value = record[key]
+    if not isinstance(value, str):
+        return f"{key!r} must be a string, got {json.dumps(value)}"
+    return f"{key!r} is empty" if not value else None
 
 
 def board_box_problem(box: object) -> str | None:

@@ -20,3 +20,19 @@ class InputError(ChessVLMError):
     def __reduce__(self) -> tuple:
         # Rebuilt from its own arguments, so it survives being sent back from a worker process.
         return (type(self), (self.source, self.problem, self.line))
+
+
+class ConfigError(ChessVLMError):
+    """A bad setting: names the config field and what is wrong with its value.
+
+    Other fields the problem mentions are written in backquotes (`max_minutes`), so that the
+    command line can name each by its flag instead (`chessvlm.cli.arguments.in_flag_names`).
+    """
+
+    def __init__(self, field: str | None, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.field, self.problem))

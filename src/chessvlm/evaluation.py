@@ -39,8 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, iter_jsonl
+from chessvlm.errors import ChessVLMError, ConfigError, InputError
+from chessvlm.io import (
+    JsonlAppender,
+    atomic_write_json,
+    atomic_write_jsonl,
+    iter_jsonl,
+)
 
 if TYPE_CHECKING:
     from chessvlm.generation import Generation
@@ -82,11 +87,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     Returns the metrics dict written to `config.output` (on every process of a distributed
     run). Raises `ChessVLMError` for bad settings or input.
     """
-    from chessvlm.datasets import read_vlm_dataset
+    from chessvlm.datasets import read_vlm_dataset, require_test_data
     from chessvlm.metrics import infer_target
 
     if config.batch_size < 1:
-        raise ChessVLMError("--batch_size must be at least 1")
+        raise ConfigError("batch_size", f"must be at least 1, got {config.batch_size}")
+    require_test_data(config.test_data, config.image_base_dir)
     all_labels = read_vlm_dataset(config.test_data)
     labels = all_labels[: config.max_samples] if config.max_samples else all_labels
     target = infer_target(labels)
@@ -172,7 +178,7 @@ def _logged_ids(predictions: Path, test_ids: list[str]) -> set[str]:
             str(predictions),
             f"holds {len(strangers)} ids that are not in the test data (e.g. "
             f"{', '.join(strangers[:3])}): it belongs to another test set; pass another "
-            "--predictions or remove it",
+            "`predictions` or remove it",
         )
     return logged
 
@@ -186,7 +192,7 @@ def _check_same_crop(predictions: Path, crop: CropPlan) -> None:
         raise InputError(
             str(predictions),
             f"was written reading {then}, but this run's crop is {crop.description}; rerun "
-            "with the same --crop_with, or pass another --predictions",
+            "with the same `crop_with`, or pass another `predictions`",
         )
 
 
@@ -243,9 +249,10 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
     if crop_with is not None:
         folder = Path(crop_with)
         if not is_reader_checkpoint(folder):
-            raise ChessVLMError(
-                f"--crop_with {crop_with}: not a board reader checkpoint (a folder from "
-                "`chessvlm reader train`); pass one, or --crop_with none for whole images"
+            raise ConfigError(
+                "crop_with",
+                f"{crop_with} is not a board reader checkpoint (a folder from "
+                "`chessvlm reader train`); pass one, or none for whole images",
             )
         return CropPlan(folder.resolve(), f"board located by reader {folder.resolve()}")
     if run_config.get("board_crop") != LABEL_BOX:
@@ -257,7 +264,7 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
     except ChessVLMError as error:
         raise ChessVLMError(
             f"{model} was trained on boards cropped to their box, so test images are cropped "
-            f"too, but {error}; pass --crop_with READER_DIR, or --crop_with none to read "
+            f"too, but {error}; pass `crop_with` READER_DIR, or `crop_with` none to read "
             "whole images"
         ) from None
     print(
@@ -300,9 +307,10 @@ def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPl
     name, adapter = config.model_path, None
     if config.base_model:
         if not (Path(config.model_path) / "adapter_config.json").is_file():
-            raise ChessVLMError(
-                f"--base_model is for adapter folders, and {config.model_path} holds no "
-                "adapter_config.json; pass the model alone as --model_path"
+            raise ConfigError(
+                "base_model",
+                f"is for adapter folders, and {config.model_path} holds no "
+                "adapter_config.json; pass the model alone as `model_path`",
             )
         name, adapter = config.base_model, config.model_path
     source = resolve_model(name, adapter)

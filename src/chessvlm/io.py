@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from chessvlm.errors import InputError
+from chessvlm.errors import ConfigError, InputError
 
 
 def _current_umask() -> int:
@@ -19,6 +19,25 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+def require_folder(field: str, path: str | Path) -> Path:
+    """`path` when it is a folder; a `ConfigError` naming `field` otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        problem = "is a file, not a folder" if path.exists() else "no such folder"
+        raise ConfigError(field, f"{path}: {problem}")
+    return path
+
+
+def require_file(field: str, path: str | Path, what: str = "") -> Path:
+    """`path` when it is a file; a `ConfigError` naming `field` (and `what` the file is for,
+    e.g. "the VLM test set") otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise ConfigError(field, f"{path}: {problem}" + (f" ({what})" if what else ""))
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ TOKEN_PIXELS = 28  # one merged visual token: 2x2 patches of 14 px
 # 56 px, near the scale it was trained on, for 256 visual tokens (the seed's 512 px boards
 # gave 324 tokens that did not line up with the squares).
 DEFAULT_IMAGE_SIZE = 448
+# How long a hub id may take to answer before loading it gives up (see `check_hub_model`).
+HUB_TIMEOUT_SECONDS = 10
 
 
 # Qwen2-VL's M-RoPE gives a visual token's row and column the lowest rotary frequencies of
@@ -283,10 +286,34 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     token = hf_token()
     if token:
         kwargs["token"] = token
+    if not Path(name).exists():
+        check_hub_model(name)
     try:
         return cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise ChessVLMError(_load_failure(name, error)) from None
+
+
+@cache
+def check_hub_model(name: str) -> None:
+    """Fail within seconds, in one line, when the hub cannot provide the model `name`.
+
+    A model in the local hub cache, or `HF_HUB_OFFLINE`, is left to `from_pretrained`; otherwise
+    the hub is asked once with a short timeout, since `from_pretrained` retries a hub it cannot
+    reach for minutes.
+    """
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        model_info(name, timeout=HUB_TIMEOUT_SECONDS, token=hf_token())
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise ChessVLMError(_load_failure(name, error)) from None
+    except Exception as error:  # the HTTP client's own connection and timeout errors
+        unreachable = OSError(f"the hub did not answer within {HUB_TIMEOUT_SECONDS} s ({error})")
+        raise ChessVLMError(_load_failure(name, unreachable)) from None
 
 
 def _load_failure(name: str, error: Exception) -> str:

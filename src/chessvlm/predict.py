@@ -16,7 +16,7 @@ from pathlib import Path
 
 import chess
 
-from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.errors import ChessVLMError, ConfigError, InputError
 from chessvlm.positions import board_with_metadata, compact_rows, seed_json
 from chessvlm.reader.images import iter_loaded, open_board_image
 
@@ -74,7 +74,7 @@ def predict_images(
     if is_reader_checkpoint(folder):
         yield from _reader_placements(model, sources, batch_size, decode, flipped)
     elif flipped is not None:
-        raise ChessVLMError("--orientation applies to reader checkpoints; a VLM reads it itself")
+        raise ConfigError("orientation", "applies to reader checkpoints; a VLM reads it itself")
     elif folder.is_dir() and not any((folder / name).is_file() for name in VLM_FILES):
         raise ChessVLMError(
             f"{model}: neither a reader checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE}) nor a "
@@ -263,15 +263,15 @@ def format_result(
 def check_flags(flags: Metadata) -> None:
     """Reject metadata flags that are not FEN fields, before any model is loaded."""
     if flags.to_move not in (None, "w", "b"):
-        raise ChessVLMError(f"--to-move must be w or b, not {flags.to_move!r}")
+        raise ConfigError("to_move", f"must be w or b, not {flags.to_move!r}")
     castling = flags.castling
     if castling is not None and castling != "-" and (not castling or set(castling) - set("KQkq")):
-        raise ChessVLMError(
-            f"--castling must be a FEN castling field like KQkq or -, not {castling!r}"
+        raise ConfigError(
+            "castling", f"must be a FEN castling field like KQkq or -, not {castling!r}"
         )
     square = flags.en_passant
     if square not in (None, "-") and (
         square not in chess.SQUARE_NAMES
         or chess.square_rank(chess.parse_square(square)) not in (2, 5)
     ):
-        raise ChessVLMError(f"--en-passant must be a square on rank 3 or 6 like e3, not {square!r}")
+        raise ConfigError("en_passant", f"must be a square on rank 3 or 6 like e3, not {square!r}")

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.errors import ChessVLMError, ConfigError, InputError
 from chessvlm.io import JsonlAppender, atomic_write_jsonl, iter_jsonl
 from chessvlm.modeling import (
     DEFAULT_BASE_MODEL,
@@ -146,9 +146,10 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
         defaults = FULL_DEFAULTS
     fraction = config.lr_decay_fraction
     if fraction is not None and not (config.max_minutes and 0 < fraction <= 1):
-        raise ChessVLMError(
-            "--lr_decay_fraction needs --max_minutes and a value in (0, 1]: the share of the "
-            f"time budget over which the learning rate decays (got {fraction})"
+        raise ConfigError(
+            "lr_decay_fraction",
+            "needs `max_minutes` and a value in (0, 1]: the share of the time budget over "
+            f"which the learning rate decays (got {fraction})",
         )
     filled = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return dataclasses.replace(config, **filled)
@@ -173,7 +174,7 @@ def load_examples(
     records = read_vlm_dataset(path)[:max_samples]
     targets = Counter(record.get("target", "seed") for record in records)
     if target is None and len(targets) > 1:
-        raise InputError(str(path), f"records mix targets {sorted(targets)}; pass --target")
+        raise InputError(str(path), f"records mix targets {sorted(targets)}; pass `target`")
     examples = []
     for record in records:
         board = board_from_fen(record["fen"]) if "fen" in record else None
@@ -217,7 +218,7 @@ def check_examples(
         )
         problem = None
         if length > max_length:
-            problem = f"{length} tokens with the prompt and image, over --max_length {max_length}"
+            problem = f"{length} tokens with the prompt and image, over `max_length` {max_length}"
         else:
             try:
                 with Image.open(example.image) as image:
@@ -282,11 +283,12 @@ class VLMCollator:
         self.pad_id = processor.tokenizer.pad_token_id
         self.square_ids = _square_symbol_ids(processor.tokenizer) if square_loss else None
         self.routing = routing_loss
-        for flag, wanted in (("--square_loss", square_loss), ("--routing_loss", routing_loss)):
+        for field, wanted in (("square_loss", square_loss), ("routing_loss", routing_loss)):
             if wanted and image_size % BOARD_TOKEN_PIXELS:
-                raise ChessVLMError(
-                    f"{flag} needs squares aligned with visual tokens: an image size that "
-                    f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}"
+                raise ConfigError(
+                    field,
+                    "needs squares aligned with visual tokens: an image size that "
+                    f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}",
                 )
         side = self.image_size // TOKEN_PIXELS  # visual tokens per row, in reading order
         # The screen square (row-major, 0 = top left) each visual token shows.
@@ -339,7 +341,7 @@ class VLMCollator:
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         for row, example in enumerate(examples):
             if example.screen is None:
-                raise ChessVLMError(f"sample {example.id!r}: --square_loss needs its 'fen'")
+                raise ChessVLMError(f"sample {example.id!r}: `square_loss` needs its 'fen'")
             labels[row, self._visual_positions(input_ids[row])] = torch.tensor(
                 [self.square_ids[example.screen[square]] for square in self.square_of_token]
             )
@@ -385,7 +387,7 @@ def _square_symbol_ids(tokenizer: Any) -> dict[str, int]:
     for symbol in SQUARE_CLASSES:
         tokens = tokenizer(f" {symbol}", add_special_tokens=False)["input_ids"]
         if len(tokens) != 1:
-            raise ChessVLMError(f"--square_loss needs ' {symbol}' to be one token, not {tokens}")
+            raise ConfigError("square_loss", f"needs ' {symbol}' to be one token, not {tokens}")
         ids[symbol] = tokens[0]
     return ids
 
@@ -642,13 +644,17 @@ def train(config: TrainConfig) -> Path:
     """
     from transformers.trainer_utils import get_last_checkpoint
 
+    from chessvlm.datasets import require_training_data
+
+    require_training_data(config.data_dir, config.image_base_dir)
     config = resolve_defaults(config)
     output_dir = Path(config.output_dir)
     last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
     if last and not config.resume:
-        raise ChessVLMError(
-            f"{output_dir} already holds checkpoints; pass --resume to continue the run, "
-            "or choose another --output_dir"
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir} already holds checkpoints; pass `resume` to continue the run, "
+            "or choose another folder",
         )
     image_size = check_image_size(config.image_size or _model_image_size(config.model_name))
     model, processor = build_model(config, image_size)
@@ -739,7 +745,7 @@ def _datasets(
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(
             f"{first['where']} (id {first['id']!r})",
-            f"{first['problem']}{more}; fix the data or pass --skip_bad_samples",
+            f"{first['problem']}{more}; fix the data or pass `skip_bad_samples`",
         )
     if problems:
         atomic_write_jsonl(Path(config.output_dir) / SKIPPED_LOG, problems)
@@ -747,9 +753,9 @@ def _datasets(
     if not checked[0][0]:
         raise InputError(str(train_path), "no usable training samples")
     if config.square_loss and any(example.screen is None for example in examples):
-        raise InputError(str(train_path), "--square_loss needs every record's 'fen'")
+        raise InputError(str(train_path), "`square_loss` needs every record's 'fen'")
     if config.routing_loss and target != "compact":
-        raise InputError(str(train_path), f"--routing_loss needs compact answers, not {target!r}")
+        raise InputError(str(train_path), f"`routing_loss` needs compact answers, not {target!r}")
     return checked[0][0], checked[1][0], target, prompt
 
 
@@ -845,7 +851,7 @@ def merge_adapter(adapter: str | Path, out: str | Path) -> Path:
         raise ChessVLMError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise ChessVLMError(f"{out} already exists and is not empty; pick another --out")
+        raise ConfigError("out", f"{out} already exists and is not empty; pick another folder")
     model, processor = load_model_and_processor(adapter, dtype=torch.float32, device="cpu")
     merged = model.merge_and_unload()
     stored = _stored_dtype(source.base)

@@ -1,7 +1,8 @@
 """The `chessvlm` command: one parser, one subcommand group per module in this package.
 
 Each command module exposes `register(subparsers)`, which adds its subcommands and sets
-`func` on each; `func(args)` returns an exit code.
+`func` on each; `func(args)` returns an exit code. Shared argument types, defaults and flag
+spellings: `chessvlm.cli.arguments`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from chessvlm.cli.arguments import Parser, in_flag_names
 from chessvlm.errors import ChessVLMError
 
 COMMAND_MODULES = (
@@ -24,7 +26,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="chessvlm",
         description="Teach vision-language models to read chess boards.",
     )
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ChessVLMError as error:
-        print(f"chessvlm: error: {error}", file=sys.stderr)
+        # The library names config fields; the user typed flags.
+        print(f"chessvlm: error: {in_flag_names(error, args.command_parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("chessvlm: interrupted; rerun the same command to resume.", file=sys.stderr)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chessvlm.cli.arguments import MODEL, OUT, config_defaults, config_options, positive_int
+
+EVALUATE = config_defaults("chessvlm.evaluation", "EvaluateConfig")
+
 _DESCRIPTION = """\
 Ask a model about every board of a VLM test set (greedy, batched), log each answer to a
-predictions JSONL as it comes (a rerun resumes), then write the metrics JSON to --output.
+predictions JSONL as it comes (a rerun resumes), then write the metrics JSON to --out.
 The baseline is the same command with the base model and no adapter, e.g.
-`--model_path Qwen/Qwen2-VL-2B-Instruct`; it is asked the test data's prompt. Under
+`--model Qwen/Qwen2-VL-2B-Instruct`; it is asked the test data's prompt. Under
 `torchrun --nproc_per_node N` or `accelerate launch` the test set is split across the
 processes and process 0 merges the predictions and writes the metrics.
 
@@ -28,7 +32,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
+        MODEL,
         "--model_path",
+        dest="model_path",
+        metavar="MODEL",
         required=True,
         help="model folder, adapter folder written by `chessvlm train`, or hub id",
     )
@@ -36,25 +43,38 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--image_base_dir", type=Path, required=True, help="folder the image paths are under"
     )
-    parser.add_argument("--output", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument(
+        OUT,
+        "--output",
+        dest="output",
+        metavar="FILE",
+        type=Path,
+        required=True,
+        help="metrics JSON to write",
+    )
     parser.add_argument(
         "--base_model",
-        help="base model of the adapter in --model_path (default: the one it records)",
+        help="base model of the adapter in --model (default: the one it records)",
     )
     parser.add_argument(
         "--predictions",
         type=Path,
-        help="predictions JSONL (default: <output stem>.predictions.jsonl beside --output)",
+        help="predictions JSONL (default: <output stem>.predictions.jsonl beside --out)",
     )
-    parser.add_argument("--batch_size", type=_positive_int, default=8, help="default 8")
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=EVALUATE("batch_size"),
+        help="boards a batch (default: %(default)s)",
+    )
     parser.add_argument(
         "--max_new_tokens",
-        type=_positive_int,
+        type=positive_int,
         help="answer length limit in tokens (default: 100 for compact, 164 for constrained "
         "compact, 1600 for seed)",
     )
     parser.add_argument(
-        "--max_samples", type=_positive_int, help="evaluate the first N test samples only"
+        "--max_samples", type=positive_int, help="evaluate the first N test samples only"
     )
     parser.add_argument(
         "--crop_with",
@@ -73,21 +93,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the headline figures."""
+    from chessvlm.datasets import require_test_data
+
+    # Before torch and transformers load: a wrong path fails in a second.
+    require_test_data(args.test_data, args.image_base_dir)
     from chessvlm.evaluation import EvaluateConfig, evaluate, predictions_path, process_state
 
-    config = EvaluateConfig(
-        model_path=args.model_path,
-        test_data=args.test_data,
-        image_base_dir=args.image_base_dir,
-        output=args.output,
-        base_model=args.base_model,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_samples=args.max_samples,
-        constrained=args.constrained,
-        predictions=args.predictions,
-        crop_with=args.crop_with,
-    )
+    config = EvaluateConfig(**config_options(args, EvaluateConfig))
     metrics = evaluate(config)
     if process_state().is_main_process:
         from chessvlm.metrics import MAIN_FIGURES
@@ -102,10 +114,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _format(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value

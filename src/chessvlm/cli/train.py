@@ -5,8 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chessvlm.cli.arguments import (
+    EPOCHS,
+    MODEL,
+    OUT,
+    config_defaults,
+    config_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from chessvlm.errors import ChessVLMError
-from chessvlm.modeling import DEFAULT_BASE_MODEL, PRESETS
+from chessvlm.modeling import PRESETS
+from chessvlm.positions import TARGETS
 
 
 def register(subparsers) -> None:
@@ -26,9 +37,13 @@ def _register_init_model(subparsers) -> None:
             "loads and trains through exactly the same code as Qwen/Qwen2-VL-2B-Instruct."
         ),
     )
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="small")
-    parser.add_argument("--out", type=Path, required=True, help="folder to create")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), default="small", help="default: %(default)s"
+    )
+    parser.add_argument(OUT, type=Path, required=True, help="folder to create")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)"
+    )
     parser.set_defaults(func=_run_init_model)
 
 
@@ -45,11 +60,14 @@ def _run_init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN = config_defaults("chessvlm.training", "TrainConfig")
+# Knobs whose default depends on the kind of run (`training.resolve_defaults`).
+BY_RUN = "default: by the kind of run, see above"
+
+
 def _register_train(subparsers) -> None:
-    # Unset options stay out of the namespace, so TrainConfig's defaults are the only ones.
     parser = subparsers.add_parser(
         "train",
-        argument_default=argparse.SUPPRESS,
         help="fine-tune Qwen2-VL on a VLM dataset (seed step 2)",
         description=(
             "Fine-tune a Qwen2-VL model on {train,val}.json of a VLM dataset, with LoRA (the "
@@ -61,27 +79,51 @@ def _register_train(subparsers) -> None:
     )
     paths = parser.add_argument_group("data and model")
     paths.add_argument("--data_dir", type=Path, required=True, help="VLM dataset folder")
-    paths.add_argument("--output_dir", type=Path, required=True, help="run folder")
     paths.add_argument(
+        OUT,
+        "--output_dir",
+        dest="output_dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="run folder",
+    )
+    paths.add_argument(
+        MODEL,
         "--model_name",
-        help=f"hub id or local folder (hub layout, or from init-model); {DEFAULT_BASE_MODEL}",
+        dest="model_name",
+        metavar="MODEL",
+        default=TRAIN("model_name"),
+        help="hub id or local folder (hub layout, or from init-model; default: %(default)s)",
     )
     paths.add_argument(
         "--image_base_dir", type=Path, help="folder image paths are relative to (--data_dir)"
     )
-    paths.add_argument("--max_samples", type=int, help="use only the first N training samples")
-    paths.add_argument("--max_eval_samples", type=int, help="val samples for eval loss (256)")
+    paths.add_argument(
+        "--max_samples", type=positive_int, help="use only the first N training samples"
+    )
+    paths.add_argument(
+        "--max_eval_samples",
+        type=positive_int,
+        default=TRAIN("max_eval_samples"),
+        help="val samples for eval loss (default: %(default)s)",
+    )
     paths.add_argument(
         "--target",
-        choices=("compact", "seed"),
+        choices=TARGETS,
         help="answer format to teach; rebuilt from each record's FEN (default: the records')",
     )
     paths.add_argument(
         "--image_size",
-        type=int,
+        type=positive_int,
         help="board size in px, a multiple of 28 (default: the model's; 448 for Qwen2-VL-2B)",
     )
-    paths.add_argument("--max_length", type=int, help="longest sample in tokens (2048)")
+    paths.add_argument(
+        "--max_length",
+        type=positive_int,
+        default=TRAIN("max_length"),
+        help="longest sample in tokens (default: %(default)s)",
+    )
     paths.add_argument(
         "--skip_bad_samples",
         action="store_true",
@@ -91,30 +133,53 @@ def _register_train(subparsers) -> None:
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--use_lora", action="store_true", help="train a LoRA adapter (the default)")
     lora.add_argument("--full", action="store_true", help="train all weights, no LoRA")
-    lora.add_argument("--lora_r", type=int, help="rank (16)")
-    lora.add_argument("--lora_alpha", type=int, help="scale (32)")
-    lora.add_argument("--lora_dropout", type=float, help="(0.1)")
+    for name, text in (("lora_r", "rank"), ("lora_alpha", "scale")):
+        lora.add_argument(
+            f"--{name}",
+            type=positive_int,
+            default=TRAIN(name),
+            help=f"{text} (default: %(default)s)",
+        )
+    lora.add_argument(
+        "--lora_dropout", type=float, default=TRAIN("lora_dropout"), help="default: %(default)s"
+    )
     lora.add_argument(
         "--lora_vision", action="store_true", help="also adapt the vision tower's layers"
     )
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, help="per device")
-    optim.add_argument("--gradient_accumulation_steps", type=int)
-    optim.add_argument("--learning_rate", type=float)
-    optim.add_argument("--warmup_steps", type=float, help="steps, or a fraction (< 1) of all")
-    optim.add_argument("--weight_decay", type=float)
-    optim.add_argument("--lr_scheduler", help="transformers scheduler name (linear)")
-    optim.add_argument("--num_epochs", type=float, help="(3)")
-    optim.add_argument("--max_steps", type=int, help="stop after this many optimizer steps")
+    optim.add_argument("--batch_size", type=positive_int, help=f"per device ({BY_RUN})")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, help=BY_RUN)
+    optim.add_argument("--learning_rate", type=positive_float, help=BY_RUN)
+    optim.add_argument(
+        "--warmup_steps", type=float, help=f"steps, or a fraction (< 1) of all ({BY_RUN})"
+    )
+    optim.add_argument("--weight_decay", type=float, help=BY_RUN)
+    optim.add_argument(
+        "--lr_scheduler",
+        default=TRAIN("lr_scheduler"),
+        help="transformers scheduler name (default: %(default)s)",
+    )
+    optim.add_argument(
+        EPOCHS,
+        "--num_epochs",
+        dest="num_epochs",
+        metavar="N",
+        type=positive_float,
+        default=TRAIN("num_epochs"),
+        help="passes over the training data (default: %(default)s)",
+    )
+    optim.add_argument(
+        "--max_steps", type=positive_int, help="stop after this many optimizer steps"
+    )
     optim.add_argument(
         "--max_minutes",
-        type=float,
+        type=positive_float,
         help="stop after this many minutes of training, saving a checkpoint",
     )
     optim.add_argument(
         "--lr_decay_fraction",
-        type=float,
+        type=positive_float,
         help="with --max_minutes: after warmup keep the learning rate flat, then decay it "
         "linearly to 0 over this share of the time budget (e.g. 0.2)",
     )
@@ -136,33 +201,47 @@ def _register_train(subparsers) -> None:
         help="also teach one attention head which visual tokens show each answer square "
         "(speeds up training from scratch; compact target, 224 px multiples)",
     )
-    optim.add_argument("--seed", type=int, help="data order and initialisation seed (0)")
+    optim.add_argument(
+        "--seed",
+        type=int,
+        default=TRAIN("seed"),
+        help="data order and initialisation seed (default: %(default)s)",
+    )
 
     run = parser.add_argument_group("checkpoints and logs")
-    run.add_argument("--save_steps", type=int, help="checkpoint every N steps (500)")
-    run.add_argument("--eval_steps", type=int, help="val loss every N steps (500)")
-    run.add_argument("--save_total_limit", type=int, help="checkpoints kept (3)")
-    run.add_argument("--logging_steps", type=int, help="log loss every N steps (10)")
+    for name, text in (
+        ("save_steps", "checkpoint every N steps"),
+        ("eval_steps", "val loss every N steps"),
+        ("save_total_limit", "checkpoints kept"),
+        ("logging_steps", "log the loss every N steps"),
+    ):
+        run.add_argument(
+            f"--{name}",
+            type=positive_int,
+            default=TRAIN(name),
+            help=f"{text} (default: %(default)s)",
+        )
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     run.add_argument(
-        "--dataloader_workers", type=int, help="image loading processes (GPU 4, CPU 0)"
+        "--dataloader_workers",
+        type=non_negative_int,
+        help="image loading processes (default: 4 on GPU, 0 on CPU)",
     )
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import dataclasses
+    from chessvlm.datasets import require_training_data
 
+    if args.full and args.use_lora:
+        raise ChessVLMError("--full and --use_lora contradict each other; pick one")
+    # Before torch and transformers load: a wrong folder fails in a second.
+    require_training_data(args.data_dir, args.image_base_dir)
     from chessvlm.modeling import read_run_config
     from chessvlm.training import TrainConfig, train
 
-    options = vars(args)
-    if options.pop("full", False):
-        if options.pop("use_lora", False):
-            raise ChessVLMError("--full and --use_lora contradict each other; pick one")
-        options["use_lora"] = False
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    out = train(TrainConfig(**{k: v for k, v in options.items() if k in known}))
+    options = {**config_options(args, TrainConfig), "use_lora": not args.full}
+    out = train(TrainConfig(**options))
     run = read_run_config(out)
     kind = "LoRA adapter" if run.get("use_lora") else "model"
     print(f"{kind} after {run.get('step')} steps in {out} (metrics: {out}/metrics.jsonl)")
@@ -179,7 +258,7 @@ def _register_merge(subparsers) -> None:
         ),
     )
     parser.add_argument("--adapter", type=Path, required=True, help="adapter folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder to create")
+    parser.add_argument(OUT, type=Path, required=True, help="folder to create")
     parser.set_defaults(func=_run_merge)
 
 
