@@ -245,11 +245,12 @@ def test_predict_with_a_folder_that_is_no_model(tmp_path, boards, capsys):
 def test_command_choices_match_the_reader_modules():
     from chessvlm import predict
     from chessvlm.cli import reader as command
-    from chessvlm.reader import model, read
+    from chessvlm.reader import evaluate, model, read
 
-    assert command.ENCODERS == model.ENCODERS
-    assert command.DECODERS == read.DECODERS
-    assert command.FORMATS == predict.FORMATS
+    assert tuple(command.ENCODERS) == model.ENCODERS
+    assert tuple(command.DECODERS) == read.DECODERS
+    assert tuple(command.ORIENTATIONS) == evaluate.ORIENTATIONS
+    assert tuple(command.FORMATS) == predict.FORMATS
 
 
 def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from chessvlm.cli.arguments import OUT, non_negative_int
 from chessvlm.positions import TARGETS
 from chessvlm.sources import IMPORT_FORMATS
 
@@ -48,15 +49,17 @@ def _register_synth(commands) -> None:
             "an interrupted run resumes when rerun with the same arguments."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder (DIR)")
+    parser.add_argument(OUT, type=Path, required=True, help="dataset folder (DIR)")
     for split, default in SPLIT_DEFAULTS.items():
         parser.add_argument(
             f"--{split}",
-            type=_non_negative_int,
+            type=non_negative_int,
             default=default,
-            help=f"{split} images (default {default})",
+            help=f"{split} images (default: %(default)s)",
         )
-    parser.add_argument("--seed", type=int, default=0, help="seed of games and looks (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of games and looks (default: %(default)s)"
+    )
     parser.add_argument(
         "--style",
         default="mixed",
@@ -67,14 +70,14 @@ def _register_synth(commands) -> None:
         ),
     )
     parser.add_argument(
-        "--test-style",
         "--test_style",
+        "--test-style",
         dest="test_style",
         help="rendering style of the test split (default: --style), e.g. mixed-held-out",
     )
     parser.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=os.cpu_count() or 1,
         help="rendering processes (default: one per CPU)",
     )
@@ -108,22 +111,22 @@ def _register_import(commands) -> None:
     )
     parser.add_argument("--format", choices=IMPORT_FORMATS, required=True, dest="fmt")
     parser.add_argument("--source", type=Path, required=True, help="the layout's folder or file")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder (DIR)")
+    parser.add_argument(OUT, type=Path, required=True, help="dataset folder (DIR)")
     parser.add_argument(
         "--split", help="split of a single-file --source (default: guessed from its name)"
     )
     parser.add_argument(
-        "--image-root",
         "--image_root",
+        "--image-root",
         dest="image_root",
         type=Path,
         help="folder CSV image paths are relative to (default: the CSV's folder, then .)",
     )
     parser.add_argument(
-        "--max-samples",
         "--max_samples",
+        "--max-samples",
         dest="max_samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="import at most this many rows per split",
     )
     _add_skip_bad(parser, "DIR/skipped.jsonl")
@@ -148,7 +151,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 _VLM_DESCRIPTION = (
     "Convert a JSON dataset (DATA_DIR/{train,val,test}.jsonl) into the VLM dataset "
-    "(OUTPUT_DIR/{train,val,test}.json): the seed's conversation format with one fixed prompt "
+    "(OUT/{train,val,test}.json): the seed's conversation format with one fixed prompt "
     "per target, image paths relative to --base_dir (give the same folder to training and "
     "evaluation as --image_base_dir)."
 )
@@ -164,9 +167,11 @@ def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON dataset folder",
     )
     parser.add_argument(
+        OUT,
         "--output_dir",
         "--output-dir",
         dest="output_dir",
+        metavar="DIR",
         type=Path,
         help="where to write {train,val,test}.json (default: DATA_DIR/vlm)",
     )
@@ -181,14 +186,14 @@ def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
         "--max_samples",
         "--max-samples",
         dest="max_samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="at most this many samples per split",
     )
     parser.add_argument(
         "--target",
         choices=TARGETS,
-        default="compact",
-        help="answer format: compact board rows (default) or the seed's verbose JSON",
+        default=TARGETS[0],
+        help="answer format: compact board rows or the seed's verbose JSON (default: %(default)s)",
     )
     parser.add_argument(
         "--prompt",
@@ -196,13 +201,13 @@ def _add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
         "scratch learns as well from a short one, e.g. 'Read the board.', and steps faster)",
     )
     parser.add_argument(
-        "--no-image-check",
         "--no_image_check",
+        "--no-image-check",
         dest="check_images",
         action="store_false",
         help="only check that image files exist instead of decoding each one",
     )
-    _add_skip_bad(parser, "OUTPUT_DIR/skipped.jsonl")
+    _add_skip_bad(parser, "OUT/skipped.jsonl")
     parser.set_defaults(func=_run_vlm)
 
 
@@ -228,8 +233,8 @@ def _run_vlm(args: argparse.Namespace) -> int:
 
 def _add_skip_bad(parser: argparse.ArgumentParser, listing: str) -> None:
     parser.add_argument(
-        "--skip-bad",
         "--skip_bad",
+        "--skip-bad",
         dest="skip_bad",
         action="store_true",
         help=f"skip bad samples instead of stopping, listing each with the reason in {listing}",
@@ -242,13 +247,6 @@ def _print_results(title: str, results: dict[str, tuple[int, int]], skipped_file
     skipped = sum(bad for _, bad in results.values())
     if skipped:
         print(f"skipped {skipped} bad sample(s), listed in {skipped_file}")
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
 
 
 def _register_art(commands) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chessvlm.cli.arguments import OUT, positive_float, positive_int
+from chessvlm.modeling import PRESETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `quickstart` subcommand."""
@@ -19,16 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "command after an interruption to resume."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder for everything it makes")
+    parser.add_argument(OUT, type=Path, required=True, help="folder for everything it makes")
     parser.add_argument(
         "--minutes",
-        type=float,
+        type=positive_float,
         default=defaults.minutes,
         help="training budget of the VLM in minutes (default %(default)s)",
     )
     parser.add_argument(
+        "--reader_minutes",
         "--reader-minutes",
-        type=float,
+        dest="reader_minutes",
+        type=positive_float,
         default=defaults.reader_minutes,
         help="training budget of the board reader in minutes (default %(default)s)",
     )
@@ -39,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "%(default)s)",
     )
     parser.add_argument(
+        "--unseen_style",
         "--unseen-style",
+        dest="unseen_style",
         default=defaults.unseen_style,
         help="rendering style of the second test split, designs kept out of training "
         "(default %(default)s)",
@@ -47,14 +54,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preset",
         default=defaults.preset,
-        choices=("tiny", "small"),
+        choices=tuple(PRESETS),
         help="model built from scratch (default %(default)s; tiny is for smoke tests)",
     )
-    parser.add_argument("--train", type=int, default=defaults.train_samples, help="train boards")
-    parser.add_argument("--val", type=int, default=defaults.val_samples, help="validation boards")
-    parser.add_argument("--test", type=int, default=defaults.test_samples, help="test boards")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    parser.add_argument(
+        "--train",
+        type=positive_int,
+        default=defaults.train_samples,
+        help="train boards (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--val",
+        type=positive_int,
+        default=defaults.val_samples,
+        help="validation boards (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test",
+        type=positive_int,
+        default=defaults.test_samples,
+        help="test boards (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=defaults.workers,
+        help="worker processes (default: %(default)s)",
+    )
     parser.set_defaults(func=_quickstart)
 
 

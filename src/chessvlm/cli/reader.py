@@ -6,10 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-# Choices repeated from the reader modules, which import torch: `chessvlm --help` must not.
-ENCODERS = ("cnn", "clip")
-DECODERS = ("argmax", "chess_rules")
-FORMATS = ("json", "fen", "compact")
+from chessvlm.cli.arguments import (
+    EPOCHS,
+    MODEL,
+    OUT,
+    ModuleChoices,
+    config_defaults,
+    config_options,
+    positive_float,
+    positive_int,
+)
+from chessvlm.io import require_folder
+
+ENCODERS = ModuleChoices("chessvlm.reader.model", "ENCODERS")
+DECODERS = ModuleChoices("chessvlm.reader.read", "DECODERS")
+ORIENTATIONS = ModuleChoices("chessvlm.reader.evaluate", "ORIENTATIONS")
+FORMATS = ModuleChoices("chessvlm.predict", "FORMATS")
+TRAIN = config_defaults("chessvlm.reader.train", "ReaderTrainConfig")
+EVALUATE = config_defaults("chessvlm.reader.evaluate", "ReaderEvalConfig")
 
 
 def register(subparsers) -> None:
@@ -29,20 +43,6 @@ def register(subparsers) -> None:
     _register_predict(subparsers)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
 def _register_train(commands) -> None:
     parser = commands.add_parser(
         "train",
@@ -54,26 +54,52 @@ def _register_train(commands) -> None:
         ),
     )
     parser.add_argument("--data_dir", required=True, help="JSON dataset folder")
-    parser.add_argument("--out", required=True, help="checkpoint folder")
-    parser.add_argument("--encoder", choices=ENCODERS, default="cnn", help="default: cnn")
-    parser.add_argument("--epochs", type=_positive_int, default=15, help="default: 15")
+    parser.add_argument(OUT, required=True, help="checkpoint folder")
     parser.add_argument(
-        "--max_minutes", type=_positive_float, help="stop after this much training (over resumes)"
+        "--encoder",
+        choices=ENCODERS,
+        metavar="{cnn,clip}",
+        default=TRAIN("encoder"),
+        help="default: %(default)s",
     )
-    parser.add_argument("--batch_size", type=_positive_int, default=32, help="default: 32")
+    parser.add_argument(
+        EPOCHS, type=positive_int, default=TRAIN("epochs"), help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--max_minutes", type=positive_float, help="stop after this much training (over resumes)"
+    )
+    parser.add_argument(
+        "--batch_size", type=positive_int, default=TRAIN("batch_size"), help="default: %(default)s"
+    )
     parser.add_argument(
         "--learning_rate",
-        type=_positive_float,
+        type=positive_float,
         help="default: 2e-3 (cnn, frozen clip), 1e-4 (clip)",
     )
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="default: 1e-4")
     parser.add_argument(
-        "--image_size", type=_positive_int, default=256, help="board side in px (default 256)"
+        "--weight_decay", type=float, default=TRAIN("weight_decay"), help="default: %(default)s"
     )
-    parser.add_argument("--max_train_samples", type=_positive_int, help="use the first N only")
-    parser.add_argument("--max_val_samples", type=_positive_int, default=1000, help="default: 1000")
-    parser.add_argument("--no_augment", action="store_true", help="train on the images as they are")
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=TRAIN("image_size"),
+        help="board side in px (default: %(default)s)",
+    )
+    parser.add_argument("--max_train_samples", type=positive_int, help="use the first N only")
+    parser.add_argument(
+        "--max_val_samples",
+        type=positive_int,
+        default=TRAIN("max_val_samples"),
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--no_augment",
+        dest="augment",
+        action="store_false",
+        default=TRAIN("augment"),
+        help="train on the images as they are",
+    )
+    parser.add_argument("--seed", type=int, default=TRAIN("seed"), help="default: %(default)s")
     parser.add_argument(
         "--clip_model",
         help="pretrained CLIP (hub id or local folder, e.g. openai/clip-vit-base-patch32); "
@@ -83,32 +109,20 @@ def _register_train(commands) -> None:
         "--freeze_encoder", action="store_true", help="train only the heads (with --clip_model)"
     )
     parser.add_argument(
-        "--workers", type=_positive_int, default=2, help="image-decoding threads (default 2)"
+        "--workers",
+        type=positive_int,
+        default=TRAIN("workers"),
+        help="image-decoding threads (default: %(default)s)",
     )
     parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    # Before torch loads: a wrong folder fails in a second.
+    require_folder("data_dir", args.data_dir)
     from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
-    config = ReaderTrainConfig(
-        data_dir=args.data_dir,
-        out=args.out,
-        encoder=args.encoder,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        max_minutes=args.max_minutes,
-        max_train_samples=args.max_train_samples,
-        max_val_samples=args.max_val_samples,
-        augment=not args.no_augment,
-        seed=args.seed,
-        clip_model=args.clip_model,
-        freeze_encoder=args.freeze_encoder,
-        workers=args.workers,
-    )
+    config = ReaderTrainConfig(**config_options(args, ReaderTrainConfig))
     print(f"reader checkpoint: {train_reader(config)}")
     return 0
 
@@ -129,15 +143,15 @@ def _register_build_default(commands) -> None:
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
     parser.add_argument(
-        "--out",
+        OUT,
         default=str(DEFAULT_READER),
         help="where the checkpoint goes (default: the package)",
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=2,
-        help="rendering and decoding workers (default 2)",
+        help="rendering and decoding workers (default: %(default)s)",
     )
     parser.set_defaults(func=_run_build_default)
 
@@ -154,47 +168,52 @@ def _register_evaluate(commands) -> None:
         "evaluate",
         help="read a split and score it with the SPEC metrics",
         description=(
-            "Write OUTPUT/predictions.jsonl (resumable), OUTPUT/metrics.json and OUTPUT/run.json, "
+            "Write OUT/predictions.jsonl (resumable), OUT/metrics.json and OUT/run.json, "
             "so that `chessvlm report` compares the reader with the VLMs."
         ),
     )
     parser.add_argument(
-        "--model", help="reader checkpoint folder (default: the reader shipped in the package)"
+        MODEL, help="reader checkpoint folder (default: the reader shipped in the package)"
     )
     parser.add_argument("--data_dir", required=True, help="JSON dataset folder")
-    parser.add_argument("--split", default="test", help="default: test")
-    parser.add_argument("--output", required=True, help="run folder to write")
-    parser.add_argument("--batch_size", type=_positive_int, default=64, help="default: 64")
-    parser.add_argument("--max_samples", type=_positive_int, help="first N samples only")
+    parser.add_argument("--split", default=EVALUATE("split"), help="default: %(default)s")
     parser.add_argument(
-        "--decode", choices=DECODERS, help="default: the one that did best on validation"
+        OUT, "--output", dest="output", metavar="DIR", required=True, help="run folder to write"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=EVALUATE("batch_size"),
+        help="default: %(default)s",
+    )
+    parser.add_argument("--max_samples", type=positive_int, help="first N samples only")
+    parser.add_argument(
+        "--decode",
+        choices=DECODERS,
+        metavar="{argmax,chess_rules}",
+        help="default: the one that did best on validation",
     )
     parser.add_argument("--name", help="run name in reports")
     parser.add_argument(
         "--orientation",
-        choices=("predicted", "given"),
-        default="predicted",
-        help="given: read each board in the orientation its label states (default: predicted)",
+        choices=ORIENTATIONS,
+        metavar="{predicted,given}",
+        default=EVALUATE("orientation"),
+        help="given: read each board in the orientation its label states (default: %(default)s)",
     )
     parser.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from chessvlm.reader.default import default_reader
+
+    # Before torch loads: a wrong folder fails in a second.
+    require_folder("data_dir", args.data_dir)
     from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 
+    options = config_options(args, ReaderEvalConfig)
     metrics = evaluate_reader(
-        ReaderEvalConfig(
-            model=str(args.model or default_reader()),
-            data_dir=args.data_dir,
-            output=args.output,
-            split=args.split,
-            batch_size=args.batch_size,
-            max_samples=args.max_samples,
-            decode=args.decode,
-            name=args.name,
-            orientation=args.orientation,
-        )
+        ReaderEvalConfig(**{**options, "model": str(args.model or default_reader())})
     )
     reader = metrics["reader"]
     print(
@@ -227,23 +246,34 @@ def _register_predict(subparsers) -> None:
     )
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument(
-        "--model",
+        MODEL,
         help="reader checkpoint, VLM folder, adapter or hub id (default: the reader shipped "
         "in the package)",
     )
-    parser.add_argument("--format", choices=FORMATS, default="json", help="default: json")
-    parser.add_argument("--to-move", "--to_move", dest="to_move", choices=("w", "b"))
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        metavar="{json,fen,compact}",
+        default="json",
+        help="default: %(default)s",
+    )
+    parser.add_argument("--to_move", "--to-move", dest="to_move", choices=("w", "b"))
     parser.add_argument("--castling", help="FEN castling field, e.g. KQkq or -")
-    parser.add_argument("--en-passant", "--en_passant", dest="en_passant", help="e.g. e3")
-    parser.add_argument("--batch_size", type=_positive_int, default=32, help="default: 32")
-    parser.add_argument("--decode", choices=DECODERS, help="reader decoding (default: its own)")
+    parser.add_argument("--en_passant", "--en-passant", dest="en_passant", help="e.g. e3")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="default: %(default)s")
+    parser.add_argument(
+        "--decode",
+        choices=DECODERS,
+        metavar="{argmax,chess_rules}",
+        help="reader decoding (default: its own)",
+    )
     parser.add_argument(
         "--orientation",
         choices=("auto", "white", "black"),
         default="auto",
         help="which side is at the bottom of the images (reader only; default: auto, read it)",
     )
-    parser.add_argument("--max_new_tokens", type=_positive_int, help="VLM answer limit")
+    parser.add_argument("--max_new_tokens", type=positive_int, help="VLM answer limit")
     parser.set_defaults(func=_run_predict)
 
 
@@ -267,6 +297,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         if problem is not None:
             failures += _report(f"{path}: {problem}")
     sources = [path for path, problem in items if problem is None]
+    if not sources:
+        return 1  # nothing readable: no model to load
     results = predict_images(
         str(args.model or default_reader()),
         sources,

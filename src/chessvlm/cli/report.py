@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TARGET_CHOICES = ("compact", "seed")
+from chessvlm.cli.arguments import OUT, positive_int
+from chessvlm.positions import TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,15 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folder or metrics JSON")
-    report.add_argument("--out", required=True, help="folder for the report")
+    report.add_argument(OUT, required=True, help="folder for the report")
     report.add_argument(
         "--test_data", help="test labels for the gallery, for runs whose run.json names none"
     )
     report.add_argument(
         "--image_base_dir", help="folder the labels' image paths are relative to (for the gallery)"
     )
-    report.add_argument("--worst", type=int, default=8, help="boards in each run's gallery")
-    report.add_argument("--title", default="chessvlm evaluation", help="the page title")
+    report.add_argument(
+        "--worst",
+        type=positive_int,
+        default=8,
+        help="boards in each run's gallery (default: %(default)s)",
+    )
+    report.add_argument(
+        "--title", default="chessvlm evaluation", help="the page title (default: %(default)s)"
+    )
     report.set_defaults(func=run_report)
 
     metrics = subparsers.add_parser(
@@ -40,10 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     metrics.add_argument("--labels", required=True, help="test labels (.json or .jsonl)")
     metrics.add_argument("--predictions", required=True, help="predictions JSONL")
-    metrics.add_argument("--output", required=True, help="metrics JSON to write")
+    metrics.add_argument(
+        OUT, "--output", dest="output", metavar="FILE", required=True, help="metrics JSON to write"
+    )
     metrics.add_argument(
         "--target",
-        choices=TARGET_CHOICES,
+        choices=TARGETS,
         help="answer format to score (default: the labels' target, else compact)",
     )
     metrics.add_argument(
