@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 
-from chessvlm.errors import InputError
+from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.augment import _redraw_pieces, _stroke_weight, augment_batch, augment_scenes
@@ -203,7 +203,7 @@ def test_coordinates_output_sees_only_the_edge_squares():
 
 
 def test_clip_patches_must_be_squares():
-    with pytest.raises(Exception, match="each patch"):
+    with pytest.raises(ChessVLMError, match="each patch"):
         BoardReader(ReaderSpec(encoder="clip", image_size=96, clip_config=TINY_CLIP))
 
 
@@ -350,7 +350,8 @@ def test_training_writes_a_checkpoint_and_a_log(checkpoint):
     assert config["decode"] in ("argmax", "chess_rules")
     assert set(config["val_by_decode"]) == {"argmax", "chess_rules"}
     assert 0.0 <= config["val"]["per_square"] <= 1.0
-    assert config["predicts_to_move"] in (True, False)
+    # One epoch on a few boards cannot read the side to move at the 95% a checkpoint needs.
+    assert config["predicts_to_move"] is False
     (entry,) = read_jsonl(checkpoint / LOG_FILE)
     assert entry["epoch"] == 1 and entry["complete"] is True
     assert (checkpoint / STATE_FILE).is_file()

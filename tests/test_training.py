@@ -32,6 +32,7 @@ from chessvlm.training import (
     Example,
     TimeBudget,
     TrainConfig,
+    TrainingProgress,
     VLMCollator,
     VLMTrainer,
     _datasets,
@@ -534,3 +535,35 @@ def test_two_process_run_with_gloo(data, tiny, tmp_path):
     assert read_run_config(out)["step"] == 2
     assert len(_losses(out)) == 2
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_budgeted_run_shows_minutes_against_its_budget_and_tidy_log_lines(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    budget = TimeBudget(10, tmp_path)
+    progress = TrainingProgress(budget)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=62500, global_step=0)
+    progress.on_train_begin(None, state, None)
+    budget.fraction, state.global_step = 0.32, 120
+    progress.on_step_end(None, state, None)
+    assert (progress.bar.n, progress.bar.total) == (3.2, 10)
+    assert "3.2/10.0 min" in str(progress.bar) and "step 120" in str(progress.bar)
+    assert "62500" not in str(progress.bar)
+    logs = {"loss": 0.831234, "learning_rate": 2e-4, "epoch": 0.45, "total_flos": 1e9}
+    progress.on_log(None, state, None, logs=logs)
+    progress.on_train_end(None, state, None)
+    assert "step 120  loss 0.8312  learning_rate 2.0e-04  epoch 0.45  3.2 of 10 min\n" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_run_without_budget_counts_steps():
+    from types import SimpleNamespace
+
+    progress = TrainingProgress(None)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=50, global_step=10)
+    progress.on_train_begin(None, state, None)
+    state.global_step = 12
+    progress.on_step_end(None, state, None)
+    assert (progress.bar.n, progress.bar.total) == (12, 50)
+    assert progress.log_line(12, {"loss": 1.5}) == "step 12  loss 1.5"

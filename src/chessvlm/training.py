@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from chessvlm.errors import ChessVLMError, ConfigError, InputError
 from chessvlm.io import JsonlAppender, atomic_write_jsonl, iter_jsonl
@@ -552,6 +552,69 @@ class RunFiles(TrainerCallback):
             write_run_config(folder, {**self.run_config, "step": state.global_step})
 
 
+class TrainingProgress(TrainerCallback):
+    """The progress bar and log lines of a run, in place of transformers' own.
+
+    A time-budgeted run's bar counts minutes against the budget, with the steps so far (its
+    step count is only a bound); others count steps. Each log is one line, e.g.
+    `step 120  loss 0.8312  learning_rate 2e-04  epoch 0.45  3.2 of 10 min`.
+    """
+
+    def __init__(self, budget: TimeBudget | None) -> None:
+        self.budget = budget
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if not state.is_world_process_zero:
+            return
+        if self.budget:
+            self.bar = tqdm(
+                total=round(self.budget.seconds / 60, 1),
+                unit="min",
+                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]",
+            )
+        else:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        if self.budget:
+            self.bar.n = round(min(self.budget.fraction, 1.0) * self.bar.total, 1)
+            self.bar.set_postfix_str(f"step {state.global_step}", refresh=False)
+            self.bar.refresh()
+        else:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs:
+            self.bar.write(self.log_line(state.global_step, logs))
+
+    def log_line(self, step: int, logs: dict) -> str:
+        """One log record as one line: the step, then each figure, then the budget used."""
+        parts = [f"step {step}"]
+        for key, value in logs.items():
+            if key != "total_flos":
+                parts.append(f"{key} {_figure(value)}")
+        if self.budget:
+            used = min(self.budget.fraction, 1.0) * self.budget.seconds / 60
+            parts.append(f"{used:.1f} of {self.budget.seconds / 60:g} min")
+        return "  ".join(parts)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.4g}"
+    return str(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -671,6 +734,9 @@ def train(config: TrainConfig) -> Path:
         processing_class=processor,
         callbacks=[RunFiles(output_dir, run_config)] + ([budget] if budget else []),
     )
+    for printer in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(printer)
+    trainer.add_callback(TrainingProgress(budget))
     if config.lr_decay_fraction:
         trainer.clock_schedule = budget.lr_factor(config.warmup_steps, config.lr_decay_fraction)
     trainer.train(resume_from_checkpoint=last if config.resume else None)
