@@ -1,0 +1,98 @@
+"""The CLI's shared arguments: one spelling per flag with the seed's as aliases, lazy
+defaults, errors told in flag names, and commands that check their paths first."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chessvlm.cli import build_parser, main
+from chessvlm.errors import ChessVLMError
+from chessvlm.modeling import check_hub_model
+
+
+@pytest.mark.parametrize(
+    ("seed", "current"),
+    [
+        (
+            ["train", "--data_dir", "d", "--output_dir", "o", "--model_name", "m",
+             "--num_epochs", "2"],
+            ["train", "--data_dir", "d", "--out", "o", "--model", "m", "--epochs", "2"],
+        ),
+        (
+            ["evaluate", "--model_path", "m", "--test_data", "t", "--image_base_dir", "i",
+             "--output", "o"],
+            ["evaluate", "--model", "m", "--test_data", "t", "--image_base_dir", "i", "--out", "o"],
+        ),
+        (
+            ["create-vlm-dataset", "--data_dir", "d", "--output_dir", "o", "--max_samples", "3"],
+            ["create-vlm-dataset", "--data_dir", "d", "--out", "o", "--max_samples", "3"],
+        ),
+    ],
+)  # fmt: skip
+def test_the_seeds_flag_names_are_aliases_of_one_spelling(seed, current):
+    def options(argv):
+        parsed = vars(build_parser().parse_args(argv))
+        return {key: value for key, value in parsed.items() if key != "command_parser"}
+
+    assert options(seed) == options(current)
+
+
+def test_help_shows_the_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "rank (default: 16)" in text and "(default: 3.0)" in text
+
+
+def test_unset_flags_leave_the_config_defaults(tmp_path):
+    from chessvlm.cli.arguments import config_options
+    from chessvlm.training import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data_dir", "d", "--out", "o", "--lora_r", "8"])
+    config = TrainConfig(**config_options(args, TrainConfig))
+    assert (config.lora_r, config.lora_alpha, config.num_epochs) == (8, 32, 3.0)
+
+
+def test_train_names_a_missing_data_folder_in_a_second_without_loading_torch(tmp_path):
+    code = (
+        "import sys, time; from chessvlm.cli import main; start = time.monotonic();"
+        f"code = main(['train', '--data_dir', '{tmp_path / 'nowhere'}', '--model_name', 'x',"
+        f" '--output_dir', '{tmp_path / 'out'}']);"
+        "print(code, 'torch' in sys.modules, round(time.monotonic() - start, 1))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    exit_code, torch_loaded, seconds = result.stdout.split()
+    assert (exit_code, torch_loaded) == ("2", "False"), result.stderr
+    assert float(seconds) < 5
+    assert f"--data_dir: {tmp_path / 'nowhere'}: no such folder" in result.stderr
+
+
+def test_evaluate_names_a_missing_test_file(tmp_path, capsys):
+    argv = ["evaluate", "--model", "x", "--test_data", str(tmp_path / "test.json"),
+            "--image_base_dir", str(tmp_path), "--out", str(tmp_path / "m.json")]  # fmt: skip
+    assert main(argv) == 2
+    assert f"--test_data: {tmp_path / 'test.json'}: no such file" in capsys.readouterr().err
+
+
+def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):
+    from chessvlm.predict import Metadata, check_flags
+
+    with pytest.raises(ChessVLMError, match=r"^castling: must be a FEN castling field"):
+        check_flags(Metadata(None, "X", None))
+    image = tmp_path / "board.png"
+    image.write_bytes(b"")
+    assert main(["predict", str(image), "--castling", "X"]) == 2
+    assert "chessvlm: error: --castling: must be a FEN castling field" in capsys.readouterr().err
+
+
+def test_a_hub_id_that_cannot_be_had_fails_within_seconds(monkeypatch):
+    from huggingface_hub import constants
+
+    # The tests run offline (conftest); this one asks the hub as a user's run would.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.monotonic()
+    with pytest.raises(ChessVLMError, match="cannot load 'chessvlm-tests/no-such-model'"):
+        check_hub_model("chessvlm-tests/no-such-model")
+    assert time.monotonic() - start < 15
