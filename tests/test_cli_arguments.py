@@ -58,22 +58,27 @@ def test_unset_flags_leave_the_config_defaults(tmp_path):
 def test_train_names_a_missing_data_folder_in_a_second_without_loading_torch(tmp_path):
     code = (
         "import sys, time; from chessvlm.cli import main; start = time.monotonic();"
-        f"code = main(['train', '--data_dir', '{tmp_path / 'nowhere'}', '--model_name', 'x',"
-        f" '--output_dir', '{tmp_path / 'out'}']);"
+        f"code = main(['train', '--data_dir', '{tmp_path / 'nowhere'}', '--model_name', 'x']);"
         "print(code, 'torch' in sys.modules, round(time.monotonic() - start, 1))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     exit_code, torch_loaded, seconds = result.stdout.split()
     assert (exit_code, torch_loaded) == ("2", "False"), result.stderr
     assert float(seconds) < 5
-    assert f"--data_dir: {tmp_path / 'nowhere'}: no such folder" in result.stderr
+    assert f"--data_dir: {tmp_path / 'nowhere'}: folder not found" in result.stderr
+
+
+def test_train_asks_for_its_run_folder_once_the_data_is_there(tmp_path, capsys):
+    (tmp_path / "train.json").write_text("[]")
+    assert main(["train", "--data_dir", str(tmp_path), "--model_name", "x"]) == 2
+    assert "--out: is required: the run folder to write" in capsys.readouterr().err
 
 
 def test_evaluate_names_a_missing_test_file(tmp_path, capsys):
     argv = ["evaluate", "--model", "x", "--test_data", str(tmp_path / "test.json"),
             "--image_base_dir", str(tmp_path), "--out", str(tmp_path / "m.json")]  # fmt: skip
     assert main(argv) == 2
-    assert f"--test_data: {tmp_path / 'test.json'}: no such file" in capsys.readouterr().err
+    assert f"--test_data: {tmp_path / 'test.json'}: file not found" in capsys.readouterr().err
 
 
 def test_library_errors_name_fields_and_the_cli_names_flags(tmp_path, capsys):

@@ -221,7 +221,7 @@ def test_adapter_folder_with_base_model(model_dir, tmp_path):
     )
     assert plain["n_samples"] == adapted["n_samples"] == 2
 
-    with pytest.raises(ChessVLMError, match="--base_model is for adapter folders"):
+    with pytest.raises(ChessVLMError, match=r"^base_model: is for adapter folders"):
         evaluate(config_for(model_dir, test_data, tmp_path / "x.json", base_model="base"))
 
 
@@ -365,7 +365,7 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
         raise ChessVLMError("this install has no default reader in somewhere")
 
     monkeypatch.setattr(chessvlm.reader.default, "default_reader", no_default)
-    with pytest.raises(ChessVLMError, match="no default reader in somewhere; pass --crop_with"):
+    with pytest.raises(ChessVLMError, match="no default reader in somewhere; pass `crop_with`"):
         evaluate(config_for(trained, test_data, tmp_path / "none.json"))
     with pytest.raises(ChessVLMError, match="not a board reader checkpoint"):
         evaluate(config_for(trained, test_data, tmp_path / "x.json", crop_with=str(tmp_path)))

@@ -366,7 +366,7 @@ def test_bad_samples_stop_training_or_are_skipped_and_listed(data, tiny, tmp_pat
 
 
 def test_answer_longer_than_the_context_is_reported(data, tiny, tmp_path):
-    with pytest.raises(InputError, match="over --max_length 100"):
+    with pytest.raises(InputError, match="over `max_length` 100"):
         train(_config(data, tiny, tmp_path / "run", max_length=100))
 
 
@@ -445,7 +445,7 @@ def test_resume_continues_at_the_saved_step_as_if_never_stopped(data, tiny, tmp_
     log.write_text(
         "".join(json.dumps({**r, "elapsed_s": 1000.0}) + "\n" for r in _metrics(log.parent))
     )
-    with pytest.raises(ChessVLMError, match="--resume"):
+    with pytest.raises(ChessVLMError, match="`resume`"):
         train(_config(data, tiny, tmp_path / "stopped", max_steps=4, **common))
     resumed = train(_config(data, tiny, tmp_path / "stopped", max_steps=4, resume=True, **common))
     records = [r for r in _metrics(resumed) if "loss" in r]
@@ -487,7 +487,7 @@ def test_clock_schedule_warms_up_holds_then_decays_to_zero(tmp_path):
 
 def test_clock_schedule_drives_the_learning_rate(data, tiny, tmp_path):
     config = _config(data, tiny, tmp_path / "run", use_lora=False, max_steps=6)
-    with pytest.raises(ChessVLMError, match="--max_minutes"):
+    with pytest.raises(ChessVLMError, match="`max_minutes`"):
         train(dataclasses.replace(config, lr_decay_fraction=0.5))
     out = train(dataclasses.replace(config, max_minutes=1, lr_decay_fraction=1.0))
     rates = [r["learning_rate"] for r in _metrics(out) if "learning_rate" in r]

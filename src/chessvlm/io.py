@@ -25,7 +25,7 @@ def require_folder(field: str, path: str | Path) -> Path:
     """`path` when it is a folder; a `ConfigError` naming `field` otherwise."""
     path = Path(path)
     if not path.is_dir():
-        problem = "is a file, not a folder" if path.exists() else "no such folder"
+        problem = "is a file, not a folder" if path.exists() else "folder not found"
         raise ConfigError(field, f"{path}: {problem}")
     return path
 
@@ -35,7 +35,7 @@ def require_file(field: str, path: str | Path, what: str = "") -> Path:
     e.g. "the VLM test set") otherwise."""
     path = Path(path)
     if not path.is_file():
-        problem = "is a folder, not a file" if path.is_dir() else "no such file"
+        problem = "is a folder, not a file" if path.is_dir() else "file not found"
         raise ConfigError(field, f"{path}: {problem}" + (f" ({what})" if what else ""))
     return path
 

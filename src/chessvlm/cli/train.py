@@ -15,7 +15,7 @@ from chessvlm.cli.arguments import (
     positive_float,
     positive_int,
 )
-from chessvlm.errors import ChessVLMError
+from chessvlm.errors import ChessVLMError, ConfigError
 from chessvlm.modeling import PRESETS
 from chessvlm.positions import TARGETS
 
@@ -79,14 +79,14 @@ def _register_train(subparsers) -> None:
     )
     paths = parser.add_argument_group("data and model")
     paths.add_argument("--data_dir", type=Path, required=True, help="VLM dataset folder")
+    # Required, but checked after the data folder: a wrong folder is the first thing to hear.
     paths.add_argument(
         OUT,
         "--output_dir",
         dest="output_dir",
         metavar="DIR",
         type=Path,
-        required=True,
-        help="run folder",
+        help="run folder (required)",
     )
     paths.add_argument(
         MODEL,
@@ -237,6 +237,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ChessVLMError("--full and --use_lora contradict each other; pick one")
     # Before torch and transformers load: a wrong folder fails in a second.
     require_training_data(args.data_dir, args.image_base_dir)
+    if args.output_dir is None:
+        raise ConfigError("output_dir", "is required: the run folder to write")
     from chessvlm.modeling import read_run_config
     from chessvlm.training import TrainConfig, train
 
