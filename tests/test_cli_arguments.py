@@ -101,3 +101,18 @@ def test_a_hub_id_that_cannot_be_had_fails_within_seconds(monkeypatch):
     with pytest.raises(ChessVLMError, match="cannot load 'chessvlm-tests/no-such-model'"):
         check_hub_model("chessvlm-tests/no-such-model")
     assert time.monotonic() - start < 15
+
+
+def test_building_every_command_imports_no_torch():
+    code = (
+        "import sys; from chessvlm.cli import build_parser; build_parser();"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_reader_train_names_a_missing_data_folder(tmp_path, capsys):
+    argv = ["reader", "train", "--data_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert f"--data_dir: {tmp_path / 'nowhere'}: folder not found" in capsys.readouterr().err
