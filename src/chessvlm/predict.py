@@ -13,12 +13,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import chess
 
 from chessvlm.errors import ChessVLMError, ConfigError, InputError
 from chessvlm.positions import board_with_metadata, compact_rows, seed_json
 from chessvlm.reader.images import iter_loaded, open_board_image
+
+if TYPE_CHECKING:
+    from chessvlm.reader.read import BoardReading
 
 FORMATS = ("json", "fen", "compact")
 # A model folder, a chessvlm checkpoint or a LoRA adapter has one of these; a hub id is no folder.
@@ -29,6 +33,8 @@ CASTLING_INFERRED = (
 )
 EN_PASSANT_DEFAULT = "none: an image cannot show it (pass --en-passant to set it)"
 TO_MOVE_ASSUMED = "white, assumed: the image does not show it (pass --to-move to set it)"
+# A square read with less probability than this is reported (and drawn) as uncertain.
+UNCERTAIN_BELOW = 0.9
 
 
 @dataclass
@@ -42,6 +48,9 @@ class Placement:
     # the probability of the orientation it reports.
     box: tuple[float, float, float, float] | None = None
     orientation_probability: float | None = None
+    # Per square (python-chess order), the probability of what was read there; empty when
+    # the model gives none (a VLM).
+    square_probabilities: tuple[float, ...] = ()
 
 
 @dataclass
@@ -99,21 +108,28 @@ def _reader_placements(
     for source, reading, error in results:
         if reading is None:
             yield str(source), None, error
-            continue
-        notes = {
-            "placement": f"board reader {model}",
-            "orientation": _orientation_note(reading, given=flipped is not None),
-        }
-        placement = Placement(
-            reading.board,
-            notes,
-            reading.black_to_move_probability,
-            box=reading.box,
-            orientation_probability=None
-            if flipped is not None
-            else _confidence(reading.flipped_probability),
-        )
-        yield str(source), placement, None
+        else:
+            yield str(source), reader_placement(reading, model, orientation_given=flipped), None
+
+
+def reader_placement(
+    reading: BoardReading, model: str, *, orientation_given: bool | None = None
+) -> Placement:
+    """What the reader checkpoint `model` read on one board, with notes on where each part
+    came from; `orientation_given` is the side the user stated (None: the reader's own)."""
+    given = orientation_given is not None
+    notes = {
+        "placement": f"board reader {model}",
+        "orientation": _orientation_note(reading, given=given),
+    }
+    return Placement(
+        reading.board,
+        notes,
+        reading.black_to_move_probability,
+        box=reading.box,
+        orientation_probability=None if given else _confidence(reading.flipped_probability),
+        square_probabilities=reading.square_probabilities,
+    )
 
 
 def _orientation_note(reading, *, given: bool) -> str:
@@ -226,14 +242,36 @@ def complete_position(placement: Placement, flags: Metadata) -> tuple[chess.Boar
 
 
 def reading_fields(placement: Placement) -> dict[str, object]:
-    """What a JSON result adds from the reader: the board's box in the image and the
-    probability of the orientation (absent when the model gave none or the user set it)."""
+    """What a JSON result adds from the reader: the board's box in the image, the probability
+    of the orientation (absent when the model gave none or the user set it), the lowest
+    probability of any square's reading and the squares read with less than
+    `UNCERTAIN_BELOW` (name -> probability)."""
     fields: dict[str, object] = {}
     if placement.box is not None:
         fields["board_box"] = [round(value, 1) for value in placement.box]
     if placement.orientation_probability is not None:
         fields["orientation_probability"] = round(placement.orientation_probability, 4)
+    if placement.square_probabilities:
+        probabilities = placement.square_probabilities
+        fields["min_square_probability"] = round(min(probabilities), 4)
+        fields["uncertain_squares"] = {
+            chess.SQUARE_NAMES[square]: round(probability, 4)
+            for square, probability in enumerate(probabilities)
+            if probability < UNCERTAIN_BELOW
+        }
     return fields
+
+
+def result_fields(
+    source: str,
+    board: chess.Board,
+    notes: dict[str, str],
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """One board's JSON result (what `predict --format json` prints): the image, the seed's
+    position JSON, the FEN, the `extra` fields (e.g. `reading_fields`) and the notes."""
+    result = {"image": source, "position": seed_json(board), "fen": board.fen()}
+    return {**result, **(extra or {}), "notes": notes}
 
 
 def format_result(
@@ -249,8 +287,7 @@ def format_result(
     `reading_fields`), or a FEN / compact answer (prefixed by the image name and a tab when
     several images are read)."""
     if fmt == "json":
-        result = {"image": source, "position": seed_json(board), "fen": board.fen()}
-        return json.dumps({**result, **(extra or {}), "notes": notes})
+        return json.dumps(result_fields(source, board, notes, extra))
     if fmt == "fen":
         text = board.fen()
     elif fmt == "compact":

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "reader",
     "report",
     "quickstart",
+    "serve",
+    "export",
 )
 
 

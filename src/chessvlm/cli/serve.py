@@ -1,0 +1,79 @@
+"""`chessvlm serve`: the web page and JSON API for reading board images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from chessvlm.cli.reader import _positive_float, _positive_int
+
+
+def register(subparsers) -> None:
+    """Add the `serve` command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="a web page and a JSON API that read board images",
+        description=(
+            "Serve a page (paste, drop or pick an image; see the board, its FEN, lichess "
+            "links) and the API behind it: POST /api/read, GET /api/health, docs at /docs. "
+            "Everything is served locally; it works offline."
+        ),
+    )
+    parser.add_argument(
+        "--model", help="reader checkpoint folder (default: the reader shipped in the package)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="default: 8000")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="server processes, each with its own model and batches (default 1)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=_positive_float, default=10.0, help="upload limit (default 10)"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=40_000_000,
+        help="image limit, width x height (default 40,000,000)",
+    )
+    parser.add_argument(
+        "--max-batch", type=_positive_int, default=32, help="boards a model call (default 32)"
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a read waits for others to share its batch (default 5)",
+    )
+    parser.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chessvlm.serve.app import CONFIG_VARIABLE, ServeConfig, create_app
+    from chessvlm.serve.uploads import UploadLimits
+
+    config = ServeConfig(
+        model=args.model,
+        limits=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels),
+        max_batch=args.max_batch,
+        max_wait_ms=args.batch_wait_ms,
+    )
+    # Built here even with several workers: a bad --model stops before anything listens.
+    app = create_app(config)
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port)
+    else:
+        os.environ[CONFIG_VARIABLE] = config.to_json()
+        uvicorn.run(
+            "chessvlm.serve.app:app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+        )
+    return 0

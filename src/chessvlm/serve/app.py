@@ -1,0 +1,309 @@
+"""The `chessvlm serve` app: a page that reads board images and the JSON API behind it.
+
+- `GET /`: the page (its script and style under `/static`; nothing comes from elsewhere).
+- `POST /api/read`: an image (multipart field `file`, or the raw body) -> one result per board,
+  each the JSON `chessvlm predict --format json` prints. The reader reads cropped boards (its
+  locator cuts away margins); the list leaves room for a finder that returns several boards.
+- `GET /api/position`: a placement with side to move, castling and a half turn -> its FEN and
+  python-chess's drawing, with the uncertain squares marked. The page's controls use it.
+- `GET /api/health`, and the OpenAPI docs at `/docs` and `/redoc`, served without a CDN.
+
+Concurrent reads are gathered into model batches (`MicroBatcher`). Bad input gets a 4xx JSON
+error `{"error": {"code", "message"}}`; an unexpected failure a 500 of the same shape,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import chess
+import chess.svg
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.positions import board_from_fen
+from chessvlm.predict import (
+    Metadata,
+    check_flags,
+    complete_position,
+    reader_placement,
+    reading_fields,
+    result_fields,
+)
+from chessvlm.reader.images import load_scene
+from chessvlm.reader.model import LOCATOR_SIZE
+from chessvlm.reader.read import BoardReading, Reader, load_reader, read_images
+from chessvlm.serve.batching import MicroBatcher
+from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
+
+STATIC = Path(__file__).resolve().parent / "static"
+# uvicorn's worker processes build their app from this variable (`app_from_environment`).
+CONFIG_VARIABLE = "CHESSVLM_SERVE_CONFIG"
+ORIENTATIONS = {"auto": None, "white": False, "black": True}
+UNCERTAIN_FILL = "#e0303080"
+BOARD_PIXELS = 360
+# A square's index XOR 63 is the square half a turn away (a1 <-> h8).
+_HALF_TURN_SQUARE = 63
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the app reads with and how: the reader checkpoint (None: the shipped one), upload
+    limits, and batching (at most `max_batch` boards a model call, gathered for up to
+    `max_wait_ms` after the first)."""
+
+    model: str | None = None
+    limits: UploadLimits = field(default_factory=UploadLimits)
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+
+    def to_json(self) -> str:
+        """The config as JSON, for `CONFIG_VARIABLE`."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """Inverse of `to_json`."""
+        data = json.loads(text)
+        return cls(**{**data, "limits": UploadLimits(**data["limits"])})
+
+
+_BatchItem = tuple[Image.Image, np.ndarray, bool | None]
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    """The app for `config` (default: the shipped reader, default limits). The reader is
+    loaded here, so a bad `--model` fails before the server listens."""
+    from chessvlm.reader.default import default_reader
+
+    config = config or ServeConfig()
+    model = str(config.model or default_reader())
+    reader = load_reader(model)
+    batcher: MicroBatcher[_BatchItem, BoardReading] = MicroBatcher(
+        lambda items: _read_batch(reader, items),
+        max_batch=config.max_batch,
+        max_wait=config.max_wait_ms / 1000,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPIOffline(
+        title="chessvlm",
+        summary="Chess board images to positions (FEN and the seed's position JSON).",
+        lifespan=lifespan,
+    )
+    app.state.reader = reader
+    app.state.batcher = batcher
+    _add_error_handlers(app)
+    _add_page(app)
+    _add_api(app, config, model, reader, batcher)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for the config in `CONFIG_VARIABLE` (how uvicorn's worker processes build it)."""
+    text = os.environ.get(CONFIG_VARIABLE)
+    return create_app(ServeConfig.from_json(text) if text else None)
+
+
+def _read_batch(reader: Reader, items: Sequence[_BatchItem]) -> list[BoardReading]:
+    images, scenes, flips = zip(*items, strict=True)
+    return read_images(reader, images, scenes, flipped=flips)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadError)
+    async def upload_error(_: Request, error: UploadError) -> JSONResponse:
+        return _error(error.status, error.code, error.message)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, error: InputError) -> JSONResponse:
+        return _error(422, "unreadable_image", str(error))
+
+    @app.exception_handler(ChessVLMError)
+    async def bad_request(_: Request, error: ChessVLMError) -> JSONResponse:
+        return _error(400, "bad_parameter", str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return _error(422, "bad_parameter", problems)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        # Starlette still raises the error after this answer, so the server logs it.
+        return _error(500, "internal_error", f"the server failed ({type(error).__name__})")
+
+
+def _add_page(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+
+_READ_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An image: a multipart form with the file in field `file`, or the "
+        "image itself as the body with its content type.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in CONTENT_TYPES},
+        },
+    }
+}
+
+
+def _add_api(
+    app: FastAPI,
+    config: ServeConfig,
+    model: str,
+    reader: Reader,
+    batcher: MicroBatcher[_BatchItem, BoardReading],
+) -> None:
+    @app.get("/api/health", summary="Whether the server reads, and what with")
+    async def health() -> dict[str, object]:
+        stats = batcher.stats
+        return {
+            "status": "ok",
+            "model": model,
+            "boards_read": stats.items,
+            "model_batches": stats.batches,
+            "largest_batch": stats.largest,
+            "limits": asdict(config.limits),
+        }
+
+    @app.post(
+        "/api/read",
+        summary="Read the boards in an image",
+        openapi_extra=_READ_BODY,
+        responses={
+            400: {"description": "bad parameter or form"},
+            408: {"description": "upload too slow"},
+            413: {"description": "too many bytes or pixels"},
+            415: {"description": "not an accepted image type"},
+            422: {"description": "an image that cannot be read as a board"},
+        },
+    )
+    async def read(
+        request: Request,
+        to_move: Literal["w", "b"] | None = Query(None, description="side to move"),
+        castling: str | None = Query(None, description="FEN castling field, e.g. KQkq or -"),
+        en_passant: str | None = Query(None, description="en passant square, e.g. e3"),
+        orientation: Literal["auto", "white", "black"] = Query(
+            "auto", description="which side is at the bottom of the image (auto: read it)"
+        ),
+    ) -> dict[str, object]:
+        """One result per board (today the reader reads one board an image), each as
+        `chessvlm predict --format json` prints it, plus the image's name and size."""
+        flags = Metadata(to_move, castling, en_passant)
+        check_flags(flags)
+        upload = await receive_upload(request, config.limits)
+        try:
+            image, scene = await run_in_threadpool(
+                load_scene, upload.data, reader.image_size, LOCATOR_SIZE
+            )
+        except InputError as error:
+            raise InputError(upload.name, error.problem) from None
+        flipped = ORIENTATIONS[orientation]
+        reading = await batcher.submit((image, scene, flipped))
+        placement = reader_placement(reading, model, orientation_given=flipped)
+        board, notes = complete_position(placement, flags)
+        result = result_fields(upload.name, board, notes, reading_fields(placement))
+        size = {"width": upload.width, "height": upload.height, "format": upload.format}
+        return {"image": {"name": upload.name, **size}, "boards": [result]}
+
+    @app.get("/api/position", summary="A placement's FEN and drawing, with the page's controls")
+    async def position(
+        placement: str = Query(description="FEN placement (or a whole FEN: its pieces count)"),
+        to_move: Literal["w", "b"] = "w",
+        castling: str = Query("-", description="castling rights asked for, e.g. KQkq or -"),
+        rotate: bool = Query(False, description="turn the placement half a turn"),
+        bottom: Literal["white", "black"] = Query(
+            "white", description="the side at the bottom of the image, as read"
+        ),
+        uncertain: str = Query("", description="comma-separated squares to mark, e.g. e4,d5"),
+    ) -> dict[str, object]:
+        """The FEN (castling rights the placement cannot have are dropped) and an SVG drawing
+        seen as the image shows it. `rotate` corrects a board read in the wrong orientation:
+        the placement turns half a turn, and so do the side at the bottom and the marks."""
+        check_flags(Metadata(to_move, castling, None))
+        board = board_from_fen(placement)
+        board.turn = to_move == "w"
+        board.set_castling_fen(castling)
+        # Rights the placement cannot have (no king or rook at home) are dropped, as in a FEN.
+        board.castling_rights = board.clean_castling_rights()
+        marked = _squares(uncertain)
+        if rotate:
+            board = board.transform(_half_turn)
+            marked = [_HALF_TURN_SQUARE ^ square for square in marked]
+            bottom = "black" if bottom == "white" else "white"
+        drawing = chess.svg.board(
+            board,
+            orientation=chess.BLACK if bottom == "black" else chess.WHITE,
+            squares=chess.SquareSet(marked),
+            fill=dict.fromkeys(marked, UNCERTAIN_FILL),
+            size=BOARD_PIXELS,
+        )
+        return {
+            "fen": board.fen(),
+            "placement": board.board_fen(),
+            "bottom": bottom,
+            "uncertain": [chess.square_name(square) for square in marked],
+            "problems": _problems(board),
+            "svg": drawing,
+        }
+
+
+def _half_turn(bitboard: chess.Bitboard) -> chess.Bitboard:
+    return chess.flip_vertical(chess.flip_horizontal(bitboard))
+
+
+def _squares(text: str) -> list[chess.Square]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in chess.SQUARE_NAMES]
+    if unknown:
+        raise ChessVLMError(f"uncertain: {', '.join(unknown)} are not squares like e4")
+    return [chess.parse_square(name) for name in names]
+
+
+def _problems(board: chess.Board) -> list[str]:
+    status = board.status()
+    return [
+        name.lower().replace("_", " ")
+        for name, flag in chess.Status.__members__.items()
+        if flag and flag in status
+    ]

@@ -1,0 +1,115 @@
+"""Gathering concurrent requests into model batches.
+
+Each request hands its decoded board to `MicroBatcher.submit` and awaits the result. One task
+takes the first waiting item, waits up to `max_wait` seconds for more (up to `max_batch`),
+and runs the whole batch in one model call on its own thread, so the event loop keeps
+receiving uploads and answering other clients meanwhile. With one client a board waits at
+most `max_wait`; with many, each model call reads many boards and throughput grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+_POLL_SECONDS = 0.001
+
+
+@dataclass
+class BatchStats:
+    """Counts since start: model calls, items read, and the largest batch."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """Runs `process` (a list of items -> a list of results, in order) over batches of
+    concurrently submitted items. Start it with `start()` inside the event loop, stop it with
+    `stop()`."""
+
+    def __init__(
+        self,
+        process: Callable[[Sequence[Item]], Sequence[Result]],
+        *,
+        max_batch: int = 32,
+        max_wait: float = 0.005,
+    ) -> None:
+        self.process = process
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # One thread: the model is called by one batch at a time, and its own threads
+        # (torch's) do the parallel work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    def start(self) -> None:
+        """Start the batching task in the running event loop."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop batching; items still waiting get a `RuntimeError`."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._queue is not None and not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: Item) -> Result:
+        """The result of `process` for `item`, read in a batch with whatever else waits."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Polled, not `wait_for(queue.get())`: a timeout there can drop an item that
+                # arrives as it fires (Python < 3.12), and no request may be lost.
+                await asyncio.sleep(min(remaining, _POLL_SECONDS))
+            # A client that went away while waiting has its future cancelled: skip its item.
+            batch = [(item, future) for item, future in batch if not future.done()]
+            if not batch:
+                continue
+            items = [item for item, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self.process, items)
+            except Exception as error:  # a model failure fails this batch, not the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self._record(len(batch))
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def _record(self, size: int) -> None:
+        self.stats.batches += 1
+        self.stats.items += size
+        self.stats.largest = max(self.stats.largest, size)
