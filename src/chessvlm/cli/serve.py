@@ -40,6 +40,12 @@ def register(subparsers) -> None:
         help="image limit, width x height (default 40,000,000)",
     )
     parser.add_argument(
+        "--upload-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a client has to send its upload (default 30)",
+    )
+    parser.add_argument(
         "--max-batch", type=_positive_int, default=32, help="boards a model call (default 32)"
     )
     parser.add_argument(
@@ -59,7 +65,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         model=args.model,
-        limits=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels),
+        limits=UploadLimits(
+            max_bytes=int(args.max_upload_mb * 2**20),
+            max_pixels=args.max_pixels,
+            receive_seconds=args.upload_timeout,
+        ),
         max_batch=args.max_batch,
         max_wait_ms=args.batch_wait_ms,
     )

@@ -163,7 +163,10 @@ class EdgeReader(nn.Module):
         left = pixels[..., :square]
         bottom = pixels[..., -square:, :].transpose(2, 3)
         strips = self.layers(torch.cat([left, bottom])).flatten(1)
-        return torch.cat(strips.split(len(pixels)), dim=1)
+        # Unflattened, not split by len(pixels): a split by the batch size fixes that size
+        # in an exported graph (`chessvlm export --format onnx`).
+        left_strips, bottom_strips = strips.unflatten(0, (2, -1))
+        return torch.cat([left_strips, bottom_strips], dim=1)
 
 
 class ClipSquareEncoder(nn.Module):

@@ -262,15 +262,16 @@ def _add_api(
         the placement turns half a turn, and so do the side at the bottom and the marks."""
         check_flags(Metadata(to_move, castling, None))
         board = board_from_fen(placement)
-        board.turn = to_move == "w"
-        board.set_castling_fen(castling)
-        # Rights the placement cannot have (no king or rook at home) are dropped, as in a FEN.
-        board.castling_rights = board.clean_castling_rights()
         marked = _squares(uncertain)
         if rotate:
             board = board.transform(_half_turn)
             marked = [_HALF_TURN_SQUARE ^ square for square in marked]
             bottom = "black" if bottom == "white" else "white"
+        board.turn = to_move == "w"
+        board.ep_square = None
+        board.set_castling_fen(castling)
+        # Rights the placement cannot have (no king or rook at home) are dropped, as in a FEN.
+        board.castling_rights = board.clean_castling_rights()
         drawing = chess.svg.board(
             board,
             orientation=chess.BLACK if bottom == "black" else chess.WHITE,

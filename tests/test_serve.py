@@ -1,0 +1,300 @@
+"""`chessvlm serve`'s API with FastAPI's test client: good images, bad ones, too large, wrong
+type; the page's assets; batching of concurrent reads; a slow client against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+
+import chess
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_fixtures import FENS, board_png, serve_command
+
+from chessvlm.cli import main
+from chessvlm.serve.app import STATIC, ServeConfig, create_app
+from chessvlm.serve.batching import MicroBatcher
+from chessvlm.serve.uploads import UploadLimits
+
+PNG = {"content-type": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def limited_client(**limits) -> TestClient:
+    return TestClient(create_app(ServeConfig(limits=UploadLimits(**limits))))
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, str]:
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+# --------------------------------------------------------------------------- good images
+
+
+@pytest.mark.parametrize("fen", FENS)
+def test_a_raw_image_body_is_read(client, fen):
+    response = client.post("/api/read", content=board_png(fen), headers=PNG)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["image"] == {"name": "upload", "width": 512, "height": 512, "format": "PNG"}
+    (board,) = answer["boards"]
+    assert board["fen"].split()[0] == chess.Board(fen).board_fen()
+    assert board["board_box"] == pytest.approx([0, 0, 512, 512], abs=8)
+    assert set(board["uncertain_squares"]) <= set(chess.SQUARE_NAMES)
+
+
+def test_the_api_returns_what_predict_prints(client, tmp_path, capsys):
+    path = tmp_path / "board.png"
+    path.write_bytes(board_png(FENS[1]))
+    assert main(["predict", str(path), "--to-move", "b"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    with path.open("rb") as upload:
+        response = client.post(
+            "/api/read?to_move=b", files={"file": ("board.png", upload, "image/png")}
+        )
+    (served,) = response.json()["boards"]
+    assert served["image"] == "board.png"
+    printed["image"] = "board.png"
+    assert served == printed
+
+
+def test_metadata_and_orientation_parameters(client):
+    query = "to_move=b&castling=kq&orientation=white"
+    response = client.post(f"/api/read?{query}", content=board_png(), headers=PNG)
+    (board,) = response.json()["boards"]
+    assert board["fen"].split()[1:3] == ["b", "kq"]
+    assert board["notes"]["orientation"] == "white at the bottom (from --orientation)"
+    assert "orientation_probability" not in board
+
+
+def test_a_jpeg_with_a_margin_is_read(client):
+    image = Image.open(io.BytesIO(board_png(size=400)))
+    framed = Image.new("RGB", (480, 440), "white")
+    framed.paste(image, (50, 20))
+    buffer = io.BytesIO()
+    framed.save(buffer, "JPEG", quality=90)
+    response = client.post(
+        "/api/read", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}
+    )
+    (board,) = response.json()["boards"]
+    assert board["fen"].split()[0] == chess.Board().board_fen()
+    assert board["board_box"] == pytest.approx([50, 20, 450, 420], abs=12)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _ico() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, "ICO")
+    return buffer.getvalue()
+
+
+def _image(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code", "words"),
+    [
+        (b"", "image/png", 400, "empty_upload", "no bytes"),
+        (b"not an image at all", "image/png", 422, "not_an_image", "Pillow"),
+        (board_png()[:3000], "image/png", 422, "unreadable_image", "cannot decode"),
+        (board_png(), "text/plain", 415, "unsupported_type", "'text/plain'"),
+        (board_png(), None, 415, "unsupported_type", "'none'"),
+        (_ico(), "image/png", 415, "unsupported_format", "ICO"),
+        (_image((40, 40)), "image/png", 422, "unreadable_image", "64 px"),
+        (_image((400, 100)), "image/png", 422, "unreadable_image", "far from square"),
+    ],
+)
+def test_bad_uploads_get_a_4xx_error_naming_the_problem(
+    client, body, content_type, status, code, words
+):
+    headers = {"content-type": content_type} if content_type else {}
+    error = error_of(client.post("/api/read", content=body, headers=headers), status)
+    assert error["code"] == code
+    assert words in error["message"]
+
+
+def test_a_form_without_a_file_or_with_a_wrong_type(client):
+    files = {"image": ("board.png", board_png(), "image/png")}
+    error = error_of(client.post("/api/read", files=files), 400)
+    assert error["code"] == "no_file"
+    assert "'file'" in error["message"]
+    files = {"file": ("board.pdf", b"%PDF-1.4", "application/pdf")}
+    error = error_of(client.post("/api/read", files=files), 415)
+    assert "'application/pdf'" in error["message"]
+
+
+def test_uploads_over_the_size_limit_are_refused_declared_or_streamed():
+    body = board_png()
+    with limited_client(max_bytes=len(body) - 1) as small:
+        error = error_of(small.post("/api/read", content=body, headers=PNG), 413)
+        assert error["code"] == "upload_too_large"
+        assert f"{len(body) - 1:,}" in error["message"]
+        # No Content-Length: the body is counted as it arrives.
+        chunks = (body[start : start + 4096] for start in range(0, len(body), 4096))
+        error = error_of(small.post("/api/read", content=chunks, headers=PNG), 413)
+        assert error["code"] == "upload_too_large"
+        files = {"file": ("board.png", body, "image/png")}
+        assert error_of(small.post("/api/read", files=files), 413)["code"] == "upload_too_large"
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding():
+    with limited_client(max_pixels=512 * 512 - 1) as small:
+        error = error_of(small.post("/api/read", content=board_png(), headers=PNG), 413)
+    assert error["code"] == "too_many_pixels"
+    assert "512x512 is 262,144 pixels" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "words"),
+    [("to_move=x", 422, "to_move"), ("castling=KX", 400, "castling"), ("en_passant=e4", 400, "e4")],
+)
+def test_bad_parameters_are_named(client, query, status, words):
+    error = error_of(client.post(f"/api/read?{query}", content=board_png(), headers=PNG), status)
+    assert words in error["message"]
+
+
+def test_a_server_failure_is_a_json_500_without_traceback():
+    app = create_app()
+
+    def broken(items):
+        raise RuntimeError("secret internals")
+
+    app.state.batcher.process = broken
+    with TestClient(app, raise_server_exceptions=False) as failing:
+        response = failing.post("/api/read", content=board_png(), headers=PNG)
+    error = error_of(response, 500)
+    assert error == {"code": "internal_error", "message": "the server failed (RuntimeError)"}
+
+
+# --------------------------------------------------------------------------- the page's API
+
+
+def test_position_rotates_marks_and_cleans_castling(client):
+    query = {
+        "placement": chess.STARTING_BOARD_FEN,
+        "to_move": "b",
+        "castling": "KQkq",
+        "rotate": "true",
+        "uncertain": "e2,a1",
+    }
+    answer = client.get("/api/position", params=query).json()
+    assert answer["placement"] == "RNBKQBNR/PPPPPPPP/8/8/8/8/pppppppp/rnbkqbnr"
+    assert answer["fen"] == "RNBKQBNR/PPPPPPPP/8/8/8/8/pppppppp/rnbkqbnr b - - 0 1"
+    assert answer["bottom"] == "black"
+    assert answer["uncertain"] == ["d7", "h8"]
+    assert answer["svg"].startswith("<svg") and answer["svg"].count('class="square') == 64
+    assert answer["problems"] == []
+    plain = client.get("/api/position", params={**query, "rotate": "false"}).json()
+    assert plain["fen"] == chess.STARTING_FEN.replace(" w ", " b ")
+    assert plain["problems"] == []
+    kingless = client.get("/api/position", params={"placement": "8/8/8/8/8/8/8/8"}).json()
+    assert "no white king" in kingless["problems"]
+
+
+def test_position_errors_name_the_parameter(client):
+    error = error_of(client.get("/api/position", params={"placement": "8/8/x"}), 400)
+    assert "8/8/x" in error["message"]
+    params = {"placement": chess.STARTING_BOARD_FEN, "uncertain": "e9"}
+    error = error_of(client.get("/api/position", params=params), 400)
+    assert "e9" in error["message"]
+
+
+def test_health_and_the_offline_docs(client):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["boards_read"] >= 0
+    assert "/api/read" in client.get("/openapi.json").json()["paths"]
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn" not in html.lower() and "https://" not in html
+
+
+def test_the_page_and_its_assets_come_from_the_app(client):
+    page = client.get("/").text
+    assert '<script src="/static/app.js">' in page
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        # Only the links the page builds for the user point elsewhere: nothing is fetched.
+        outside = text.replace("https://lichess.org/", "").replace("http://www.w3.org/", "")
+        assert "http://" not in outside and "https://" not in outside, name
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_concurrent_submissions_share_a_batch():
+    sizes: list[int] = []
+
+    def double(items):
+        sizes.append(len(items))
+        return [item * 2 for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(double, max_batch=4, max_wait=0.05)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(n) for n in range(10)))
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(scenario()) == [n * 2 for n in range(10)]
+    assert sizes == [4, 4, 2]
+
+
+def test_a_failed_batch_fails_its_requests_only():
+    def picky(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(picky, max_batch=8, max_wait=0.001)
+        batcher.start()
+        with pytest.raises(ValueError, match="bad item"):
+            await batcher.submit("bad")
+        result = await batcher.submit("good")
+        await batcher.stop()
+        return result
+
+    assert asyncio.run(scenario()) == "good"
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def test_a_slow_client_does_not_stall_others_and_times_out(tmp_path):
+    body = board_png()
+    with serve_command("--upload-timeout", "3", log=tmp_path / "serve.log") as url:
+        host, port = url.removeprefix("http://").split(":")
+        slow = socket.create_connection((host, int(port)))
+        # Headers promise a whole board; only a few bytes come.
+        slow.sendall(
+            b"POST /api/read HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
+        started = time.monotonic()
+        for _ in range(5):
+            response = httpx.post(f"{url}/api/read", content=body, headers=PNG, timeout=10)
+            assert response.status_code == 200
+        assert time.monotonic() - started < 3
+        slow.settimeout(10)
+        answer = slow.recv(4096).decode()
+        slow.close()
+    assert answer.startswith("HTTP/1.1 408")
+    assert "upload_timeout" in answer
