@@ -94,6 +94,12 @@ def export_onnx(model: str | Path, out: str | Path, *, check_boards: int = 200) 
     _export(reader.model.locator, "scenes", ("boxes",), LOCATOR_SIZE, out / LOCATOR_FILE)
     outputs = ("square_probabilities", "meta_probabilities")
     _export(_ReaderProbabilities(reader), "boards", outputs, size, out / READER_FILE)
+    return verify_export(reader, out, check_boards)
+
+
+def verify_export(reader: Reader, out: Path, check_boards: int) -> CheckResult:
+    """Check the graphs in `out` against `reader` (`check_export`), record the result in
+    `export.json`, and raise `ChessVLMError` unless it passed."""
     result = check_export(reader, OnnxReader(out, reader.config), check_boards)
     atomic_write_json(out / MANIFEST_FILE, _manifest(reader, result))
     if not result.passed:
