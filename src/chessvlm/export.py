@@ -20,6 +20,7 @@ its own graph here.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from chessvlm.errors import ChessVLMError
+from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.images import SOURCE_SIZE, crop_board, scene_array
@@ -150,6 +151,23 @@ def _manifest(reader: Reader, result: CheckResult) -> dict[str, Any]:
     }
 
 
+def is_onnx_export(folder: str | Path) -> bool:
+    """Whether `folder` holds an export written by `export_onnx`."""
+    return all(
+        (Path(folder) / name).is_file() for name in (LOCATOR_FILE, READER_FILE, MANIFEST_FILE)
+    )
+
+
+def load_onnx_reader(folder: str | Path, threads: int | None = None) -> OnnxReader:
+    """The export in `folder` ready to read (`OnnxReader`), with its checkpoint's config."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))["checkpoint"]
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(str(path), f"not an export manifest ({error})") from None
+    return OnnxReader(folder, config, threads)
+
+
 class OnnxReader:
     """The exported graphs run by onnxruntime, reading whole images as `read_images` does."""
 
@@ -177,17 +195,25 @@ class OnnxReader:
         squares, meta = self.reader.run(None, {"boards": _pixels(boards)})
         return squares, meta
 
-    def read_images(self, images: Sequence[Image.Image]) -> list[BoardReading]:
-        """Locate, cut out and read each image's board (as `chessvlm.reader.read.read_images`)."""
-        scenes = np.stack([scene_array(image, LOCATOR_SIZE) for image in images])
-        boxes = self.locate(scenes)
+    def read_images(
+        self,
+        images: Sequence[Image.Image],
+        scenes: Sequence[np.ndarray] | None = None,
+        flipped: Sequence[bool | None] | None = None,
+    ) -> list[BoardReading]:
+        """Locate, cut out and read each image's board, as `chessvlm.reader.read.read_images`
+        does (`scenes`: the images as the locator sees them, made here when not given;
+        `flipped`: known orientations, None where the graph's is used)."""
+        if scenes is None:
+            scenes = [scene_array(image, LOCATOR_SIZE) for image in images]
+        boxes = self.locate(np.stack(scenes))
         crops = np.stack(
             [
                 crop_board(image, box, self.image_size)
                 for image, box in zip(images, boxes, strict=True)
             ]
         )
-        return self.decode(*self.probabilities(crops), images, boxes)
+        return self.decode(*self.probabilities(crops), images, boxes, flipped)
 
     def decode(
         self,
@@ -195,6 +221,7 @@ class OnnxReader:
         meta: np.ndarray,
         images: Sequence[Image.Image],
         boxes: np.ndarray,
+        flipped: Sequence[bool | None] | None = None,
     ) -> list[BoardReading]:
         """Readings from the graphs' outputs, decoded as the checkpoint decodes."""
         readings = decode_outputs(
@@ -202,6 +229,7 @@ class OnnxReader:
             torch.from_numpy(meta),
             str(self.config.get("decode", "argmax")),
             bool(self.config.get("predicts_to_move")),
+            flipped,
         )
         for reading, image, box in zip(readings, images, boxes.tolist(), strict=True):
             width, height = image.info.get(SOURCE_SIZE, image.size)

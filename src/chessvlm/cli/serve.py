@@ -20,7 +20,9 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "--model", help="reader checkpoint folder (default: the reader shipped in the package)"
+        "--model",
+        help="reader checkpoint folder, or its ONNX export (chessvlm export: read with "
+        "onnxruntime); default: the reader shipped in the package",
     )
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     parser.add_argument("--port", type=int, default=8000, help="default: 8000")
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
         help="seconds a client has to send its upload (default 30)",
     )
     parser.add_argument(
-        "--max-batch", type=_positive_int, default=32, help="boards a model call (default 32)"
+        "--max-batch", type=_positive_int, default=16, help="boards a model call (default 16)"
     )
     parser.add_argument(
         "--batch-wait-ms",

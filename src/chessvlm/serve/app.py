@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from chessvlm.predict import (
 )
 from chessvlm.reader.images import load_scene
 from chessvlm.reader.model import LOCATOR_SIZE
-from chessvlm.reader.read import BoardReading, Reader, load_reader, read_images
+from chessvlm.reader.read import BoardReading, load_reader, read_images
 from chessvlm.serve.batching import MicroBatcher
 from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
 
@@ -62,13 +62,14 @@ _HALF_TURN_SQUARE = 63
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """What the app reads with and how: the reader checkpoint (None: the shipped one), upload
+    """What the app reads with and how: the reader checkpoint or its ONNX export (None: the
+    shipped reader), upload
     limits, and batching (at most `max_batch` boards a model call, gathered for up to
     `max_wait_ms` after the first)."""
 
     model: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
-    max_batch: int = 32
+    max_batch: int = 16
     max_wait_ms: float = 5.0
 
     def to_json(self) -> str:
@@ -83,6 +84,9 @@ class ServeConfig:
 
 
 _BatchItem = tuple[Image.Image, np.ndarray, bool | None]
+ReadBatch = Callable[
+    [Sequence[Image.Image], Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]
+]
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -92,9 +96,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     config = config or ServeConfig()
     model = str(config.model or default_reader())
-    reader = load_reader(model)
+    image_size, read = load_model(model)
     batcher: MicroBatcher[_BatchItem, BoardReading] = MicroBatcher(
-        lambda items: _read_batch(reader, items),
+        lambda items: read(*zip(*items, strict=True)),
         max_batch=config.max_batch,
         max_wait=config.max_wait_ms / 1000,
     )
@@ -110,11 +114,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         summary="Chess board images to positions (FEN and the seed's position JSON).",
         lifespan=lifespan,
     )
-    app.state.reader = reader
     app.state.batcher = batcher
     _add_error_handlers(app)
     _add_page(app)
-    _add_api(app, config, model, reader, batcher)
+    _add_api(app, config, model, image_size, batcher)
     return app
 
 
@@ -124,9 +127,21 @@ def app_from_environment() -> FastAPI:
     return create_app(ServeConfig.from_json(text) if text else None)
 
 
-def _read_batch(reader: Reader, items: Sequence[_BatchItem]) -> list[BoardReading]:
-    images, scenes, flips = zip(*items, strict=True)
-    return read_images(reader, images, scenes, flipped=flips)
+def load_model(model: str) -> tuple[int, ReadBatch]:
+    """The board side a model reads at, and its function reading a batch (images, their
+    scenes, known orientations): a reader checkpoint under torch, or its ONNX export
+    (`chessvlm export`) under onnxruntime."""
+    from chessvlm.export import is_onnx_export, load_onnx_reader
+
+    if is_onnx_export(model):
+        exported = load_onnx_reader(model)
+        return exported.image_size, exported.read_images
+    reader = load_reader(model)
+
+    def read(images, scenes, flipped) -> list[BoardReading]:
+        return read_images(reader, images, scenes, flipped=flipped)
+
+    return reader.image_size, read
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -191,7 +206,7 @@ def _add_api(
     app: FastAPI,
     config: ServeConfig,
     model: str,
-    reader: Reader,
+    image_size: int,
     batcher: MicroBatcher[_BatchItem, BoardReading],
 ) -> None:
     @app.get("/api/health", summary="Whether the server reads, and what with")
@@ -234,7 +249,7 @@ def _add_api(
         upload = await receive_upload(request, config.limits)
         try:
             image, scene = await run_in_threadpool(
-                load_scene, upload.data, reader.image_size, LOCATOR_SIZE
+                load_scene, upload.data, image_size, LOCATOR_SIZE
             )
         except InputError as error:
             raise InputError(upload.name, error.problem) from None

@@ -39,7 +39,7 @@ class MicroBatcher(Generic[Item, Result]):
         self,
         process: Callable[[Sequence[Item]], Sequence[Result]],
         *,
-        max_batch: int = 32,
+        max_batch: int = 16,
         max_wait: float = 0.005,
     ) -> None:
         self.process = process
