@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import chess
 import numpy as np
 import onnx
 import pytest
+from fastapi.testclient import TestClient
+from serve_fixtures import FENS, board_png
 
 from chessvlm.cli import main
 from chessvlm.errors import ChessVLMError
@@ -23,6 +26,7 @@ from chessvlm.export import (
 )
 from chessvlm.reader.default import default_reader
 from chessvlm.reader.read import load_reader
+from chessvlm.serve.app import ServeConfig, create_app
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +73,15 @@ def test_a_graph_that_disagrees_with_torch_fails_the_check(exported, tmp_path, m
         verify_export(reader, tmp_path, 2)
     check = json.loads((tmp_path / MANIFEST_FILE).read_text())["checked_against_torch"]
     assert check["max_meta_probability_difference"] > 1e-4
+
+
+def test_serve_reads_with_an_onnx_export(exported):
+    with TestClient(create_app(ServeConfig(model=str(exported)))) as client:
+        response = client.post(
+            "/api/read?orientation=black",
+            content=board_png(FENS[1], flipped=True),
+            headers={"content-type": "image/png"},
+        )
+    (board,) = response.json()["boards"]
+    assert board["fen"].split()[0] == chess.Board(FENS[1]).board_fen()
+    assert board["notes"]["placement"] == f"board reader {exported}"

@@ -14,7 +14,7 @@ import anyio
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from chessvlm.reader.images import MAX_PIXELS
 
@@ -87,6 +87,9 @@ async def receive_upload(request: Request, limits: UploadLimits) -> Upload:
         raise UploadError(
             408, "upload_timeout", f"the upload took more than {limits.receive_seconds:g} s"
         ) from None
+    except ClientDisconnect:
+        # Nobody is left to read the answer; it only keeps the server's log free of a 500.
+        raise UploadError(400, "client_disconnected", "the client left mid-upload") from None
     _check_type(media_type)
     if not data:
         raise UploadError(400, "empty_upload", "the upload holds no bytes")
