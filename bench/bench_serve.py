@@ -4,7 +4,7 @@
         [--seconds 60] [--size 512] [--boards 64] [--workers 1] [--onnx DIR]
 
 Starts `chessvlm serve` in its own process with the shipped reader: with its default
-batching (up to 16 boards a model call, gathered for up to 5 ms), then as the baseline with
+batching (up to 16 boards a model call, gathered for up to 2 ms), then as the baseline with
 `--max-batch 1` (each request its own model call), and with `--onnx DIR` also on the
 reader's ONNX export in DIR (`chessvlm export --format onnx --out DIR`: onnxruntime).
 Against each, for each number of clients, that many clients on loopback post boards as raw
@@ -15,7 +15,9 @@ Boards are `--size` px renders cut to their squares in the `designs-seen` looks 
 was trained on those), so "wrong" counts boards whose placement came back different.
 For each run it prints throughput (boards/s), p50/p99 latency, errors (non-200 answers),
 lost requests (sent without any answer: transport errors and timeouts), and the server's
-resident memory (all its processes) after the first tenth of the requests and at the end.
+resident memory (all its processes) after the first tenth of the requests and at the end,
+and the CPU time the server and the clients spent per answer (user + system: a figure that
+other jobs on the machine change less than wall-clock throughput).
 
 The clients run on the same CPU as the server; on a shared 2-core machine both compete with
 other jobs, so the figures are a floor.
@@ -63,6 +65,8 @@ class Run:
     seconds: float = 0.0
     latencies: list[float] = dataclasses.field(default_factory=list)
     memory_mb: list[float] = dataclasses.field(default_factory=list)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
 
     def row(self) -> str:
         """A Markdown table row."""
@@ -72,7 +76,9 @@ class Run:
         return (
             f"| {self.server} | {self.clients} | {self.answered} | "
             f"{self.answered / self.seconds:.1f} | {1000 * statistics.median(ordered):.0f} | "
-            f"{1000 * p99:.0f} | {self.errors} | {self.lost} | {self.wrong} | {memory} |"
+            f"{1000 * p99:.0f} | {self.errors} | {self.lost} | {self.wrong} | {memory} | "
+            f"{1000 * self.server_cpu_s / self.answered:.1f} | "
+            f"{1000 * self.client_cpu_s / self.answered:.1f} |"
         )
 
 
@@ -120,8 +126,16 @@ def _listening(port: int) -> bool:
 
 def resident_mb(process: psutil.Process) -> float:
     """Resident memory of the server and its worker processes, in MB."""
-    processes = [process, *process.children(recursive=True)]
-    return sum(each.memory_info().rss for each in processes) / 2**20
+    return sum(each.memory_info().rss for each in _family(process)) / 2**20
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time (user + system) of `process` and its worker processes so far."""
+    return sum(sum(each.cpu_times()[:2]) for each in _family(process))
+
+
+def _family(process: psutil.Process) -> list[psutil.Process]:
+    return [process, *process.children(recursive=True)]
 
 
 async def load(url: str, run: Run, boards, requests: int, seconds: float, server) -> None:
@@ -155,8 +169,11 @@ async def load(url: str, run: Run, boards, requests: int, seconds: float, server
 
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as http:
         started = time.perf_counter()
+        cpu = (cpu_seconds(server), time.process_time())
         await asyncio.gather(*(client(http) for _ in range(run.clients)))
         run.seconds = time.perf_counter() - started
+        run.server_cpu_s = cpu_seconds(server) - cpu[0]
+        run.client_cpu_s = time.process_time() - cpu[1]
     run.memory_mb.append(resident_mb(server))
 
 
@@ -185,9 +202,9 @@ def main() -> None:
     )
     print(
         "| server | clients | answers | boards/s | p50 ms | p99 ms | errors | lost | wrong "
-        "| server memory MB (10% -> end) |"
+        "| server memory MB (10% -> end) | server CPU ms/board | client CPU ms/board |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     throughput: dict[tuple[str, int], float] = {}
     for name, flags in servers.items():
         with running_server([*flags, "--workers", str(args.workers)]) as (url, process):

@@ -53,8 +53,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a read waits for others to share its batch (default 5)",
+        default=2.0,
+        help="how long a model call waits for more reads while its batch is short (default 2)",
     )
     parser.set_defaults(func=_run_serve)
 

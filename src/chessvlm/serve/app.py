@@ -70,7 +70,7 @@ class ServeConfig:
     model: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
     max_batch: int = 16
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
 
     def to_json(self) -> str:
         """The config as JSON, for `CONFIG_VARIABLE`."""

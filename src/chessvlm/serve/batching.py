@@ -1,10 +1,11 @@
 """Gathering concurrent requests into model batches.
 
 Each request hands its decoded board to `MicroBatcher.submit` and awaits the result. One task
-takes the first waiting item, waits up to `max_wait` seconds for more (up to `max_batch`),
-and runs the whole batch in one model call on its own thread, so the event loop keeps
-receiving uploads and answering other clients meanwhile. With one client a board waits at
-most `max_wait`; with many, each model call reads many boards and throughput grows.
+takes the first waiting item with everything queued behind it, waits up to `max_wait`
+seconds for more while the batch is short of `max_batch`, and runs the whole batch in one
+model call on its own thread, so the event loop keeps receiving uploads and answering other
+clients meanwhile. Requests that arrive during a model call queue up and make the next
+batch: the busier the server, the larger its batches.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-_POLL_SECONDS = 0.001
 
 
 @dataclass
@@ -81,17 +81,7 @@ class MicroBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Polled, not `wait_for(queue.get())`: a timeout there can drop an item that
-                # arrives as it fires (Python < 3.12), and no request may be lost.
-                await asyncio.sleep(min(remaining, _POLL_SECONDS))
+            await self._gather(batch)
             # A client that went away while waiting has its future cancelled: skip its item.
             batch = [(item, future) for item, future in batch if not future.done()]
             if not batch:
@@ -108,6 +98,27 @@ class MicroBatcher(Generic[Item, Result]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _gather(self, batch: list) -> None:
+        """Add what waits in the queue to `batch`; while it is short of `max_batch`, wait up to
+        `max_wait` after its first item for more (no wait at all when `max_wait` is 0)."""
+        assert self._queue is not None
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            getter = asyncio.ensure_future(self._queue.get())
+            await asyncio.wait({getter}, timeout=remaining)
+            if not getter.done():
+                # A cancelled `Queue.get` leaves its item in the queue: nothing is lost.
+                getter.cancel()
+                await asyncio.gather(getter, return_exceptions=True)
+            if getter.done() and not getter.cancelled():
+                batch.append(getter.result())
 
     def _record(self, size: int) -> None:
         self.stats.batches += 1
