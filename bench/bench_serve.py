@@ -15,7 +15,7 @@ Boards are `--size` px renders cut to their squares in the `designs-seen` looks 
 was trained on those), so "wrong" counts boards whose placement came back different.
 For each run it prints throughput (boards/s), p50/p99 latency, errors (non-200 answers),
 lost requests (sent without any answer: transport errors and timeouts), and the server's
-resident memory (all its processes) after the first tenth of the requests and at the end,
+resident memory (all its processes) after a tenth and half of the requests and at the end,
 and the CPU time the server and the clients spent per answer (user + system: a figure that
 other jobs on the machine change less than wall-clock throughput).
 
@@ -50,6 +50,7 @@ HEALTH_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
 BATCHED = "torch, batched"
 UNBATCHED = "torch, unbatched (--max-batch 1)"
+ONNX = "onnxruntime, batched"
 
 
 @dataclasses.dataclass
@@ -141,7 +142,8 @@ def _family(process: psutil.Process) -> list[psutil.Process]:
 async def load(url: str, run: Run, boards, requests: int, seconds: float, server) -> None:
     """`run.clients` clients posting boards until `requests` answers or `seconds` pass."""
     sent = 0
-    checkpoint = max(1, requests // 10)
+    # Memory is sampled after a tenth and half of the requests, and at the end.
+    checkpoints = {max(1, requests // 10), max(1, requests // 2)}
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=run.clients, max_keepalive_connections=run.clients)
 
@@ -164,7 +166,7 @@ async def load(url: str, run: Run, boards, requests: int, seconds: float, server
                 run.errors += 1
             elif response.json()["boards"][0]["fen"].split()[0] != placement:
                 run.wrong += 1
-            if run.answered == checkpoint:
+            if run.answered in checkpoints:
                 run.memory_mb.append(resident_mb(server))
 
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as http:
@@ -193,7 +195,7 @@ def main() -> None:
     if args.baseline:
         servers[UNBATCHED] = ["--max-batch", "1"]
     if args.onnx:
-        servers["onnxruntime, batched"] = ["--model", args.onnx]
+        servers[ONNX] = ["--model", args.onnx]
     threads = os.environ.get("OMP_NUM_THREADS", "all")
     print(
         f"{len(boards)} boards of {args.size} px ({len(boards[0][0]) // 1024} KB PNG), "
@@ -202,7 +204,7 @@ def main() -> None:
     )
     print(
         "| server | clients | answers | boards/s | p50 ms | p99 ms | errors | lost | wrong "
-        "| server memory MB (10% -> end) | server CPU ms/board | client CPU ms/board |"
+        "| server memory MB (10% -> 50% -> end) | server CPU ms/board | client CPU ms/board |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     throughput: dict[tuple[str, int], float] = {}
@@ -214,11 +216,13 @@ def main() -> None:
                 throughput[name, clients] = run.answered / run.seconds
                 print(run.row(), flush=True)
     print()
-    for name in servers:
-        for clients in args.clients:
-            if name != BATCHED:
-                ratio = throughput[name, clients] / throughput[BATCHED, clients]
-                print(f"{clients} clients: {name} / {BATCHED} throughput = {ratio:.2f}x")
+    for clients in args.clients:
+        if args.baseline:
+            ratio = throughput[BATCHED, clients] / throughput[UNBATCHED, clients]
+            print(f"{clients} clients: throughput batched / unbatched (torch) = {ratio:.2f}x")
+        if args.onnx:
+            ratio = throughput[ONNX, clients] / throughput[BATCHED, clients]
+            print(f"{clients} clients: throughput onnxruntime / torch (batched) = {ratio:.2f}x")
 
 
 if __name__ == "__main__":

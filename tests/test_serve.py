@@ -18,7 +18,7 @@ from serve_fixtures import FENS, board_png, serve_command
 
 from chessvlm.cli import main
 from chessvlm.serve.app import STATIC, ServeConfig, create_app
-from chessvlm.serve.batching import MicroBatcher
+from chessvlm.serve.batching import MicroBatcher, power_of_two_chunks
 from chessvlm.serve.uploads import UploadLimits
 
 PNG = {"content-type": "image/png"}
@@ -254,6 +254,12 @@ def test_concurrent_submissions_share_a_batch():
 
     assert asyncio.run(scenario()) == [n * 2 for n in range(10)]
     assert sizes == [4, 4, 2]
+
+
+def test_batches_go_to_the_model_in_power_of_two_chunks():
+    assert [len(chunk) for chunk in power_of_two_chunks(list(range(13)))] == [8, 4, 1]
+    assert [list(chunk) for chunk in power_of_two_chunks([0, 1, 2])] == [[0, 1], [2]]
+    assert power_of_two_chunks([]) == []
 
 
 def test_a_failed_batch_fails_its_requests_only():

@@ -56,6 +56,12 @@ def register(subparsers) -> None:
         default=2.0,
         help="how long a model call waits for more reads while its batch is short (default 2)",
     )
+    parser.add_argument(
+        "--decode-threads",
+        type=_positive_int,
+        default=2,
+        help="threads decoding uploaded images, per process (default 2)",
+    )
     parser.set_defaults(func=_run_serve)
 
 
@@ -74,6 +80,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         ),
         max_batch=args.max_batch,
         max_wait_ms=args.batch_wait_ms,
+        decode_threads=args.decode_threads,
     )
     # Built here even with several workers: a bad --model stops before anything listens.
     app = create_app(config)

@@ -15,9 +15,11 @@ without a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +34,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.positions import board_from_fen
@@ -64,13 +65,14 @@ _HALF_TURN_SQUARE = 63
 class ServeConfig:
     """What the app reads with and how: the reader checkpoint or its ONNX export (None: the
     shipped reader), upload
-    limits, and batching (at most `max_batch` boards a model call, gathered for up to
-    `max_wait_ms` after the first)."""
+    limits, batching (at most `max_batch` boards a model call, gathered for up to
+    `max_wait_ms` after the first) and the threads that decode images."""
 
     model: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
     max_batch: int = 16
     max_wait_ms: float = 2.0
+    decode_threads: int = 2
 
     def to_json(self) -> str:
         """The config as JSON, for `CONFIG_VARIABLE`."""
@@ -103,11 +105,16 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         max_wait=config.max_wait_ms / 1000,
     )
 
+    # Images are decoded on a few threads of their own: a thread per waiting request would
+    # spread the decoders' memory over many allocator arenas, and the server would grow.
+    decoder = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         batcher.start()
         yield
         await batcher.stop()
+        decoder.shutdown(wait=True)
 
     app = FastAPIOffline(
         title="chessvlm",
@@ -117,7 +124,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.batcher = batcher
     _add_error_handlers(app)
     _add_page(app)
-    _add_api(app, config, model, image_size, batcher)
+    _add_api(app, config, model, image_size, batcher, decoder)
     return app
 
 
@@ -208,6 +215,7 @@ def _add_api(
     model: str,
     image_size: int,
     batcher: MicroBatcher[_BatchItem, BoardReading],
+    decoder: ThreadPoolExecutor,
 ) -> None:
     @app.get("/api/health", summary="Whether the server reads, and what with")
     async def health() -> dict[str, object]:
@@ -248,8 +256,8 @@ def _add_api(
         check_flags(flags)
         upload = await receive_upload(request, config.limits)
         try:
-            image, scene = await run_in_threadpool(
-                load_scene, upload.data, image_size, LOCATOR_SIZE
+            image, scene = await asyncio.get_running_loop().run_in_executor(
+                decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
             )
         except InputError as error:
             raise InputError(upload.name, error.problem) from None

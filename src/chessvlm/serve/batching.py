@@ -5,7 +5,8 @@ takes the first waiting item with everything queued behind it, waits up to `max_
 seconds for more while the batch is short of `max_batch`, and runs the whole batch in one
 model call on its own thread, so the event loop keeps receiving uploads and answering other
 clients meanwhile. Requests that arrive during a model call queue up and make the next
-batch: the busier the server, the larger its batches.
+batch: the busier the server, the larger its batches. A batch goes to the model in chunks of
+1, 2, 4, 8, ... boards (`power_of_two_chunks`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,6 +30,21 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     largest: int = 0
+
+
+def power_of_two_chunks(batch: Sequence[T]) -> list[Sequence[T]]:
+    """`batch` cut into chunks of 2^k items, largest first (13 -> 8, 4, 1).
+
+    The model then sees a handful of batch shapes: with any size at all, the allocator's
+    heap fragments and a busy server's memory kept growing (bench/bench_serve.py).
+    """
+    chunks = []
+    start = 0
+    while start < len(batch):
+        size = 1 << ((len(batch) - start).bit_length() - 1)
+        chunks.append(batch[start : start + size])
+        start += size
+    return chunks
 
 
 class MicroBatcher(Generic[Item, Result]):
@@ -84,20 +101,22 @@ class MicroBatcher(Generic[Item, Result]):
             await self._gather(batch)
             # A client that went away while waiting has its future cancelled: skip its item.
             batch = [(item, future) for item, future in batch if not future.done()]
-            if not batch:
-                continue
-            items = [item for item, _ in batch]
-            try:
-                results = await loop.run_in_executor(self._executor, self.process, items)
-            except Exception as error:  # a model failure fails this batch, not the server
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self._record(len(batch))
-            for (_, future), result in zip(batch, results, strict=True):
+            for chunk in power_of_two_chunks(batch):
+                await self._process(loop, chunk)
+
+    async def _process(self, loop: asyncio.AbstractEventLoop, chunk: list) -> None:
+        items = [item for item, _ in chunk]
+        try:
+            results = await loop.run_in_executor(self._executor, self.process, items)
+        except Exception as error:  # a model failure fails this chunk, not the server
+            for _, future in chunk:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(error)
+            return
+        self._record(len(chunk))
+        for (_, future), result in zip(chunk, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _gather(self, batch: list) -> None:
         """Add what waits in the queue to `batch`; while it is short of `max_batch`, wait up to
