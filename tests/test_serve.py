@@ -262,6 +262,35 @@ def test_batches_go_to_the_model_in_power_of_two_chunks():
     assert power_of_two_chunks([]) == []
 
 
+def test_a_batch_waits_only_for_requests_on_their_way():
+    sizes: list[int] = []
+
+    def record(items):
+        sizes.append(len(items))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(record, max_batch=8, max_wait=1.0)
+        batcher.start()
+        started = time.monotonic()
+        await batcher.submit("alone")
+        alone = time.monotonic() - started
+
+        async def late():
+            with batcher.coming():
+                await asyncio.sleep(0.05)
+            return await batcher.submit("late")
+
+        waiting = asyncio.ensure_future(late())
+        await asyncio.sleep(0)
+        await asyncio.gather(batcher.submit("early"), waiting)
+        await batcher.stop()
+        return alone
+
+    assert asyncio.run(scenario()) < 0.5
+    assert sizes == [1, 2]
+
+
 def test_a_failed_batch_fails_its_requests_only():
     def picky(items):
         if "bad" in items:

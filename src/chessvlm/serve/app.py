@@ -256,9 +256,10 @@ def _add_api(
         check_flags(flags)
         upload = await receive_upload(request, config.limits)
         try:
-            image, scene = await asyncio.get_running_loop().run_in_executor(
-                decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
-            )
+            with batcher.coming():
+                image, scene = await asyncio.get_running_loop().run_in_executor(
+                    decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
+                )
         except InputError as error:
             raise InputError(upload.name, error.problem) from None
         flipped = ORIENTATIONS[orientation]

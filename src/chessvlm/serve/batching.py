@@ -2,7 +2,8 @@
 
 Each request hands its decoded board to `MicroBatcher.submit` and awaits the result. One task
 takes the first waiting item with everything queued behind it, waits up to `max_wait`
-seconds for more while the batch is short of `max_batch`, and runs the whole batch in one
+seconds for requests still on their way (`coming`) while the batch is short of `max_batch`,
+and runs the whole batch in one
 model call on its own thread, so the event loop keeps receiving uploads and answering other
 clients meanwhile. Requests that arrive during a model call queue up and make the next
 batch: the busier the server, the larger its batches. A batch goes to the model in chunks of
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -63,6 +65,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = BatchStats()
+        self._coming = 0
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
         self._task: asyncio.Task[None] | None = None
         # One thread: the model is called by one batch at a time, and its own threads
@@ -84,6 +87,16 @@ class MicroBatcher(Generic[Item, Result]):
             if not future.done():
                 future.set_exception(RuntimeError("the server is shutting down"))
         self._executor.shutdown(wait=True)
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """Mark a request on its way (e.g. being decoded) for the block's length: a batch
+        short of `max_batch` waits for it, up to `max_wait`, and for nothing else."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
 
     async def submit(self, item: Item) -> Result:
         """The result of `process` for `item`, read in a batch with whatever else waits."""
@@ -119,8 +132,9 @@ class MicroBatcher(Generic[Item, Result]):
                 future.set_result(result)
 
     async def _gather(self, batch: list) -> None:
-        """Add what waits in the queue to `batch`; while it is short of `max_batch`, wait up to
-        `max_wait` after its first item for more (no wait at all when `max_wait` is 0)."""
+        """Add what waits in the queue to `batch`; while it is short of `max_batch` and requests
+        are `coming`, wait for them up to `max_wait` after its first item. A lone request
+        never waits: on a loaded machine even a 2 ms sleep cost a lone client 20 ms."""
         assert self._queue is not None
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
@@ -128,7 +142,7 @@ class MicroBatcher(Generic[Item, Result]):
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self._coming:
                 return
             getter = asyncio.ensure_future(self._queue.get())
             await asyncio.wait({getter}, timeout=remaining)
