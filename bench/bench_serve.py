@@ -5,7 +5,7 @@
 
 Starts `chessvlm serve` in its own process with the shipped reader: with its default
 batching (up to 16 boards a model call, gathered for up to 2 ms), then as the baseline with
-`--max-batch 1` (each request its own model call), and with `--onnx DIR` also on the
+`--max_batch 1` (each request its own model call), and with `--onnx DIR` also on the
 reader's ONNX export in DIR (`chessvlm export --format onnx --out DIR`: onnxruntime).
 Against each, for each number of clients, that many clients on loopback post boards as raw
 PNG bodies (each client one request at a time, all sharing one asyncio loop and connection
@@ -49,7 +49,7 @@ from chessvlm.sources import synthetic_positions
 HEALTH_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
 BATCHED = "torch, batched"
-UNBATCHED = "torch, unbatched (--max-batch 1)"
+UNBATCHED = "torch, unbatched (--max_batch 1)"
 ONNX = "onnxruntime, batched"
 
 
@@ -193,7 +193,7 @@ def main() -> None:
     boards = make_boards(args.boards, args.size)
     servers = {BATCHED: []}
     if args.baseline:
-        servers[UNBATCHED] = ["--max-batch", "1"]
+        servers[UNBATCHED] = ["--max_batch", "1"]
     if args.onnx:
         servers[ONNX] = ["--model", args.onnx]
     threads = os.environ.get("OMP_NUM_THREADS", "all")

@@ -32,7 +32,7 @@ from chessvlm.serve.app import ServeConfig, create_app
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
-    assert main(["export", "--format", "onnx", "--out", str(out), "--check-boards", "6"]) == 0
+    assert main(["export", "--format", "onnx", "--out", str(out), "--check_boards", "6"]) == 0
     return out
 
 

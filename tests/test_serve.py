@@ -314,7 +314,7 @@ def test_a_failed_batch_fails_its_requests_only():
 
 def test_slow_and_broken_clients_do_not_stall_others(tmp_path):
     body = board_png()
-    with serve_command("--upload-timeout", "2", log=tmp_path / "serve.log") as url:
+    with serve_command("--upload_timeout", "2", log=tmp_path / "serve.log") as url:
         host, port = url.removeprefix("http://").split(":")
         slow = socket.create_connection((host, int(port)))
         # Headers promise a whole board; only a few bytes come.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chessvlm.cli.reader import _positive_int
+from chessvlm.cli.arguments import MODEL, OUT, positive_int
 
 
 def register(subparsers) -> None:
@@ -21,14 +21,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="default: onnx")
     parser.add_argument(
-        "--model", help="reader checkpoint folder (default: the reader shipped in the package)"
+        MODEL, help="reader checkpoint folder (default: the reader shipped in the package)"
     )
-    parser.add_argument("--out", required=True, help="folder to write the graphs into")
+    parser.add_argument(OUT, required=True, help="folder to write the graphs into")
     parser.add_argument(
-        "--check-boards",
-        type=_positive_int,
+        "--check_boards",
+        type=positive_int,
         default=200,
-        help="rendered boards read by both runtimes (default 200)",
+        help="rendered boards read by both runtimes (default: %(default)s)",
     )
     parser.set_defaults(func=_run_export)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from chessvlm.cli.reader import _positive_float, _positive_int
+from chessvlm.cli.arguments import MODEL, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "--model",
+        MODEL,
         help="reader checkpoint folder, or its ONNX export (chessvlm export: read with "
         "onnxruntime); default: the reader shipped in the package",
     )
@@ -28,39 +28,45 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, default=8000, help="default: 8000")
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
-        help="server processes, each with its own model and batches (default 1)",
+        help="server processes, each with its own model and batches (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-upload-mb", type=_positive_float, default=10.0, help="upload limit (default 10)"
+        "--max_upload_mb",
+        type=positive_float,
+        default=10.0,
+        help="upload limit in MB (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-pixels",
-        type=_positive_int,
+        "--max_pixels",
+        type=positive_int,
         default=40_000_000,
-        help="image limit, width x height (default 40,000,000)",
+        help="image limit, width x height (default: %(default)s)",
     )
     parser.add_argument(
-        "--upload-timeout",
-        type=_positive_float,
+        "--upload_timeout",
+        type=positive_float,
         default=30.0,
-        help="seconds a client has to send its upload (default 30)",
+        help="seconds a client has to send its upload (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-batch", type=_positive_int, default=16, help="boards a model call (default 16)"
+        "--max_batch",
+        type=positive_int,
+        default=16,
+        help="boards a model call (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-wait-ms",
+        "--batch_wait_ms",
         type=float,
         default=2.0,
-        help="how long a model call waits for more reads while its batch is short (default 2)",
+        help="how long a short batch waits for reads still being decoded (default: %(default)s)",
     )
     parser.add_argument(
-        "--decode-threads",
-        type=_positive_int,
+        "--decode_threads",
+        type=positive_int,
         default=2,
-        help="threads decoding uploaded images, per process (default 2)",
+        help="threads decoding uploaded images, per process (default: %(default)s)",
     )
     parser.set_defaults(func=_run_serve)
 
