@@ -64,9 +64,8 @@ _HALF_TURN_SQUARE = 63
 @dataclass(frozen=True)
 class ServeConfig:
     """What the app reads with and how: the reader checkpoint or its ONNX export (None: the
-    shipped reader), upload
-    limits, batching (at most `max_batch` boards a model call, gathered for up to
-    `max_wait_ms` after the first) and the threads that decode images."""
+    shipped reader), upload limits, batching (at most `max_batch` boards a model call,
+    gathered for up to `max_wait_ms` after the first) and the threads that decode images."""
 
     model: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
@@ -105,8 +104,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         max_wait=config.max_wait_ms / 1000,
     )
 
-    # Images are decoded on a few threads of their own: a thread per waiting request would
-    # spread the decoders' memory over many allocator arenas, and the server would grow.
+    # Images are decoded on a few threads of their own, not one per waiting request: more
+    # decoders than cores gain nothing on a busy server, and each holds its memory.
     decoder = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
 
     @asynccontextmanager
