@@ -156,4 +156,7 @@ def _screenshot(page, tmp_path: Path) -> None:
     page.set_window_size(1300, 1000)
     page.save_screenshot(str(path))
     with Image.open(path) as shot:
-        assert shot.size[0] >= 1000 and len(shot.convert("RGB").getcolors(2**24)) > 100
+        shot = shot.convert("RGB")
+    assert shot.size[0] >= 1000 and len(shot.getcolors(2**24)) > 100
+    # 256 colours keep the README's copy small.
+    shot.quantize(256).save(path, optimize=True)

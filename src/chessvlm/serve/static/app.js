@@ -21,11 +21,10 @@ function say(text, isError = false) {
 async function readImage(file) {
   if (!file) return;
   say(`Reading ${file.name || "the pasted image"}…`);
-  const response = await fetch("/api/read", {
-    method: "POST",
-    headers: { "Content-Type": file.type || "application/octet-stream" },
-    body: file,
-  }).catch((error) => ({ ok: false, json: async () => ({ error: { message: String(error) } }) }));
+  // A form keeps the file's name, which the answer and the caption repeat.
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted image");
+  const response = await fetch("/api/read", { method: "POST", body: form }).catch((error) => ({ ok: false, json: async () => ({ error: { message: String(error) } }) }));
   const answer = await response.json().catch(() => ({ error: { message: "no answer" } }));
   if (!response.ok) {
     say(`Cannot read this image: ${answer.error.message}`, true);
