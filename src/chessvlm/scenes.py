@@ -44,54 +44,13 @@ DESIGN_STYLES = {"seen": "designs-seen", "held-out": "designs-held-out"}
 # Squares from 12 px to a full-screen board.
 MIN_SQUARE = 12
 LABELS_FILE = "scenes.jsonl"
-_WORDS = tuple(
-    [
-        "the",
-        "white",
-        "king",
-        "bishop",
-        "knight",
-        "rook",
-        "queen",
-        "pawn",
-        "move",
-        "black",
-        "attack",
-        "defends",
-        "after",
-        "position",
-        "opening",
-        "endgame",
-        "game",
-        "with",
-        "a",
-        "strong",
-        "threat",
-        "on",
-        "file",
-        "rank",
-        "diagonal",
-        "sacrifice",
-        "wins",
-        "draw",
-        "castles",
-        "centre",
-        "square",
-        "plan",
-        "must",
-        "because",
-        "however",
-        "and",
-        "of",
-        "to",
-        "in",
-        "is",
-        "it",
-        "that",
-        "this",
-        "which",
-    ]
+# The words of made-up paragraphs, captions and chat.
+_VOCABULARY = (
+    "the white king bishop knight rook queen pawn move black attack defends after position "
+    "opening endgame game with a strong threat on file rank diagonal sacrifice wins draw "
+    "castles centre square plan must because however and of to in is it that this which"
 )
+_WORDS = tuple(_VOCABULARY.split())
 _DARK_THEME = {"background": (38, 36, 33), "panel": (48, 46, 43), "ink": (190, 190, 185)}
 _LIGHT_THEME = {"background": (245, 245, 245), "panel": (228, 228, 228), "ink": (50, 50, 50)}
 
