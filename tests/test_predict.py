@@ -222,18 +222,20 @@ def test_predict_with_a_vlm_folder(tmp_path, boards, monkeypatch, capsys):
     asked = []
 
     def fake_answers(vlm, processor, images, prompt, **options):
-        asked.append((len(images), prompt, options))
         answers = [start, "I see a chess board."]
-        return [generation.Generation(answers[i % 2], 80, 0.1, False) for i in range(len(images))]
+        asked.append((len(images), prompt, options))
+        return [generation.Generation(answers[len(asked) - 1], 80, 0.1, False) for _ in images]
 
     monkeypatch.setattr(generation, "generate_answers", fake_answers)
     code = main(["predict", str(boards / "board*.png"), "--model", str(model), "--format", "fen"])
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out.splitlines() == [f"{boards / 'board0.png'}\t{chess.STARTING_FEN}"]
-    assert "board1.png: the model's answer is not a board (no_json)" in captured.err
-    (images, prompt, options) = asked[0]
-    assert images == 2 and prompt.startswith("Read the chess position")
+    assert "board1.png board 1: the model's answer is not a board (no_json)" in captured.err
+    # The finder cut each board out of its image: one call per image, the board's crop.
+    assert [images for images, _, _ in asked] == [1, 1]
+    (_, prompt, options) = asked[0]
+    assert prompt.startswith("Read the chess position")
     assert options["batch_size"] == 32
 
 
@@ -253,7 +255,7 @@ def test_command_choices_match_the_reader_modules():
     assert tuple(command.FORMATS) == predict.FORMATS
 
 
-def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
+def test_predict_without_the_finder_crops_to_the_located_board_for_a_vlm_trained_on_crops(
     tmp_path, boards, monkeypatch, capsys
 ):
     import chessvlm.reader.default
@@ -282,7 +284,7 @@ def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
 
     monkeypatch.setattr(chessvlm.reader.read, "locate_boards", locate)
     monkeypatch.setattr(generation, "generate_answers", fake_answers)
-    code = main(["predict", str(boards / "board*.png"), "--model", str(model)])
+    code = main(["predict", str(boards / "board*.png"), "--model", str(model), "--no-detect"])
     captured = capsys.readouterr()
     assert code == 0 and "default reader" in captured.err
     assert located == [2] and seen == [(64, 64), (64, 64)]  # one batch; 128 px boards cut

@@ -311,9 +311,13 @@ def _fit_board(
     contrast = _edge_contrast(level, affine * factor, seen)
     if contrast is None:
         return None
-    # The outer corners are one square beyond the first and last inner corners.
+    # The outer corners are one square beyond the first and last inner corners; a board
+    # filling its image can come out a fraction of a pixel past its edge.
     outline = _apply(affine, np.array([-1, 7, 7, -1]), np.array([-1, -1, 7, 7]))
-    corners_out = tuple((float(x), float(y)) for x, y in outline)
+    height, width = gray.shape
+    corners_out = tuple(
+        (float(np.clip(x, 0, width)), float(np.clip(y, 0, height))) for x, y in outline
+    )
     return FoundBoard(corners_out, float(keep.sum()) / INNER**2, contrast)
 
 
@@ -330,6 +334,38 @@ def rectify(image: np.ndarray, corners: Sequence[Sequence[float]], size: int) ->
     return cv2.warpPerspective(
         image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
     )
+
+
+def board_pixels(image: Image.Image, board: FoundBoard, size: int) -> np.ndarray:
+    """The board's squares as a `size` x `size` x 3 uint8 RGB array, ready for a reader.
+
+    A board standing straight is cut and resampled as `reader.images.crop_board` does for
+    training; a turned one (a scan) is first reduced near the target scale, then warped."""
+    from chessvlm.reader.images import crop_board
+
+    width, height = image.size
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = board.corners
+    turn = max(abs(y1 - y0), abs(y2 - y3), abs(x3 - x0), abs(x2 - x1))
+    if turn < 0.25:
+        left, top, right, bottom = board.box
+        return crop_board(image, (left / width, top / height, right / width, bottom / height), size)
+    margin = board.square_size
+    left, top, right, bottom = board.box
+    region = (
+        max(0, math.floor(left - margin)),
+        max(0, math.floor(top - margin)),
+        min(width, math.ceil(right + margin)),
+        min(height, math.ceil(bottom + margin)),
+    )
+    scale = min(1.0, 2.0 * size / (8 * board.square_size))
+    part = image.crop(region)
+    part = part.resize(
+        (max(1, round(part.width * scale)), max(1, round(part.height * scale))),
+        Image.Resampling.BILINEAR,
+        reducing_gap=2.0,
+    )
+    corners = [((x - region[0]) * scale, (y - region[1]) * scale) for x, y in board.corners]
+    return rectify(np.asarray(part), corners, size)
 
 
 def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> float | None:
