@@ -163,7 +163,7 @@ def _crop_reader(
     from PIL import Image
 
     from chessvlm.finder import board_pixels
-    from chessvlm.reader.read import is_reader_checkpoint, load_reader, read_arrays
+    from chessvlm.reader.read import is_reader_checkpoint, load_reader, read_found_boards
 
     if not is_reader_checkpoint(model):
         _check_vlm_folder(model, flipped)
@@ -181,8 +181,7 @@ def _crop_reader(
     reader = load_reader(model)
 
     def read_with_reader(page: Page, found) -> list[BoardResult]:
-        crops = [board_pixels(page.image, board, reader.image_size) for board in found]
-        readings = read_arrays(reader, crops, decode, [flipped] * len(crops))
+        readings = read_found_boards(reader, page.image, found, decode, flipped)
         return [(_reader_placement(model, reading, flipped), None) for reading in readings]
 
     return read_with_reader

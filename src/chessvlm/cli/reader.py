@@ -201,6 +201,12 @@ def _register_evaluate(commands) -> None:
         default=EVALUATE("orientation"),
         help="given: read each board in the orientation its label states (default: %(default)s)",
     )
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="cut each board out with the board finder (as `chessvlm predict` does) instead "
+        "of the reader's locator; adds boards found, false boards and corner error",
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -226,6 +232,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"coordinates: {_figure(reader['orientation_accuracy_pawns_no_coordinates'])}), board "
         f"box error {_figure(reader['box_error_squares'])} squares"
     )
+    if args.detect:
+        print(
+            f"board finder: boards found {_figure(reader['board_recall'])}, false boards "
+            f"{reader['false_boards']}"
+        )
     return 0
 
 
