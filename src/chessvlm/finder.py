@@ -43,9 +43,9 @@ class FinderSettings:
     # Side of each of the four quadrants compared at an X-corner, in pyramid pixels.
     quadrant: int = 3
     # The smallest X-corner score kept: diagonal contrast minus diagonal mismatch.
-    min_score: float = 15.0
+    min_score: float = 10.0
     # Of the 49 inner corners, how many must be found for a board.
-    min_corners: int = 30
+    min_corners: int = 24
     # How far (in squares) a refined corner may lie from the fitted grid.
     max_residual: float = 0.2
     # Boards whose squares are smaller than this are ignored.
@@ -87,12 +87,13 @@ class FoundBoard:
 
 
 def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
-    """An RGB PIL image or H x W x 3 uint8 array as the float32 shade the finder looks at:
+    """An RGB PIL image or H x W x 3 uint8 array as the uint8 shade the finder looks at:
     the darkest of the three channels. Every board theme's light and dark squares differ
     more in it than in luminance (olive: 94 levels against 49; pink: 53 against 36)."""
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    red, green, blue = cv2.split(array)
-    return cv2.min(cv2.min(red, green), blue).astype(np.float32)
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return cv2.min(cv2.min(array[..., 0], array[..., 1]), array[..., 2])
 
 
 def find_boards(
@@ -106,7 +107,9 @@ def find_boards(
             fitted = [_fit_board(gray, level, factor, grid, settings) for grid in candidates]
             boards = [board for board in fitted if board is not None]
             if boards:
-                found.append(max(boards, key=lambda board: board.contrast))
+                # The window with the most corners seen; where two tie (a row of corners
+                # hidden by pieces), the one whose outer squares alternate most clearly.
+                found.append(max(boards, key=lambda board: (board.score, board.contrast)))
     return reading_order(_unique(found))
 
 
@@ -129,7 +132,7 @@ def corner_scores(level: np.ndarray, quadrant: int) -> tuple[np.ndarray, np.ndar
     contrast (+1: top-left and bottom-right quadrants lighter). Arrays are (H - 2q + 1) x
     (W - 2q + 1); entry [y, x] is the point at pixel edge (x + q, y + q)."""
     q = quadrant
-    means = cv2.boxFilter(level, -1, (q, q), anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
+    means = cv2.boxFilter(level, cv2.CV_32F, (q, q), anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
     height, width = level.shape
     means = means[: height - q + 1, : width - q + 1]  # means[y, x]: pixels y..y+q, x..x+q
     top_left = means[: -q or None, : -q or None]
@@ -175,6 +178,7 @@ def _neighbours(points: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     """For each point, the strongest opposite-sign point about one level square further
     along `axis` (0: right, 1: down, within a quarter of the step across), or -1."""
     low, high = math.floor(0.75 * LEVEL_SQUARE[0]), math.ceil(1.3 * LEVEL_SQUARE[1])
+    height, width = index.shape
     reach = high // 4
     steps = np.arange(low, high + 1)
     offsets = np.arange(-reach, reach + 1)
@@ -182,10 +186,10 @@ def _neighbours(points: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     allowed = (np.abs(across) <= along // 4).ravel()
     dx, dy = (along, across) if axis == 0 else (across, along)
     dx, dy = dx.ravel()[allowed], dy.ravel()[allowed]
-    padded = np.pad(index, high, constant_values=-1)
-    xs = points[:, 0].astype(np.int64)[:, None] + dx[None, :] + high
-    ys = points[:, 1].astype(np.int64)[:, None] + dy[None, :] + high
-    candidates = padded[ys, xs]  # N x offsets
+    xs = points[:, 0].astype(np.int64)[:, None] + dx[None, :]
+    ys = points[:, 1].astype(np.int64)[:, None] + dy[None, :]
+    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+    candidates = np.where(inside, index[ys.clip(0, height - 1), xs.clip(0, width - 1)], -1)
     valid = candidates >= 0
     signs = np.where(valid, points[candidates, 2], points[:, 2:3])
     scores = np.where(valid & (signs != points[:, 2:3]), points[candidates, 3], -1.0)
@@ -380,7 +384,7 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     rarely cover; pieces, highlights and coordinates can still hide one side's alternation,
     which is why the corners along it count too."""
     outline = _apply(affine, np.array([-2, 8, 8, -2]), np.array([-2, -2, 8, 8]))
-    board = cv2.blur(rectify(gray, outline, 10 * RECTIFIED_SQUARE), (5, 5))
+    board = cv2.blur(rectify(gray, outline, 10 * RECTIFIED_SQUARE).astype(np.float32), (5, 5))
     near, far = 4, RECTIFIED_SQUARE - 5
     offsets = np.array([near, far])
     starts = np.arange(10) * RECTIFIED_SQUARE
@@ -402,7 +406,7 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     if max(np.median(line[1:] + line[:-1]) for line in outside) > 0.6 * abs(overall):
         return None
     for contrast, corners in zip(ring, corners_along, strict=True):
-        if contrast < 0.1 * abs(overall) and corners <= INNER // 2:
+        if contrast < 0.25 * abs(overall) and corners <= INNER // 2:
             return None
     return float(np.mean(ring))
 

@@ -447,20 +447,26 @@ def scene_stream(seed: int | str, designs: str) -> Callable[[str | None], Scene]
     return draw
 
 
-def write_scenes(out: str | Path, count: int, seed: int = 0, designs: str = "held-out") -> Path:
-    """Draw `count` scenes into `out/images/` and their labels into `out/scenes.jsonl`, one
-    line a scene (`id`, `image_path`, `kind`, `width`, `height`, `boards`). Written as they
-    come; a rerun skips the scenes already listed."""
+def write_scenes(
+    out: str | Path,
+    count: int,
+    seed: int = 0,
+    designs: str = "held-out",
+    kind: str | None = None,
+) -> Path:
+    """Draw `count` scenes (of one `kind`, or of every kind) into `out/images/` and their
+    labels into `out/scenes.jsonl`, one line a scene (`id`, `image_path`, `kind`, `width`,
+    `height`, `boards`). Written as they come; a rerun skips the scenes already listed."""
     from tqdm import tqdm
 
     from chessvlm.io import atomic_write_bytes
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    draw = scene_stream(seed, designs)
+    draw = scene_stream(seed if kind is None else f"{seed}/{kind}", designs)
     with JsonlAppender(out / LABELS_FILE) as labels:
         for index in tqdm(range(count), desc=f"scenes ({designs} designs)"):
-            scene = draw()  # drawn even when done, so the stream is the same on a rerun
+            scene = draw(kind)  # drawn even when done, so the stream is the same on a rerun
             scene_id = f"scene_{index:06d}"
             if scene_id in labels.done_ids:
                 continue

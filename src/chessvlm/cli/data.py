@@ -270,13 +270,19 @@ def _register_scenes(commands) -> None:
     parser.add_argument(
         "--designs", choices=("seen", "held-out"), default="held-out", help="default: held-out"
     )
+    parser.add_argument(
+        "--kind",
+        choices=("screenshot", "multi", "page", "negative"),
+        help="only scenes of this kind (default: every kind)",
+    )
     parser.set_defaults(func=_run_scenes)
 
 
 def _run_scenes(args: argparse.Namespace) -> int:
     from chessvlm.scenes import write_scenes
 
-    print(f"scenes: {write_scenes(args.out, args.count, args.seed, args.designs)}")
+    labels = write_scenes(args.out, args.count, args.seed, args.designs, args.kind)
+    print(f"scenes: {labels}")
     return 0
 
 
