@@ -56,3 +56,11 @@ def test_finder_evaluate_command(tmp_path, capsys):
     lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert main([*args, str(tmp_path / "run")]) == 0  # resumes: nothing added
     assert (tmp_path / "run" / "predictions.jsonl").read_text().splitlines() == lines
+
+
+def test_finder_tune_compares_the_settings_and_marks_the_shipped_ones(tmp_path, capsys):
+    write_scenes(tmp_path / "scenes", 2, seed=1, designs="seen", kind="screenshot")
+    assert main(["finder", "tune", "--scenes", str(tmp_path / "scenes")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("quadrant") and len(lines) == 1 + 8
+    assert sum(line.endswith("<- shipped") for line in lines) == 1

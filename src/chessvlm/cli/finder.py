@@ -35,6 +35,33 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--max_samples", type=int, help="first N scenes only")
     parser.set_defaults(func=_run_evaluate)
+    tune = commands.add_parser(
+        "tune",
+        help="compare the finder's settings on scenes of the seen designs",
+        description=(
+            "Find the boards of a scenes folder (make it with `chessvlm data scenes --designs "
+            "seen`: the held-out scenes stay for testing) with each combination of the "
+            "finder's thresholds and print recall, false boards and CPU time per scene, best "
+            "first; the shipped settings (chessvlm.finder.FinderSettings) are marked. This is "
+            "how they were chosen: the finder has nothing else to train."
+        ),
+    )
+    tune.add_argument("--scenes", required=True, help="scenes folder (scenes.jsonl)")
+    tune.add_argument("--max_samples", type=int, help="first N scenes only")
+    tune.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from chessvlm.detection import tune_settings
+
+    print("quadrant\tmin_score\tmin_corners\trecall\tfalse boards\tCPU s/scene")
+    for row in tune_settings(args.scenes, args.max_samples):
+        print(
+            f"{row['quadrant']}\t{row['min_score']:g}\t{row['min_corners']}\t"
+            f"{row['recall']:.4f}\t{row['false_boards']}\t{row['cpu_seconds_per_scene']:.4f}"
+            + ("\t<- shipped" if row["shipped"] else "")
+        )
+    return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
