@@ -376,13 +376,12 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     """How clearly the board's outer ring of squares alternates light and dark as the inner
     corners say: the ring's mean contrast in grey levels. None when the pattern goes on past
     the board (a draughts board, a larger checkered pattern), or when a side of the ring
-    does not alternate and no X-corners were seen along it either (a smaller checkered
-    pattern, or a grid of corners placed one square off). `seen` (7 x 7) marks the inner
-    corners found.
+    does not belong to the board (`_side_belongs`: a smaller checkered pattern, or a grid
+    of corners placed one square off). `seen` (7 x 7) marks the inner corners found.
 
     Each square's shade is the median of small patches at its four corners, which pieces
     rarely cover; pieces, highlights and coordinates can still hide one side's alternation,
-    which is why the corners along it count too."""
+    which is why the corners along it, and how much its squares vary, count too."""
     outline = _apply(affine, np.array([-2, 8, 8, -2]), np.array([-2, -2, 8, 8]))
     board = cv2.blur(rectify(gray, outline, 10 * RECTIFIED_SQUARE).astype(np.float32), (5, 5))
     near, far = 4, RECTIFIED_SQUARE - 5
@@ -398,6 +397,14 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
         return None
     signed *= np.sign(overall)
     inside = (signed[1, 1:-1], signed[-2, 1:-1], signed[1:-1, 1], signed[1:-1, -2])
+
+    def shades_along(side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The shades of a side's ring of squares and of the squares just outside it."""
+        ring_index, beyond_index = ((1, 0), (-2, -1), (1, 0), (-2, -1))[side]
+        if side < 2:
+            return shades[ring_index, 1:-1], shades[beyond_index, 1:-1]
+        return shades[1:-1, ring_index], shades[1:-1, beyond_index]
+
     outside = (signed[0, 1:-1], signed[-1, 1:-1], signed[1:-1, 0], signed[1:-1, -1])
     corners_along = (seen[0].sum(), seen[-1].sum(), seen[:, 0].sum(), seen[:, -1].sum())
     ring = [line.mean() * 2 for line in inside]
@@ -405,10 +412,25 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     # checkered pattern all along.
     if max(np.median(line[1:] + line[:-1]) for line in outside) > 0.6 * abs(overall):
         return None
-    for contrast, corners in zip(ring, corners_along, strict=True):
-        if contrast < 0.25 * abs(overall) and corners <= INNER // 2:
+    for side in range(4):
+        if not _side_belongs(ring[side], corners_along[side], shades_along(side), overall):
             return None
     return float(np.mean(ring))
+
+
+def _side_belongs(
+    contrast: float,
+    corners: int,
+    shades: tuple[np.ndarray, np.ndarray],
+    overall: float,
+) -> bool:
+    """Whether one side's ring of squares is part of the board: its squares alternate, or
+    X-corners were seen along it, or (pieces hiding both) its squares vary far more than
+    the plain margin, frame or page just outside it, as a row of pieces does."""
+    if contrast >= 0.25 * abs(overall) or corners > INNER // 2:
+        return True
+    ring, beyond = (float(np.std(line)) for line in shades)
+    return ring >= 0.25 * abs(overall) and ring >= 2 * beyond
 
 
 def _fit_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
