@@ -49,7 +49,7 @@ def test_scene_metrics_count_found_false_and_missed_boards():
 
 def test_finder_evaluate_command(tmp_path, capsys):
     write_scenes(tmp_path / "scenes", 2, seed=7, designs="held-out")
-    args = ["finder", "evaluate", "--scenes", str(tmp_path / "scenes"), "--output"]
+    args = ["finder", "evaluate", "--scenes", str(tmp_path / "scenes"), "--out"]
     assert main([*args, str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["scenes"] == 2 and "recall" in capsys.readouterr().out

@@ -336,7 +336,7 @@ def test_pdf_pages_stream_and_a_rerun_resumes(checkpoint, tmp_path, capsys):
     pdf = tmp_path / "book.pdf"
     images[0].save(pdf, format="PDF", save_all=True, append_images=images[1:], resolution=72)
     log = tmp_path / "results.jsonl"
-    args = ["predict", str(pdf), "--model", str(checkpoint), "--dpi", "72", "--output", str(log)]
+    args = ["predict", str(pdf), "--model", str(checkpoint), "--dpi", "72", "--out", str(log)]
     args += ["--format", "fen"]
     assert main(args) == 1
     captured = capsys.readouterr()

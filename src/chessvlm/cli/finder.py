@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chessvlm.cli.arguments import MODEL, OUT, positive_int
+
 
 def register(subparsers) -> None:
     """Add the `finder` command group."""
@@ -22,18 +24,18 @@ def register(subparsers) -> None:
         help="find and read the boards of a scenes folder and score them",
         description=(
             "Find every board of each scene of `chessvlm data scenes`, read it with a reader, "
-            "and write OUTPUT/predictions.jsonl (resumable) and OUTPUT/metrics.json: boards "
+            "and write OUT/predictions.jsonl (resumable) and OUT/metrics.json: boards "
             "found, false boards (on the negatives too), corner error in squares, pages in "
             "reading order, per-square accuracy from the finder's crops beside the same "
             "boards cut at their labelled corners, and scenes per second on one thread."
         ),
     )
     parser.add_argument("--scenes", required=True, help="scenes folder (scenes.jsonl)")
-    parser.add_argument("--output", required=True, help="run folder to write")
+    parser.add_argument(OUT, "--output", dest="out", required=True, help="run folder to write")
     parser.add_argument(
-        "--model", help="reader checkpoint (default: the reader shipped in the package)"
+        MODEL, help="reader checkpoint (default: the reader shipped in the package)"
     )
-    parser.add_argument("--max_samples", type=int, help="first N scenes only")
+    parser.add_argument("--max_samples", type=positive_int, help="first N scenes only")
     parser.set_defaults(func=_run_evaluate)
     tune = commands.add_parser(
         "tune",
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
         ),
     )
     tune.add_argument("--scenes", required=True, help="scenes folder (scenes.jsonl)")
-    tune.add_argument("--max_samples", type=int, help="first N scenes only")
+    tune.add_argument("--max_samples", type=positive_int, help="first N scenes only")
     tune.set_defaults(func=_run_tune)
 
 
@@ -71,10 +73,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = SceneEvalConfig(
         scenes_dir=args.scenes,
         reader=str(args.model or default_reader()),
-        output=args.output,
+        output=args.out,
         max_scenes=args.max_samples,
     )
     metrics = evaluate_scenes(config)
     print(format_figures(metrics))
-    print(f"metrics: {Path(args.output) / 'metrics.json'}")
+    print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
