@@ -169,12 +169,17 @@ def _text_block(
 # --------------------------------------------------------------------------- screenshots
 
 
+def _screen(rng: random.Random) -> tuple[Image.Image, ImageDraw.ImageDraw, dict]:
+    """An empty chess-site window in a dark or light theme: canvas, its drawer, the theme."""
+    theme = _DARK_THEME if rng.random() < 0.5 else _LIGHT_THEME
+    canvas = Image.new("RGB", SCREEN_SIZE, theme["background"])
+    return canvas, ImageDraw.Draw(canvas), theme
+
+
 def _screenshot(composer: _Composer) -> Scene:
     rng = composer.rng
     width, height = SCREEN_SIZE
-    theme = _DARK_THEME if rng.random() < 0.5 else _LIGHT_THEME
-    canvas = Image.new("RGB", (width, height), theme["background"])
-    draw = ImageDraw.Draw(canvas)
+    canvas, draw, theme = _screen(rng)
     bar = rng.randint(24, 44)  # player bars above and below the board
     largest = (height - 2 * bar - 16) // 9  # room for a frame and coordinates outside
     square = round(math.exp(rng.uniform(math.log(MIN_SQUARE), math.log(largest))))
@@ -265,9 +270,7 @@ def _multi(composer: _Composer) -> Scene:
     """Several games at once (a broadcast or a study page): 2-6 boards in a grid."""
     rng = composer.rng
     width, height = SCREEN_SIZE
-    theme = _DARK_THEME if rng.random() < 0.5 else _LIGHT_THEME
-    canvas = Image.new("RGB", (width, height), theme["background"])
-    draw = ImageDraw.Draw(canvas)
+    canvas, draw, theme = _screen(rng)
     columns, rows = rng.choice(((2, 1), (3, 1), (2, 2), (3, 2)))
     cell_w, cell_h = width // columns, height // rows
     square = max(MIN_SQUARE, min(cell_w - 40, cell_h - 60) // 9 - rng.randint(0, 10))
