@@ -259,16 +259,23 @@ def _board_grids(
     cells: dict[tuple[int, int], int], points: np.ndarray, settings: FinderSettings
 ) -> list[np.ndarray]:
     """The 7 x 7 windows of numbered points holding `min_corners` points or more, most
-    first, each a 7 x 7 x 2 array of positions (NaN: not seen)."""
+    first, each a 7 x 7 x 2 array of positions (NaN: not seen). A group spanning fewer
+    than 7 lines (pieces hiding a row of corners) is tried at each place it could sit in
+    the board; `_edge_contrast` tells them apart."""
     columns = [c for c, _ in cells]
     rows = [r for _, r in cells]
-    left0, top0 = min(columns), min(rows)
-    occupied = np.zeros((max(rows) - top0 + 1, max(columns) - left0 + 1), bool)
+    # Room around the group for every window that holds all of it along a short side.
+    pad_rows = max(0, INNER - (max(rows) - min(rows) + 1))
+    pad_columns = max(0, INNER - (max(columns) - min(columns) + 1))
+    left0, top0 = min(columns) - pad_columns, min(rows) - pad_rows
+    occupied = np.zeros(
+        (max(rows) - top0 + 1 + pad_rows, max(columns) - left0 + 1 + pad_columns), bool
+    )
     for column, row in cells:
         occupied[row - top0, column - left0] = True
     windows = []
-    for top in range(max(1, occupied.shape[0] - INNER + 1)):
-        for left in range(max(1, occupied.shape[1] - INNER + 1)):
+    for top in range(occupied.shape[0] - INNER + 1):
+        for left in range(occupied.shape[1] - INNER + 1):
             count = int(occupied[top : top + INNER, left : left + INNER].sum())
             if count >= settings.min_corners:
                 windows.append((count, top, left))
