@@ -414,6 +414,15 @@ def reading_fields(
     return fields
 
 
+def result_record(
+    source: str, board: chess.Board, notes: dict[str, str], extra: dict[str, object] | None
+) -> dict[str, object]:
+    """One board's JSON result: the image, the seed's position JSON, the FEN, the `extra`
+    fields (e.g. `reading_fields`) and where each part of the position came from."""
+    result = {"image": source, "position": seed_json(board), "fen": board.fen()}
+    return {**result, **(extra or {}), "notes": notes}
+
+
 def format_result(
     source: str,
     board: chess.Board,
@@ -427,8 +436,7 @@ def format_result(
     `reading_fields`), or a FEN / compact answer (prefixed by the image name and a tab when
     several images are read)."""
     if fmt == "json":
-        result = {"image": source, "position": seed_json(board), "fen": board.fen()}
-        return json.dumps({**result, **(extra or {}), "notes": notes})
+        return json.dumps(result_record(source, board, notes, extra))
     if fmt == "fen":
         text = board.fen()
     elif fmt == "compact":

@@ -361,11 +361,17 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _print_page(result, args: argparse.Namespace, flags, *, several: bool, log) -> int:
-    """Print a page's boards (stdout) and problems (stderr), log the page to --output;
-    the number of problems."""
+    """Print a page's boards (stdout) and problems (stderr), log the page to --out; the
+    number of problems."""
     import json
 
-    from chessvlm.predict import NoBoardFound, complete_position, format_result, reading_fields
+    from chessvlm.predict import (
+        NoBoardFound,
+        complete_position,
+        format_result,
+        reading_fields,
+        result_record,
+    )
 
     page = result.page
     failures = 0
@@ -378,21 +384,13 @@ def _print_page(result, args: argparse.Namespace, flags, *, several: bool, log) 
         board, notes = complete_position(placement, flags)
         where = {"page": page.number} if page.number is not None else {}
         extra = {**where, "board": index, **reading_fields(placement, board, args.uncertain_below)}
-        name = page.id if len(result.boards) == 1 else f"{page.id}#board={index}"
-        line = format_result(
-            page.source if args.format == "json" else name,
-            board,
-            notes,
-            args.format,
-            with_name=with_name,
-            extra=extra,
-        )
+        records.append(result_record(page.source, board, notes, extra))
+        if args.format == "json":
+            line = json.dumps(records[-1])
+        else:
+            name = page.id if len(result.boards) == 1 else f"{page.id}#board={index}"
+            line = format_result(name, board, notes, args.format, with_name=with_name)
         print(line, flush=True)
-        records.append(
-            json.loads(
-                format_result(page.source, board, notes, "json", with_name=False, extra=extra)
-            )
-        )
     if result.error is not None:
         failures += _report(str(result.error))
     # A page that could not be opened is tried again by a rerun; one read (boards or none) is done.
