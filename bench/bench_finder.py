@@ -87,6 +87,11 @@ def main() -> None:
     found = timed["found_and_read"]
     rows = [
         ("boards found", f"{100 * scenes['recall']:.2f}%", ">= 99.5%"),
+        (
+            "boards found in place (corners within half a square)",
+            f"{100 * scenes['recall_in_place']:.2f}%",
+            "",
+        ),
         ("false boards on negatives (per negative)", f"{100 * false_rate:.2f}%", "<= 0.5%"),
         (
             "false boards in scenes with boards",

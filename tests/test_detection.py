@@ -39,6 +39,7 @@ def test_scene_metrics_count_found_false_and_missed_boards():
     ]
     metrics = scene_metrics(scenes, predictions)
     assert (metrics["boards"], metrics["boards_found"], metrics["recall"]) == (2, 1, 0.5)
+    assert metrics["recall_in_place"] == 0.5
     assert metrics["false_boards"] == 1 and metrics["false_board_rate_on_negatives"] == 1.0
     assert metrics["corner_error_squares_max"] == pytest.approx(0.1)
     assert metrics["pages_all_found_in_reading_order"] == 0.0

@@ -4,7 +4,8 @@ reading order, and how well the boards it cuts out are read.
 `evaluate_scenes` runs the finder and a reader over a scenes folder (`chessvlm data scenes`),
 writes one prediction line per scene as it goes (a rerun resumes), and scores them:
 
-- recall: labelled boards matched by a found board (boxes overlapping by IoU >= 0.5);
+- recall: labelled boards matched by a found board (boxes overlapping by IoU >= 0.5), and
+  `recall_in_place`: those whose corners are also within half a square of the label's;
 - false boards: found boards matching no label, in all scenes and in the negatives;
 - corner error: per matched board, the largest distance of a found corner from its label
   along x or y, in squares (the target: within 1/8);
@@ -33,6 +34,8 @@ from chessvlm.positions import board_from_fen, square_symbols
 from chessvlm.scenes import LABELS_FILE
 
 MATCH_IOU = 0.5
+# A found board whose corners are all within half a square of the label's is in place.
+IN_PLACE = 0.5
 
 
 def corners_box(corners: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
@@ -167,6 +170,8 @@ def scene_metrics(scenes: Sequence[dict], predictions: Sequence[dict]) -> dict:
         "boards": labelled,
         "boards_found": found_count,
         "recall": _ratio(found_count, labelled),
+        # A board found a square off overlaps its label well but is read wrong.
+        "recall_in_place": _ratio(sum(error <= IN_PLACE for error in corner_errors), labelled),
         "false_boards": false_boards,
         "negative_scenes": negatives,
         "false_boards_on_negatives": negative_false,
