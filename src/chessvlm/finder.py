@@ -12,13 +12,17 @@ corners of the squares stay visible whatever the piece design. The finder
 2. keeps the local maxima, links each to its neighbours about one square away on the right
    and below whose sign is opposite (light and dark swap from one corner to the next), and
    numbers each linked group on a grid;
-3. accepts a group spanning exactly 7 x 7 corners (a draughts board spans 9 x 9, other
-   checkered patterns other counts) with most of them present, refines the corners with
-   OpenCV's `cornerSubPix`, and fits an affine grid to them, which gives the board's four
-   outer corners (allowing the few degrees a scan is turned).
+3. takes the 7 x 7 windows of a group holding most of the 49 corners, refines the corners
+   with OpenCV's `cornerSubPix`, and fits an affine grid to them, which gives the board's
+   four outer corners (allowing the few degrees a scan is turned);
+4. checks the squares along the edge (`_edge_contrast`): the outer ring must belong to the
+   board, and the squares just outside must not go on alternating (a draughts board, a
+   larger checkered pattern); a smaller checkered pattern leaves a side that belongs to
+   nothing.
 
 There is nothing to train: the thresholds are in `FinderSettings`, chosen on scenes drawn
-with the seen designs (`bench/bench_finder.py` measures them on the held-out designs).
+with the seen designs by `chessvlm finder tune` (`bench/bench_finder.py` measures them on
+the held-out designs; docs/finder.md).
 """
 
 from __future__ import annotations
