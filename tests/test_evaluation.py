@@ -369,3 +369,21 @@ def test_model_trained_on_crops_is_cropped_by_the_default_reader(
         evaluate(config_for(trained, test_data, tmp_path / "none.json"))
     with pytest.raises(ChessVLMError, match="not a board reader checkpoint"):
         evaluate(config_for(trained, test_data, tmp_path / "x.json", crop_with=str(tmp_path)))
+
+
+def test_crop_with_the_finder_cuts_out_found_boards_and_scores_the_finder(model_dir, tmp_path):
+    from chessvlm.rendering import RenderParams, render_board
+
+    test_data = make_test_set(tmp_path / "data", count=2)
+    params = RenderParams(size=96, margin=(20, 10, 20, 30))
+    render_board(chess.Board(), params).save(tmp_path / "data" / "images" / "t0.png")
+    metrics = evaluate(config_for(model_dir, test_data, tmp_path / "m.json", crop_with="finder"))
+    predictions = {p["id"]: p for p in read_jsonl(tmp_path / "m.predictions.jsonl")}
+    assert predictions["t0"]["boards_found"] == 1 and predictions["t1"]["boards_found"] == 0
+    assert predictions["t0"]["board_box"] == pytest.approx([20, 10, 116, 106], abs=0.5)
+    assert "board_box" not in predictions["t1"]
+    assert metrics["board_finder"]["boards_found"] == 0.5
+    assert metrics["board_finder"]["false_boards"] == 0
+    assert (
+        metrics["sources"]["board_crop"] == "board found by the board finder (--crop_with finder)"
+    )

@@ -222,18 +222,20 @@ def test_predict_with_a_vlm_folder(tmp_path, boards, monkeypatch, capsys):
     asked = []
 
     def fake_answers(vlm, processor, images, prompt, **options):
-        asked.append((len(images), prompt, options))
         answers = [start, "I see a chess board."]
-        return [generation.Generation(answers[i % 2], 80, 0.1, False) for i in range(len(images))]
+        asked.append((len(images), prompt, options))
+        return [generation.Generation(answers[len(asked) - 1], 80, 0.1, False) for _ in images]
 
     monkeypatch.setattr(generation, "generate_answers", fake_answers)
     code = main(["predict", str(boards / "board*.png"), "--model", str(model), "--format", "fen"])
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out.splitlines() == [f"{boards / 'board0.png'}\t{chess.STARTING_FEN}"]
-    assert "board1.png: the model's answer is not a board (no_json)" in captured.err
-    (images, prompt, options) = asked[0]
-    assert images == 2 and prompt.startswith("Read the chess position")
+    assert "board1.png board 1: the model's answer is not a board (no_json)" in captured.err
+    # The finder cut each board out of its image: one call per image, the board's crop.
+    assert [images for images, _, _ in asked] == [1, 1]
+    (_, prompt, options) = asked[0]
+    assert prompt.startswith("Read the chess position")
     assert options["batch_size"] == 32
 
 
@@ -253,7 +255,7 @@ def test_command_choices_match_the_reader_modules():
     assert tuple(command.FORMATS) == predict.FORMATS
 
 
-def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
+def test_predict_without_the_finder_crops_to_the_located_board_for_a_vlm_trained_on_crops(
     tmp_path, boards, monkeypatch, capsys
 ):
     import chessvlm.reader.default
@@ -282,7 +284,7 @@ def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
 
     monkeypatch.setattr(chessvlm.reader.read, "locate_boards", locate)
     monkeypatch.setattr(generation, "generate_answers", fake_answers)
-    code = main(["predict", str(boards / "board*.png"), "--model", str(model)])
+    code = main(["predict", str(boards / "board*.png"), "--model", str(model), "--no-detect"])
     captured = capsys.readouterr()
     assert code == 0 and "default reader" in captured.err
     assert located == [2] and seen == [(64, 64), (64, 64)]  # one batch; 128 px boards cut
@@ -290,3 +292,68 @@ def test_predict_with_a_vlm_trained_on_crops_reads_the_located_board(
         result = json.loads(line)
         assert result["board_box"] == [32.0, 32.0, 96.0, 96.0]
         assert "default reader" in result["notes"]["board_crop"]
+
+
+# --------------------------------------------------------------------------- the board finder
+
+
+def two_boards_page(path: Path) -> Path:
+    """A page with two boards side by side: the start position left, two kings right."""
+    page = Image.new("RGB", (900, 500), "white")
+    page.paste(render_board(chess.Board(), RenderParams(size=240)), (40, 100))
+    kings = chess.Board("8/8/4k3/8/8/3K4/8/8 w - - 0 1")
+    page.paste(render_board(kings, RenderParams(size=240, theme="green")), (500, 120))
+    page.save(path)
+    return path
+
+
+def test_predict_prints_every_board_of_a_page_in_reading_order(checkpoint, tmp_path, capsys):
+    page = two_boards_page(tmp_path / "page.png")
+    assert main(["predict", str(page), "--model", str(checkpoint)]) == 0
+    left, right = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert [left["board"], right["board"]] == [1, 2]
+    assert left["board_box"] == pytest.approx([40, 100, 280, 340], abs=1)
+    assert right["board_box"] == pytest.approx([500, 120, 740, 360], abs=1)
+    for result in (left, right):
+        assert 0.0 <= result["confidence"] <= 1.0
+        assert all(square["probability"] < 0.9 for square in result["uncertain_squares"])
+        assert result["legal"] == ("illegal_because" not in result)
+
+
+def test_a_picture_without_a_board_says_so_and_prints_no_board(checkpoint, tmp_path, capsys):
+    Image.new("RGBA", (640, 480), (0, 0, 0, 0)).save(tmp_path / "transparent.png")
+    Image.new("RGB", (1280, 800), "white").save(tmp_path / "blank.png")
+    code = main(["predict", str(tmp_path / "transparent.png"), str(tmp_path / "blank.png")])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "transparent.png: no board found" in captured.err
+    assert "blank.png: no board found" in captured.err
+
+
+def test_pdf_pages_stream_and_a_rerun_resumes(checkpoint, tmp_path, capsys):
+    page = two_boards_page(tmp_path / "page.png")
+    images = [Image.open(page), Image.new("RGB", (900, 500), "white"), Image.open(page)]
+    pdf = tmp_path / "book.pdf"
+    images[0].save(pdf, format="PDF", save_all=True, append_images=images[1:], resolution=72)
+    log = tmp_path / "results.jsonl"
+    args = ["predict", str(pdf), "--model", str(checkpoint), "--dpi", "72", "--out", str(log)]
+    args += ["--format", "fen"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    names = [line.split("\t")[0] for line in captured.out.splitlines()]
+    assert names == [f"{pdf}#page={p}#board={b}" for p in (1, 3) for b in (1, 2)]
+    assert f"{pdf}#page=2: no board found" in captured.err
+    pages = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(p["page"], len(p["boards"])) for p in pages] == [(1, 2), (2, 0), (3, 2)]
+    assert main(args) == 0  # every page done: nothing is read again
+    assert capsys.readouterr().out == ""
+
+
+def test_no_detect_reads_a_cropped_board_and_refuses_pdfs(checkpoint, boards, tmp_path, capsys):
+    Image.new("RGB", (100, 100), "white").save(tmp_path / "page.pdf")
+    args = ["predict", str(boards / "board0.png"), str(tmp_path / "page.pdf"), "--no-detect"]
+    assert main([*args, "--model", str(checkpoint)]) == 1
+    captured = capsys.readouterr()
+    (result,) = (json.loads(line) for line in captured.out.splitlines())
+    assert result["image"].endswith("board0.png") and "corners" not in result
+    assert "page.pdf: a PDF page is no board cropped to its squares" in captured.err

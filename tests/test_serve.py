@@ -51,7 +51,7 @@ def test_a_raw_image_body_is_read(client, fen):
     (board,) = answer["boards"]
     assert board["fen"].split()[0] == chess.Board(fen).board_fen()
     assert board["board_box"] == pytest.approx([0, 0, 512, 512], abs=8)
-    assert set(board["uncertain_squares"]) <= set(chess.SQUARE_NAMES)
+    assert {entry["square"] for entry in board["uncertain_squares"]} <= set(chess.SQUARE_NAMES)
 
 
 def test_the_api_returns_what_predict_prints(client, tmp_path, capsys):

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 NO_CROP = "none"
+# `crop_with` value: cut each image to the board the board finder (chessvlm.finder) finds.
+FINDER_CROP = "finder"
 
 
 @dataclass
@@ -186,8 +188,8 @@ def _logged_ids(predictions: Path, test_ids: list[str]) -> set[str]:
 def _check_same_crop(predictions: Path, crop: CropPlan) -> None:
     """Refuse to resume a predictions log made with cropping on with it off, or the reverse."""
     answered = [record for record in _read_logs(predictions) if record.get("answer") is not None]
-    cropped = {"board_box" in record for record in answered}
-    if cropped and cropped != {crop.reader is not None}:
+    cropped = {"board_box" in record or "boards_found" in record for record in answered}
+    if cropped and cropped != {crop.reader is not None or crop.finder}:
         then = "cropped boards" if True in cropped else "whole images"
         raise InputError(
             str(predictions),
@@ -221,6 +223,8 @@ class CropPlan:
     reader: Path | None
     # One line for logs, metrics and reports.
     description: str
+    # Cut out by the board finder instead (`FINDER_CROP`).
+    finder: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,13 +250,16 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
 
     if crop_with is not None and str(crop_with) == NO_CROP:
         return CropPlan(None, "none: whole images (--crop_with none)")
+    if crop_with is not None and str(crop_with) == FINDER_CROP:
+        return CropPlan(None, "board found by the board finder (--crop_with finder)", finder=True)
     if crop_with is not None:
         folder = Path(crop_with)
         if not is_reader_checkpoint(folder):
             raise ConfigError(
                 "crop_with",
                 f"{crop_with} is not a board reader checkpoint (a folder from "
-                "`chessvlm reader train`); pass one, or none for whole images",
+                "`chessvlm reader train`); pass one, finder for the board finder, or none for "
+                "whole images",
             )
         return CropPlan(folder.resolve(), f"board located by reader {folder.resolve()}")
     if run_config.get("board_crop") != LABEL_BOX:
@@ -292,6 +299,59 @@ def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[fl
         pixels = (left * width, top * height, right * width, bottom * height)
         boxes.append([round(value, 1) for value in pixels])
     return crops, boxes
+
+
+def crop_found_boards(images: list[Any]) -> tuple[list[Any], list[Any], list[int]]:
+    """Each image cut to the largest board the board finder finds in it (the whole image
+    when it finds none, box None), each box as [left, top, right, bottom] pixels, and how
+    many boards were found in each image."""
+    from PIL import Image
+
+    from chessvlm.finder import board_pixels, find_boards
+
+    crops, boxes, counts = [], [], []
+    for image in images:
+        found = find_boards(image)
+        counts.append(len(found))
+        if not found:
+            crops.append(image)
+            boxes.append(None)
+            continue
+        board = max(found, key=lambda b: b.square_size)
+        side = round(8 * board.square_size)
+        crops.append(Image.fromarray(board_pixels(image, board, side)))
+        boxes.append([round(value, 1) for value in board.box])
+    return crops, boxes, counts
+
+
+def finder_figures(labels: list[dict], predictions: list[dict]) -> dict:
+    """The board finder's figures over a test set cut by it: images where it found a board,
+    boards found beyond one per image (false boards: every test image shows one), and the
+    box error in squares against the labels' `board_box` where they have one."""
+    from chessvlm.detection import corner_error_squares
+
+    by_id = {str(p["id"]): p for p in predictions}
+    counts = [int(by_id[str(r["id"])].get("boards_found", 0)) for r in labels]
+    errors = []
+    for record in labels:
+        found = by_id[str(record["id"])].get("board_box")
+        if found and record.get("board_box"):
+            errors.append(
+                corner_error_squares(_box_corners(found), _box_corners(record["board_box"]))
+            )
+    return {
+        "boards_found": sum(count > 0 for count in counts) / len(counts) if counts else None,
+        "false_boards": sum(max(0, count - 1) for count in counts),
+        "corner_error_squares_mean": sum(errors) / len(errors) if errors else None,
+        "corners_within_eighth_square": (
+            sum(error <= 0.125 for error in errors) / len(errors) if errors else None
+        ),
+    }
+
+
+def _box_corners(box: list[float]) -> list[tuple[float, float]]:
+    left, top, right, bottom = box
+    return [(left, top), (right, top), (right, bottom), (left, bottom)]
 
 
 def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPlan:
@@ -370,9 +430,13 @@ def _predict(
                     images.append(image)
             boxes: list[list[float] | None] = [None] * len(images)
             locating = 0.0  # each image's share of the time spent finding its board
-            if locator is not None and images:
+            counts: list[int | None] = [None] * len(images)
+            if (locator is not None or plan.crop.finder) and images:
                 started = time.perf_counter()
-                images, boxes = crop_boards(locator, images)
+                if plan.crop.finder:
+                    images, boxes, counts = crop_found_boards(images)
+                else:
+                    images, boxes = crop_boards(locator, images)
                 locating = (time.perf_counter() - started) / len(images)
             generations = generate_answers(
                 model,
@@ -384,11 +448,14 @@ def _predict(
                 constrained_target=target if config.constrained else None,
                 image_size=plan.image_size,
             )
-            for record, generation, box in zip(readable, generations, boxes, strict=True):
+            found = zip(readable, generations, boxes, counts, strict=True)
+            for record, generation, box, count in found:
                 line = prediction_record(str(record["id"]), generation, target)
                 line["seconds"] += locating
                 if box is not None:
                     line["board_box"] = box
+                if count is not None:
+                    line["boards_found"] = count
                 log.write(line)
             bar.update(len(batch))
 
@@ -453,7 +520,7 @@ def _sources(
     ]
     if state.num_processes > 1:
         settings.append(f"{state.num_processes} processes")
-    if plan.crop.reader is not None:
+    if plan.crop.reader is not None or plan.crop.finder:
         settings.append(f"boards cropped first: {plan.crop.description}")
     seconds = sum(float(record.get("seconds") or 0.0) for record in predictions)
     return {
@@ -485,4 +552,6 @@ def _write_metrics(
 
     metrics = compute_metrics(labels, predictions, target)
     metrics["sources"] = sources
+    if any("boards_found" in prediction for prediction in predictions):
+        metrics["board_finder"] = finder_figures(labels, predictions)
     atomic_write_json(config.output, metrics)

@@ -2,8 +2,11 @@
 
 The model folder decides the path: a reader checkpoint (`reader.json`) reads boards with the
 fast reader; anything else is loaded as a Qwen2-VL model or adapter and asked the prompt it
-was trained with. Either way each image gives a placement; the metadata an image cannot show
-comes from the user's flags, and each result says where every part came from.
+was trained with. By default the board finder (`chessvlm.finder`) first finds every board
+in each screenshot, page or PDF page (`chessvlm.pages`) and each is read from its crop;
+`detect=False` reads each image as one board cropped to its squares, as before the finder.
+Either way each board gives a placement; the metadata an image cannot show comes from the
+user's flags, and each result says where every part came from.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import TYPE_CHECKING
 
 import chess
 
+from chessvlm.confidence import board_confidence, legality, uncertain_squares
 from chessvlm.errors import ChessVLMError, ConfigError, InputError
+from chessvlm.pages import DEFAULT_DPI, PDF_SUFFIX, Page, iter_pages
 from chessvlm.positions import board_with_metadata, compact_rows, seed_json
 from chessvlm.reader.images import iter_loaded, open_board_image
 
@@ -33,8 +38,6 @@ CASTLING_INFERRED = (
 )
 EN_PASSANT_DEFAULT = "none: an image cannot show it (pass --en-passant to set it)"
 TO_MOVE_ASSUMED = "white, assumed: the image does not show it (pass --to-move to set it)"
-# A square read with less probability than this is reported (and drawn) as uncertain.
-UNCERTAIN_BELOW = 0.9
 
 
 @dataclass
@@ -48,9 +51,27 @@ class Placement:
     # the probability of the orientation it reports.
     box: tuple[float, float, float, float] | None = None
     orientation_probability: float | None = None
-    # Per square (python-chess order), the probability of what was read there; empty when
-    # the model gives none (a VLM).
+    # The reader's probability of what it read on each square (a1 first), for confidence.
     square_probabilities: tuple[float, ...] = ()
+    # The finder's: the squares' four corners in the image (tl, tr, br, bl).
+    corners: tuple[tuple[float, float], ...] | None = None
+
+
+class NoBoardFound(InputError):
+    """A picture in which the finder saw no chess board."""
+
+
+BoardResult = tuple[Placement | None, ChessVLMError | None]
+
+
+@dataclass
+class PageResult:
+    """What one page (an image, or a PDF page) gave: a result per board found, in reading
+    order, or the error that stopped the page (`NoBoardFound` when it shows no board)."""
+
+    page: Page
+    boards: list[BoardResult]
+    error: ChessVLMError | None = None
 
 
 @dataclass
@@ -60,6 +81,117 @@ class Metadata:
     to_move: str | None = None
     castling: str | None = None
     en_passant: str | None = None
+
+
+def predict_pages(
+    model: str,
+    paths: Sequence[str],
+    *,
+    detect: bool = True,
+    dpi: int = DEFAULT_DPI,
+    done: frozenset[str] = frozenset(),
+    batch_size: int = 32,
+    decode: str | None = None,
+    max_new_tokens: int | None = None,
+    flipped: bool | None = None,
+) -> Iterator[PageResult]:
+    """Read every board of every page of `paths` (images and PDFs) with the model folder
+    `model`, one page at a time, in order. With `detect` the finder cuts out each board;
+    without it each image is read as one board cropped to its squares (PDFs are refused).
+    Pages whose id is in `done` are skipped (a resumed run)."""
+    if not detect:
+        yield from _undetected_pages(
+            model, paths, done, batch_size, decode, max_new_tokens, flipped
+        )
+        return
+    from chessvlm.finder import find_boards
+
+    read_crops = _crop_reader(model, batch_size, decode, max_new_tokens, flipped)
+    for page in iter_pages(paths, dpi=dpi, done=done):
+        if page.id in done:
+            continue
+        if page.image is None:
+            yield PageResult(page, [], page.error)
+            continue
+        found = find_boards(page.image)
+        if not found:
+            yield PageResult(page, [], NoBoardFound(page.id, "no board found"))
+            continue
+        results = read_crops(page, found)
+        for (placement, _), board in zip(results, found, strict=True):
+            if placement is not None:
+                placement.box = board.box
+                placement.corners = board.corners
+        yield PageResult(page, results)
+
+
+def _undetected_pages(
+    model: str,
+    paths: Sequence[str],
+    done: frozenset[str],
+    batch_size: int,
+    decode: str | None,
+    max_new_tokens: int | None,
+    flipped: bool | None,
+) -> Iterator[PageResult]:
+    images = [path for path in paths if path not in done]
+    for path in images:
+        if path.lower().endswith(PDF_SUFFIX):
+            problem = "a PDF page is no board cropped to its squares: leave out --no-detect"
+            yield PageResult(Page(path, None), [], InputError(path, problem))
+    boards = [path for path in images if not path.lower().endswith(PDF_SUFFIX)]
+    results = predict_images(
+        model,
+        boards,
+        batch_size=batch_size,
+        decode=decode,
+        max_new_tokens=max_new_tokens,
+        flipped=flipped,
+    )
+    for source, placement, error in results:
+        if placement is None:
+            yield PageResult(Page(source, None), [], error)
+        else:
+            yield PageResult(Page(source, None), [(placement, None)])
+
+
+def _crop_reader(
+    model: str,
+    batch_size: int,
+    decode: str | None,
+    max_new_tokens: int | None,
+    flipped: bool | None,
+):
+    """A function reading the boards found in one page: (image, found boards) -> a
+    `BoardResult` per board."""
+    from PIL import Image
+
+    from chessvlm.finder import board_pixels
+    from chessvlm.reader.read import is_reader_checkpoint, load_reader, read_found_boards
+
+    if not is_reader_checkpoint(model):
+        _check_vlm_folder(model, flipped)
+        read_images = _vlm_image_reader(model, batch_size, max_new_tokens)
+
+        def read_with_vlm(page: Page, found) -> list[BoardResult]:
+            crops = [
+                Image.fromarray(board_pixels(page.image, board, round(8 * board.square_size)))
+                for board in found
+            ]
+            names = [f"{page.id} board {index}" for index in range(1, len(found) + 1)]
+            return read_images(crops, names, "board the finder found")
+
+        return read_with_vlm
+    reader = load_reader(model)
+
+    def read_with_reader(page: Page, found) -> list[BoardResult]:
+        readings = read_found_boards(reader, page.image, found, decode, flipped)
+        return [
+            (reader_placement(reading, model, orientation_given=flipped), None)
+            for reading in readings
+        ]
+
+    return read_with_reader
 
 
 def predict_images(
@@ -77,20 +209,27 @@ def predict_images(
     read, without stopping the others. `flipped` (reader only) states that black (True) or
     white (False) is at the bottom of every image instead of letting the reader decide.
     """
-    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, is_reader_checkpoint
+    from chessvlm.reader.read import is_reader_checkpoint
+
+    if is_reader_checkpoint(model):
+        yield from _reader_placements(model, sources, batch_size, decode, flipped)
+    else:
+        _check_vlm_folder(model, flipped)
+        yield from _vlm_placements(model, sources, batch_size, max_new_tokens)
+
+
+def _check_vlm_folder(model: str, flipped: bool | None) -> None:
+    """Refuse what a VLM cannot take: a stated orientation, a folder that is no model."""
+    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE
 
     folder = Path(model)
-    if is_reader_checkpoint(folder):
-        yield from _reader_placements(model, sources, batch_size, decode, flipped)
-    elif flipped is not None:
+    if flipped is not None:
         raise ConfigError("orientation", "applies to reader checkpoints; a VLM reads it itself")
-    elif folder.is_dir() and not any((folder / name).is_file() for name in VLM_FILES):
+    if folder.is_dir() and not any((folder / name).is_file() for name in VLM_FILES):
         raise ChessVLMError(
             f"{model}: neither a reader checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE}) nor a "
             f"VLM folder ({' or '.join(VLM_FILES)})"
         )
-    else:
-        yield from _vlm_placements(model, sources, batch_size, max_new_tokens)
 
 
 def _reader_placements(
@@ -150,6 +289,40 @@ def _vlm_placements(
     model: str, sources: Sequence[str], batch_size: int, max_new_tokens: int | None
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
     from chessvlm.evaluation import crop_boards, plan_crop
+    from chessvlm.modeling import resolve_model
+
+    # A VLM trained on boards cropped to their labelled box sees each image cut to the board
+    # the shipped reader locates, as `chessvlm evaluate` does; others see whole images.
+    crop = plan_crop(None, resolve_model(model).run_config, model)
+    locator = None
+    if crop.reader is not None:
+        from chessvlm.reader import read as reader_module
+
+        locator = reader_module.load_reader(crop.reader)
+    read_images = _vlm_image_reader(model, batch_size, max_new_tokens)
+    items = zip(sources, iter_loaded(sources, open_board_image, lookahead=batch_size), strict=True)
+    while chunk := list(islice(items, batch_size)):
+        images = [image for _, (image, _) in chunk if image is not None]
+        boxes: list[list[float] | None] = [None] * len(images)
+        if locator is not None and images:
+            images, boxes = crop_boards(locator, images)
+        names = [str(source) for source, (image, _) in chunk if image is not None]
+        described = crop.description if locator is not None else None
+        results = iter(zip(read_images(images, names, described), boxes, strict=True))
+        for source, (image, error) in chunk:
+            if image is None:
+                yield str(source), None, error
+                continue
+            (placement, error), box = next(results)
+            if placement is not None and box is not None:
+                placement.box = tuple(box)
+            yield str(source), placement, error
+
+
+def _vlm_image_reader(model: str, batch_size: int, max_new_tokens: int | None):
+    """Load a VLM once; return a function asking it about a list of board images (named by
+    `names` in errors), which gives a `BoardResult` each (`crop`, when not None, says what
+    the images show)."""
     from chessvlm.generation import default_max_new_tokens, generate_answers
     from chessvlm.modeling import load_model_and_processor, resolve_model
     from chessvlm.prompts import PROMPTS
@@ -158,40 +331,24 @@ def _vlm_placements(
     target = run_config.get("target", "compact")
     # A base model never trained here has no prompt of its own: it is asked the compact one.
     prompt = run_config.get("prompt") or PROMPTS[target]
-    # A VLM trained on boards cropped to their labelled box sees each image cut to the board
-    # the shipped reader locates, as `chessvlm evaluate` does; others see whole images.
-    crop = plan_crop(None, run_config, model)
-    locator = None
-    if crop.reader is not None:
-        from chessvlm.reader import read as reader_module
-
-        locator = reader_module.load_reader(crop.reader)
     vlm, processor = load_model_and_processor(model)
     options = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens or default_max_new_tokens(target),
         "image_size": run_config.get("image_size"),
     }
-    items = zip(sources, iter_loaded(sources, open_board_image, lookahead=batch_size), strict=True)
-    while chunk := list(islice(items, batch_size)):
-        images = [image for _, (image, _) in chunk if image is not None]
-        boxes: list[list[float] | None] = [None] * len(images)
-        if locator is not None and images:
-            images, boxes = crop_boards(locator, images)
-        answers = iter(
-            generate_answers(vlm, processor, images, prompt, **options) if images else []
-        )
-        located = iter(boxes)
-        for source, (image, error) in chunk:
-            if image is None:
-                yield str(source), None, error
-                continue
-            placement, error = _vlm_placement(next(answers).answer, target, str(source), model)
-            box = next(located)
-            if placement is not None and box is not None:
-                placement.box = tuple(box)
-                placement.notes["board_crop"] = f"the model read the {crop.description}"
-            yield str(source), placement, error
+
+    def read(images: list, names: list[str], crop: str | None) -> list[BoardResult]:
+        answers = generate_answers(vlm, processor, images, prompt, **options) if images else []
+        results = []
+        for answer, name in zip(answers, names, strict=True):
+            placement, error = _vlm_placement(answer.answer, target, name, model)
+            if placement is not None and crop is not None:
+                placement.notes["board_crop"] = f"the model read the {crop}"
+            results.append((placement, error))
+        return results
+
+    return read
 
 
 def _vlm_placement(
@@ -241,35 +398,37 @@ def complete_position(placement: Placement, flags: Metadata) -> tuple[chess.Boar
     return board_with_metadata(placement.board, to_move, castling, en_passant), notes
 
 
-def reading_fields(placement: Placement) -> dict[str, object]:
-    """What a JSON result adds from the reader: the board's box in the image, the probability
-    of the orientation (absent when the model gave none or the user set it), the lowest
-    probability of any square's reading and the squares read with less than
-    `UNCERTAIN_BELOW` (name -> probability)."""
+def reading_fields(
+    placement: Placement, board: chess.Board, uncertain_below: float
+) -> dict[str, object]:
+    """What a JSON result adds to the position `board` completed from `placement`: the
+    board's box (and corners) in the image, the probability of the orientation (absent when
+    the model gave none or the user set it), the board's confidence and the squares read
+    with a probability under `uncertain_below` (reader only), and whether the position is
+    legal, with python-chess's reasons when it is not."""
     fields: dict[str, object] = {}
     if placement.box is not None:
         fields["board_box"] = [round(value, 1) for value in placement.box]
+    if placement.corners is not None:
+        fields["corners"] = [[round(x, 1), round(y, 1)] for x, y in placement.corners]
     if placement.orientation_probability is not None:
         fields["orientation_probability"] = round(placement.orientation_probability, 4)
     if placement.square_probabilities:
         probabilities = placement.square_probabilities
-        fields["min_square_probability"] = round(min(probabilities), 4)
-        fields["uncertain_squares"] = {
-            chess.SQUARE_NAMES[square]: round(probability, 4)
-            for square, probability in enumerate(probabilities)
-            if probability < UNCERTAIN_BELOW
-        }
+        fields["confidence"] = round(board_confidence(probabilities), 4)
+        fields["uncertain_squares"] = uncertain_squares(board, probabilities, uncertain_below)
+    problems = legality(board)
+    fields["legal"] = not problems
+    if problems:
+        fields["illegal_because"] = problems
     return fields
 
 
-def result_fields(
-    source: str,
-    board: chess.Board,
-    notes: dict[str, str],
-    extra: dict[str, object] | None = None,
+def result_record(
+    source: str, board: chess.Board, notes: dict[str, str], extra: dict[str, object] | None
 ) -> dict[str, object]:
-    """One board's JSON result (what `predict --format json` prints): the image, the seed's
-    position JSON, the FEN, the `extra` fields (e.g. `reading_fields`) and the notes."""
+    """One board's JSON result: the image, the seed's position JSON, the FEN, the `extra`
+    fields (e.g. `reading_fields`) and where each part of the position came from."""
     result = {"image": source, "position": seed_json(board), "fen": board.fen()}
     return {**result, **(extra or {}), "notes": notes}
 
@@ -287,7 +446,7 @@ def format_result(
     `reading_fields`), or a FEN / compact answer (prefixed by the image name and a tab when
     several images are read)."""
     if fmt == "json":
-        return json.dumps(result_fields(source, board, notes, extra))
+        return json.dumps(result_record(source, board, notes, extra))
     if fmt == "fen":
         text = board.fen()
     elif fmt == "compact":

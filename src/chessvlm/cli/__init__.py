@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "train",
     "evaluate",
     "reader",
+    "finder",
     "report",
     "quickstart",
     "serve",

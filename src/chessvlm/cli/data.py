@@ -1,4 +1,4 @@
-"""`chessvlm data synth|import|vlm` and `chessvlm create-vlm-dataset` (the seed's step 1)."""
+"""`chessvlm data synth|import|vlm|scenes` and `chessvlm create-vlm-dataset` (the seed's step 1)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     _register_synth(commands)
     _register_import(commands)
     _register_art(commands)
+    _register_scenes(commands)
     _add_vlm_arguments(
         commands.add_parser(
             "vlm", help="same as `chessvlm create-vlm-dataset`", description=_VLM_DESCRIPTION
@@ -247,6 +248,42 @@ def _print_results(title: str, results: dict[str, tuple[int, int]], skipped_file
     skipped = sum(bad for _, bad in results.values())
     if skipped:
         print(f"skipped {skipped} bad sample(s), listed in {skipped_file}")
+
+
+def _register_scenes(commands) -> None:
+    parser = commands.add_parser(
+        "scenes",
+        help="compose boards into screenshots, book pages and negatives (the finder's data)",
+        description=(
+            "Draw chess-site screenshots (1280x800, side panels, move lists, player and "
+            "evaluation bars), pages of several boards, book pages with 2-6 captioned "
+            "diagrams (some scanned a few degrees askew) and negatives with no chess board "
+            "(text, textures, draughts boards, spreadsheets, other checkered patterns) into "
+            "OUT/images/, with every board's corners and FEN in OUT/scenes.jsonl. Test "
+            "scenes (--designs held-out) use only the designs and looks the seen ones never "
+            "draw. Rerunning resumes."
+        ),
+    )
+    parser.add_argument(OUT, "--output", dest="out", required=True, help="folder to write")
+    parser.add_argument("--count", type=non_negative_int, default=200, help="default: 200")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument(
+        "--designs", choices=("seen", "held-out"), default="held-out", help="default: held-out"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("screenshot", "multi", "page", "negative"),
+        help="only scenes of this kind (default: every kind)",
+    )
+    parser.set_defaults(func=_run_scenes)
+
+
+def _run_scenes(args: argparse.Namespace) -> int:
+    from chessvlm.scenes import write_scenes
+
+    labels = write_scenes(args.out, args.count, args.seed, args.designs, args.kind)
+    print(f"scenes: {labels}")
+    return 0
 
 
 def _register_art(commands) -> None:

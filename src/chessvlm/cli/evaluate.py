@@ -19,8 +19,8 @@ processes and process 0 merges the predictions and writes the metrics.
 
 A model trained on boards cropped to their labelled box (its run config's "board_crop") is
 shown each test image cut to the board that a board reader's locator finds: the shipped
-default reader unless --crop_with names another (or "none" for whole images). The labels'
-own boxes are never used at test time."""
+default reader unless --crop_with names another ("finder" for the board finder, "none" for
+whole images). The labels' own boxes are never used at test time."""
 
 
 def register(subparsers) -> None:
@@ -80,8 +80,9 @@ def register(subparsers) -> None:
         "--crop_with",
         metavar="READER_DIR",
         help="crop each image to the board this reader checkpoint locates before asking the "
-        "model; 'none' for whole images (default: the shipped reader for a model trained on "
-        "cropped boards, else whole images)",
+        "model; 'finder' for the board the board finder finds (the metrics then add its "
+        "figures); 'none' for whole images (default: the shipped reader for a model trained "
+        "on cropped boards, else whole images)",
     )
     parser.add_argument(
         "--constrained",

@@ -201,6 +201,12 @@ def _register_evaluate(commands) -> None:
         default=EVALUATE("orientation"),
         help="given: read each board in the orientation its label states (default: %(default)s)",
     )
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="cut each board out with the board finder (as `chessvlm predict` does) instead "
+        "of the reader's locator; adds boards found, false boards and corner error",
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -226,6 +232,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"coordinates: {_figure(reader['orientation_accuracy_pawns_no_coordinates'])}), board "
         f"box error {_figure(reader['box_error_squares'])} squares"
     )
+    if args.detect:
+        print(
+            f"board finder: boards found {_figure(reader['board_recall'])}, false boards "
+            f"{reader['false_boards']}"
+        )
     return 0
 
 
@@ -236,15 +247,19 @@ def _figure(value: float | None) -> str:
 def _register_predict(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="read positions from board images (reader checkpoint or VLM)",
+        help="find and read the chess boards in images, screenshots, pages and PDFs",
         description=(
-            "Print one result per image: by default a JSON line with the seed's position JSON. "
+            "Find every chess board in each image or PDF page (a screenshot, a book page, a "
+            "cropped board) and print one result per board, in reading order: by default a "
+            "JSON line with the seed's position JSON, the board's box in the image, its page, "
+            "its confidence, the squares worth checking and whether the position is legal. "
             "Side to move, castling rights and en passant come from the flags; without them, "
-            "castling rights are those consistent with the placement and so labelled. Images "
-            "that cannot be read are reported on stderr and the others go on (exit code 1)."
+            "castling rights are those consistent with the placement and so labelled. A "
+            "picture with no board, and files that cannot be read, are reported on stderr "
+            "and the others go on (exit code 1)."
         ),
     )
-    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("images", nargs="+", help="image or PDF files, folders or glob patterns")
     parser.add_argument(
         MODEL,
         help="reader checkpoint, VLM folder, adapter or hub id (default: the reader shipped "
@@ -274,24 +289,52 @@ def _register_predict(subparsers) -> None:
         help="which side is at the bottom of the images (reader only; default: auto, read it)",
     )
     parser.add_argument("--max_new_tokens", type=positive_int, help="VLM answer limit")
+    parser.add_argument(
+        "--no_detect",
+        "--no-detect",
+        dest="detect",
+        action="store_false",
+        help="read each image as one board already cropped to its squares (no finder)",
+    )
+    parser.add_argument(
+        "--dpi", type=positive_int, default=150, help="PDF pages are rendered at this (150)"
+    )
+    parser.add_argument(
+        "--uncertain_below",
+        "--uncertain-below",
+        dest="uncertain_below",
+        type=_probability,
+        default=0.9,
+        help="list the squares read with a probability under this (reader; default 0.9)",
+    )
+    parser.add_argument(
+        OUT,
+        "--output",
+        dest="out",
+        help="also write one JSON line per page to this file as pages are done; a rerun with "
+        "the same --output skips the pages already in it (resumes)",
+    )
     parser.set_defaults(func=_run_predict)
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text}")
+    return value
+
+
 def _run_predict(args: argparse.Namespace) -> int:
-    from chessvlm.predict import (
-        Metadata,
-        check_flags,
-        complete_position,
-        format_result,
-        predict_images,
-        reading_fields,
-    )
+    from contextlib import nullcontext
+
+    from chessvlm.io import JsonlAppender
+    from chessvlm.pages import collect_page_paths
+    from chessvlm.predict import Metadata, check_flags, predict_pages
     from chessvlm.reader.default import default_reader
-    from chessvlm.reader.images import collect_image_paths
 
     flags = Metadata(args.to_move, args.castling, args.en_passant)
     check_flags(flags)
-    items = collect_image_paths(args.images)
+    items = collect_page_paths(args.images)
     failures = 0
     for path, problem in items:
         if problem is not None:
@@ -299,30 +342,64 @@ def _run_predict(args: argparse.Namespace) -> int:
     sources = [path for path, problem in items if problem is None]
     if not sources:
         return 1  # nothing readable: no model to load
-    results = predict_images(
-        str(args.model or default_reader()),
-        sources,
-        batch_size=args.batch_size,
-        decode=args.decode,
-        max_new_tokens=args.max_new_tokens,
-        flipped={"auto": None, "white": False, "black": True}[args.orientation],
+    log = JsonlAppender(args.out) if args.out else nullcontext()
+    with log:
+        results = predict_pages(
+            str(args.model or default_reader()),
+            sources,
+            detect=args.detect,
+            dpi=args.dpi,
+            done=frozenset(log.done_ids) if args.out else frozenset(),
+            batch_size=args.batch_size,
+            decode=args.decode,
+            max_new_tokens=args.max_new_tokens,
+            flipped={"auto": None, "white": False, "black": True}[args.orientation],
+        )
+        for result in results:
+            failures += _print_page(result, args, flags, several=len(items) > 1, log=log)
+    return 1 if failures else 0
+
+
+def _print_page(result, args: argparse.Namespace, flags, *, several: bool, log) -> int:
+    """Print a page's boards (stdout) and problems (stderr), log the page to --out; the
+    number of problems."""
+    import json
+
+    from chessvlm.predict import (
+        NoBoardFound,
+        complete_position,
+        format_result,
+        reading_fields,
+        result_record,
     )
-    with_name = len(items) > 1
-    for source, placement, error in results:
+
+    page = result.page
+    failures = 0
+    records = []
+    with_name = several or page.number is not None or len(result.boards) > 1
+    for index, (placement, error) in enumerate(result.boards, start=1):
         if placement is None:
             failures += _report(str(error))
             continue
         board, notes = complete_position(placement, flags)
-        line = format_result(
-            source,
-            board,
-            notes,
-            args.format,
-            with_name=with_name,
-            extra=reading_fields(placement),
-        )
+        where = {"page": page.number} if page.number is not None else {}
+        extra = {**where, "board": index, **reading_fields(placement, board, args.uncertain_below)}
+        records.append(result_record(page.source, board, notes, extra))
+        if args.format == "json":
+            line = json.dumps(records[-1])
+        else:
+            name = page.id if len(result.boards) == 1 else f"{page.id}#board={index}"
+            line = format_result(name, board, notes, args.format, with_name=with_name)
         print(line, flush=True)
-    return 1 if failures else 0
+    if result.error is not None:
+        failures += _report(str(result.error))
+    # A page that could not be opened is tried again by a rerun; one read (boards or none) is done.
+    if args.out and (result.error is None or isinstance(result.error, NoBoardFound)):
+        record = {"id": page.id, "image": page.source, "page": page.number, "boards": records}
+        if result.error is not None:
+            record["error"] = str(result.error)
+        log.write(record)
+    return failures
 
 
 def _report(message: str) -> int:

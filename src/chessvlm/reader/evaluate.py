@@ -5,7 +5,7 @@ metrics, and the reader's own figures (orientation, board box).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import chess
 import torch
 from tqdm import tqdm
 
-from chessvlm.errors import ChessVLMError
+from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import (
     JsonlAppender,
     atomic_write_json,
@@ -23,7 +23,13 @@ from chessvlm.io import (
 from chessvlm.positions import board_from_fen
 from chessvlm.reader.data import read_split, shows_coordinates
 from chessvlm.reader.model import box_error_in_squares
-from chessvlm.reader.read import Reader, load_reader, predict_boards
+from chessvlm.reader.read import (
+    BoardReading,
+    Reader,
+    load_reader,
+    predict_boards,
+    read_found_boards,
+)
 
 
 @dataclass
@@ -40,6 +46,9 @@ class ReaderEvalConfig:
     name: str | None = None
     workers: int = 2
     orientation: str = "predicted"
+    # Cut each board out with the board finder (chessvlm.finder) instead of the reader's
+    # own locator; the metrics then add the finder's figures.
+    detect: bool = False
 
 
 ORIENTATIONS = ("predicted", "given")
@@ -52,7 +61,10 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
     and `run.json` (what was evaluated, for `chessvlm report`), and returns the metrics.
     With `orientation="given"` each board is read in the orientation its label states (as
     when a user says which side is at the bottom) instead of the predicted one; the
-    predictions' `flipped_pred` stays the model's own guess.
+    predictions' `flipped_pred` stays the model's own guess. With `detect` the board finder
+    cuts out each board (the one overlapping the labelled box; an image where it finds none
+    scores 0 on every square), and the reader's figures add the finder's: boards found,
+    false boards and the corner error.
     """
     from chessvlm.metrics import compute_metrics
 
@@ -116,20 +128,26 @@ def _predict_records(
 ) -> None:
     paths = [Path(config.data_dir) / str(record["image_path"]) for record in records]
     given = config.orientation == "given"
-    results = predict_boards(
-        reader,
-        paths,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        decode=config.decode,
-        flipped=[bool(record.get("flipped", False)) for record in records] if given else None,
-    )
+    flips = [bool(record.get("flipped", False)) for record in records] if given else None
+    if config.detect:
+        results = _found_and_read(reader, config, records, paths, flips)
+    else:
+        located = predict_boards(
+            reader,
+            paths,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            decode=config.decode,
+            flipped=flips,
+        )
+        results = ((reading, error, None) for _, reading, error in located)
     bar = tqdm(total=len(records), desc=f"reading {config.split}")
     last = time.monotonic()
     batch: list[dict] = []
-    for record, (_, reading, error) in zip(records, results, strict=True):
+    for record, (reading, error, found) in zip(records, results, strict=True):
+        detected = {} if found is None else {"boards_found": found}
         if reading is None:
-            batch.append({"id": record["id"], "error": str(error)})
+            batch.append({"id": record["id"], "error": str(error), **detected})
         else:
             batch.append(
                 {
@@ -137,6 +155,7 @@ def _predict_records(
                     "fen": reading.board.board_fen(),
                     "flipped_pred": reading.flipped_probability > 0.5,
                     "box": [round(value, 2) for value in reading.box or ()],
+                    **detected,
                 }
             )
         if len(batch) >= config.batch_size:
@@ -146,6 +165,39 @@ def _predict_records(
     _write_timed(appender, batch, last)
     bar.update(len(batch))
     bar.close()
+
+
+def _found_and_read(
+    reader: Reader,
+    config: ReaderEvalConfig,
+    records: list[dict],
+    paths: list[Path],
+    flips: list[bool] | None,
+) -> Iterator[tuple[BoardReading | None, InputError | None, int | None]]:
+    """Per record: the board the finder found where the label says (or its only board when
+    the label gives no box) read by the reader, or why none was, and how many it found."""
+    from chessvlm.detection import match_boards
+    from chessvlm.finder import find_boards
+    from chessvlm.reader.images import iter_loaded, open_image
+
+    loaded = iter_loaded(paths, open_image, workers=config.workers)
+    for index, (record, path, (image, error)) in enumerate(
+        zip(records, paths, loaded, strict=True)
+    ):
+        if image is None:
+            yield None, error, None
+            continue
+        found = find_boards(image)
+        left, top, right, bottom = record.get("board_box") or (0, 0, *image.size)
+        label = [(left, top), (right, top), (right, bottom), (left, bottom)]
+        matches = match_boards([board.corners for board in found], [label])
+        if not matches:
+            yield None, InputError(str(path), "no board found where the label has one"), len(found)
+            continue
+        board = found[matches[0][0]]
+        flipped = flips[index] if flips is not None else None
+        (reading,) = read_found_boards(reader, image, [board], config.decode, flipped)
+        yield reading, None, len(found)
 
 
 def _write_timed(appender: JsonlAppender, batch: list[dict], since: float) -> float:
@@ -178,7 +230,16 @@ def _reader_figures(
         for r, p in read
         if r.get("board_box") and p.get("box")
     ]
+    detection = {}
+    if config.detect:
+        found = [p for p in predictions if "boards_found" in p]
+        detection = {
+            "board_finder": True,
+            "board_recall": _mean(["fen" in p for p in predictions]),
+            "false_boards": sum(p["boards_found"] - ("fen" in p) for p in found),
+        }
     return {
+        **detection,
         "decode": config.decode or reader.decode,
         "orientation": config.orientation,
         "orientation_accuracy": _mean(oriented),

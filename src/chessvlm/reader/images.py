@@ -69,6 +69,17 @@ def open_board_image(source: str | Path | bytes, draft_size: int | None = None) 
     return rgb
 
 
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Decode any picture (a screenshot, a page) to RGB as `open_board_image` does, without
+    the checks that it is one board. Raises `InputError` for files that are missing, empty,
+    not images, truncated or too large."""
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    image = _open(source, name, None)
+    rgb = _to_rgb(image)
+    rgb.info[SOURCE_SIZE] = image.size
+    return rgb
+
+
 def load_board_image(source: str | Path | bytes, size: int) -> np.ndarray:
     """A board image as a `size` x `size` x 3 uint8 RGB array (see `open_board_image`)."""
     return crop_board(open_board_image(source, draft_size=size), FULL_FRAME, size)
@@ -173,12 +184,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def collect_image_paths(arguments: Sequence[str]) -> list[tuple[str, str | None]]:
+def collect_image_paths(
+    arguments: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> list[tuple[str, str | None]]:
     """Expand files, folders and glob patterns into `(path, problem)` pairs, in the given order.
 
-    A folder gives its image files (by suffix), sorted; a pattern the shell did not expand is
-    expanded here. An argument that matches nothing comes back with a problem instead of
-    stopping the others.
+    A folder gives its files with one of `suffixes` (image files by default), sorted; a
+    pattern the shell did not expand is expanded here. An argument that matches nothing
+    comes back with a problem instead of stopping the others.
     """
     items: list[tuple[str, str | None]] = []
     for argument in arguments:
@@ -186,11 +199,12 @@ def collect_image_paths(arguments: Sequence[str]) -> list[tuple[str, str | None]
             found = sorted(
                 str(path)
                 for path in Path(argument).iterdir()
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                if path.is_file() and path.suffix.lower() in suffixes
             )
             items.extend((path, None) for path in found)
             if not found:
-                items.append((argument, "folder holds no image files"))
+                kinds = "image or PDF files" if ".pdf" in suffixes else "image files"
+                items.append((argument, f"folder holds no {kinds}"))
         elif os.path.exists(argument) or not glob.has_magic(argument):
             items.append((argument, None))
         else:

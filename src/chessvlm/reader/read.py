@@ -209,6 +209,26 @@ def read_images(
     return readings
 
 
+def read_found_boards(
+    reader: Reader,
+    image: Image.Image,
+    found: Sequence[Any],
+    decode: str | None = None,
+    flipped: bool | None = None,
+) -> list[BoardReading]:
+    """Read the boards the board finder found in `image` (`chessvlm.finder.FoundBoard`s),
+    each cut out at its corners; each reading's `box` is the board's box in the image."""
+    from chessvlm.finder import board_pixels
+
+    if not found:
+        return []
+    crops = [board_pixels(image, board, reader.image_size) for board in found]
+    readings = read_arrays(reader, crops, decode, [flipped] * len(crops))
+    for reading, board in zip(readings, found, strict=True):
+        reading.box = board.box
+    return readings
+
+
 def locate_boards(
     reader: Reader, images: Sequence[Image.Image]
 ) -> list[tuple[float, float, float, float]]:

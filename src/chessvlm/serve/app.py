@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
+from chessvlm.confidence import DEFAULT_UNCERTAIN_BELOW
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.positions import board_from_fen
 from chessvlm.predict import (
@@ -43,7 +44,7 @@ from chessvlm.predict import (
     complete_position,
     reader_placement,
     reading_fields,
-    result_fields,
+    result_record,
 )
 from chessvlm.reader.images import load_scene
 from chessvlm.reader.model import LOCATOR_SIZE
@@ -265,7 +266,8 @@ def _add_api(
         reading = await batcher.submit((image, scene, flipped))
         placement = reader_placement(reading, model, orientation_given=flipped)
         board, notes = complete_position(placement, flags)
-        result = result_fields(upload.name, board, notes, reading_fields(placement))
+        extra = reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)
+        result = result_record(upload.name, board, notes, extra)
         size = {"width": upload.width, "height": upload.height, "format": upload.format}
         return {"image": {"name": upload.name, **size}, "boards": [result]}
 

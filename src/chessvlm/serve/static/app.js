@@ -58,7 +58,7 @@ function boardView(result) {
   const [placement, toMove, castling] = result.fen.split(" ");
   const bottom = result.notes.orientation.startsWith("black") ? "black" : "white";
   const state = { placement, toMove, castling, rotate: false, bottom,
-    uncertain: Object.keys(result.uncertain_squares || {}) };
+    uncertain: (result.uncertain_squares || []).map((entry) => entry.square) };
   const name = `to-move-${boardsView.childElementCount}-${Math.random().toString(36).slice(2)}`;
   for (const radio of view.querySelectorAll(".to-move input")) {
     radio.name = name;

@@ -1,0 +1,493 @@
+"""The board finder: every chess board in a screenshot, a page or a scan, with its corners.
+
+A chess board is the one common picture with an 8x8 checkerboard of squares: inside it, the
+7 x 7 points where four squares meet are "X-corners", where the two squares on one diagonal
+are light and the two on the other dark. Pieces stand in the middle of their squares, so the
+corners of the squares stay visible whatever the piece design. The finder
+
+1. measures, at every pixel of an image pyramid (squares of 8-11 px at some level), how
+   much it looks like an X-corner: the mean of the diagonal quadrants minus the mean of the
+   other two, less how unlike each other the two quadrants of a diagonal are (which rules
+   out edges, L-corners and text);
+2. keeps the local maxima, links each to its neighbours about one square away on the right
+   and below whose sign is opposite (light and dark swap from one corner to the next), and
+   numbers each linked group on a grid;
+3. takes the 7 x 7 windows of a group holding most of the 49 corners, refines the corners
+   with OpenCV's `cornerSubPix`, and fits an affine grid to them, which gives the board's
+   four outer corners (allowing the few degrees a scan is turned);
+4. checks the squares along the edge (`_edge_contrast`): the outer ring must belong to the
+   board, and the squares just outside must not go on alternating (a draughts board, a
+   larger checkered pattern); a smaller checkered pattern leaves a side that belongs to
+   nothing.
+
+There is nothing to train: the thresholds are in `FinderSettings`, chosen on scenes drawn
+with the seen designs by `chessvlm finder tune` (`bench/bench_finder.py` measures them on
+the held-out designs; docs/finder.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+INNER = 7  # X-corners per row and column of a chess board
+# Squares at the level the corners are looked for: 8 px up to 8 * sqrt(2) px.
+LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinderSettings:
+    """The finder's thresholds (grey levels are 0-255)."""
+
+    # Side of each of the four quadrants compared at an X-corner, in pyramid pixels.
+    quadrant: int = 3
+    # The smallest X-corner score kept: diagonal contrast minus diagonal mismatch.
+    min_score: float = 10.0
+    # Of the 49 inner corners, how many must be found for a board.
+    min_corners: int = 24
+    # How far (in squares) a refined corner may lie from the fitted grid.
+    max_residual: float = 0.2
+    # Boards whose squares are smaller than this are ignored.
+    min_square: float = 11.5
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundBoard:
+    """A board found in an image.
+
+    `corners` are the 8x8 squares' outer corners in image pixels (pixel-edge coordinates),
+    top-left, top-right, bottom-right, bottom-left as the image shows them. `score` is the
+    share of the 49 inner corners seen (1.0: all); `contrast` the grey levels between
+    light and dark squares on the board's weakest side.
+    """
+
+    corners: tuple[tuple[float, float], ...]
+    score: float
+    contrast: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """The axis-aligned box around the corners: left, top, right, bottom."""
+        xs = [x for x, _ in self.corners]
+        ys = [y for _, y in self.corners]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def square_size(self) -> float:
+        """The mean side of a square in pixels."""
+        (x0, y0), (x1, y1), (x2, y2), (x3, y3) = self.corners
+        sides = (
+            math.hypot(x1 - x0, y1 - y0),
+            math.hypot(x2 - x1, y2 - y1),
+            math.hypot(x3 - x2, y3 - y2),
+            math.hypot(x0 - x3, y0 - y3),
+        )
+        return sum(sides) / 32.0
+
+
+def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An RGB PIL image or H x W x 3 uint8 array as the uint8 shade the finder looks at:
+    the darkest of the three channels. Every board theme's light and dark squares differ
+    more in it than in luminance (olive: 94 levels against 49; pink: 53 against 36)."""
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return cv2.min(cv2.min(array[..., 0], array[..., 1]), array[..., 2])
+
+
+def find_boards(
+    image: Image.Image | np.ndarray, settings: FinderSettings = FinderSettings()
+) -> list[FoundBoard]:
+    """Every chess board in `image`, in reading order (rows top to bottom, left to right)."""
+    gray = to_gray(image)
+    found: list[FoundBoard] = []
+    for factor, level in _pyramid(gray, settings):
+        for candidates in _lattices(level, settings):
+            fitted = [_fit_board(gray, level, factor, grid, settings) for grid in candidates]
+            boards = [board for board in fitted if board is not None]
+            if boards:
+                # The window with the most corners seen; where two tie (a row of corners
+                # hidden by pieces), the one whose outer squares alternate most clearly.
+                found.append(max(boards, key=lambda board: (board.score, board.contrast)))
+    return reading_order(_unique(found))
+
+
+def _pyramid(gray: np.ndarray, settings: FinderSettings) -> Iterator[tuple[float, np.ndarray]]:
+    """(factor, image scaled by factor), factors sqrt(2) apart, from squares of
+    `min_square` px up to one board filling the image. Each level is made from the one
+    before, so the whole pyramid costs about two resizes of the image."""
+    height, width = gray.shape
+    level, factor = gray, 1.0
+    while 8 * LEVEL_SQUARE[0] / factor <= min(width, height) * 1.05:
+        if LEVEL_SQUARE[1] / factor >= settings.min_square:
+            yield factor, level
+        factor /= math.sqrt(2.0)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
+
+
+def corner_scores(level: np.ndarray, quadrant: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid point (y, x) between pixels: the X-corner score and the sign of the diagonal
+    contrast (+1: top-left and bottom-right quadrants lighter). Arrays are (H - 2q + 1) x
+    (W - 2q + 1); entry [y, x] is the point at pixel edge (x + q, y + q)."""
+    q = quadrant
+    means = cv2.boxFilter(level, cv2.CV_32F, (q, q), anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
+    height, width = level.shape
+    means = means[: height - q + 1, : width - q + 1]  # means[y, x]: pixels y..y+q, x..x+q
+    top_left = means[: -q or None, : -q or None]
+    top_right = means[: -q or None, q:]
+    bottom_left = means[q:, : -q or None]
+    bottom_right = means[q:, q:]
+    contrast = (top_left + bottom_right - top_right - bottom_left) * 0.5
+    mismatch = (np.abs(top_left - bottom_right) + np.abs(top_right - bottom_left)) * 0.5
+    return np.abs(contrast) - mismatch, np.sign(contrast)
+
+
+def _peaks(level: np.ndarray, settings: FinderSettings) -> np.ndarray:
+    """Local maxima of the X-corner score: rows of (x, y, sign, score), x and y in level
+    pixel edges."""
+    score, sign = corner_scores(level, settings.quadrant)
+    spread = cv2.dilate(score, np.ones((5, 5), np.uint8))
+    ys, xs = np.nonzero((score >= spread) & (score > settings.min_score))
+    q = settings.quadrant
+    return np.stack([xs + q, ys + q, sign[ys, xs], score[ys, xs]], axis=1).astype(np.float32)
+
+
+def _lattices(level: np.ndarray, settings: FinderSettings) -> list[list[np.ndarray]]:
+    """Per group of linked X-corners, its candidate 7 x 7 grids (`_board_grids`), best
+    first."""
+    points = _peaks(level, settings)
+    if len(points) < settings.min_corners:
+        return []
+    index = np.full(level.shape, -1, dtype=np.int64)
+    index[points[:, 1].astype(np.int64), points[:, 0].astype(np.int64)] = np.arange(len(points))
+    right = _neighbours(points, index, axis=0)
+    below = _neighbours(points, index, axis=1)
+    grids = []
+    for members in _linked_groups(len(points), right, below):
+        if len(members) < settings.min_corners:
+            continue
+        candidates = _board_grids(_numbered(members, right, below), points, settings)
+        if candidates:
+            grids.append(candidates)
+    return grids
+
+
+def _neighbours(points: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """For each point, the strongest opposite-sign point about one level square further
+    along `axis` (0: right, 1: down, within a quarter of the step across), or -1."""
+    low, high = math.floor(0.75 * LEVEL_SQUARE[0]), math.ceil(1.3 * LEVEL_SQUARE[1])
+    height, width = index.shape
+    reach = high // 4
+    steps = np.arange(low, high + 1)
+    offsets = np.arange(-reach, reach + 1)
+    along, across = np.meshgrid(steps, offsets, indexing="ij")
+    allowed = (np.abs(across) <= along // 4).ravel()
+    dx, dy = (along, across) if axis == 0 else (across, along)
+    dx, dy = dx.ravel()[allowed], dy.ravel()[allowed]
+    xs = points[:, 0].astype(np.int64)[:, None] + dx[None, :]
+    ys = points[:, 1].astype(np.int64)[:, None] + dy[None, :]
+    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+    candidates = np.where(inside, index[ys.clip(0, height - 1), xs.clip(0, width - 1)], -1)
+    valid = candidates >= 0
+    signs = np.where(valid, points[candidates, 2], points[:, 2:3])
+    scores = np.where(valid & (signs != points[:, 2:3]), points[candidates, 3], -1.0)
+    choice = scores.argmax(axis=1)
+    rows = np.arange(len(points))
+    return np.where(scores[rows, choice] > 0, candidates[rows, choice], -1)
+
+
+def _linked_groups(count: int, right: np.ndarray, below: np.ndarray) -> list[list[int]]:
+    """Connected groups of points under the right and below links (union-find), among the
+    points with two links or more: a lone link between two specks of text starts nothing."""
+    degree = (right >= 0).astype(np.int64) + (below >= 0)
+    for links in (right, below):
+        degree += np.bincount(links[links >= 0], minlength=count)
+    keep = degree >= 2
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        parent.setdefault(i, i)
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for links in (right, below):
+        for a in np.nonzero(keep & (links >= 0))[0].tolist():
+            b = int(links[a])
+            if keep[b]:
+                ra, rb = root(a), root(b)
+                if ra != rb:
+                    parent[ra] = rb
+    groups: dict[int, list[int]] = {}
+    for i in list(parent):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _numbered(
+    members: list[int], right: np.ndarray, below: np.ndarray
+) -> dict[tuple[int, int], int]:
+    """Number a linked group's points on a grid by walking its links: (column, row) -> point.
+    Where links disagree the first numbering stands."""
+    member_set = set(members)
+    steps: dict[int, list[tuple[int, int, int]]] = {m: [] for m in members}
+    for a in members:
+        for links, (dc, dr) in ((right, (1, 0)), (below, (0, 1))):
+            b = int(links[a])
+            if b in member_set:
+                steps[a].append((b, dc, dr))
+                steps[b].append((a, -dc, -dr))
+    place = {members[0]: (0, 0)}
+    queue = [members[0]]
+    while queue:
+        a = queue.pop()
+        column, row = place[a]
+        for b, dc, dr in steps[a]:
+            if b not in place:
+                place[b] = (column + dc, row + dr)
+                queue.append(b)
+    cells: dict[tuple[int, int], int] = {}
+    for point, cell in place.items():
+        cells.setdefault(cell, point)
+    return cells
+
+
+def _board_grids(
+    cells: dict[tuple[int, int], int], points: np.ndarray, settings: FinderSettings
+) -> list[np.ndarray]:
+    """The 7 x 7 windows of numbered points holding `min_corners` points or more, most
+    first, each a 7 x 7 x 2 array of positions (NaN: not seen). A group spanning fewer
+    than 7 lines (pieces hiding a row of corners) is tried at each place it could sit in
+    the board; `_edge_contrast` tells them apart."""
+    columns = [c for c, _ in cells]
+    rows = [r for _, r in cells]
+    # Room around the group for every window that holds all of it along a short side.
+    pad_rows = max(0, INNER - (max(rows) - min(rows) + 1))
+    pad_columns = max(0, INNER - (max(columns) - min(columns) + 1))
+    left0, top0 = min(columns) - pad_columns, min(rows) - pad_rows
+    occupied = np.zeros(
+        (max(rows) - top0 + 1 + pad_rows, max(columns) - left0 + 1 + pad_columns), bool
+    )
+    for column, row in cells:
+        occupied[row - top0, column - left0] = True
+    windows = []
+    for top in range(occupied.shape[0] - INNER + 1):
+        for left in range(occupied.shape[1] - INNER + 1):
+            count = int(occupied[top : top + INNER, left : left + INNER].sum())
+            if count >= settings.min_corners:
+                windows.append((count, top, left))
+    grids = []
+    for _, top, left in sorted(windows, reverse=True):
+        grid = np.full((INNER, INNER, 2), np.nan, dtype=np.float64)
+        for (column, row), point in cells.items():
+            r, c = row - top0 - top, column - left0 - left
+            if 0 <= r < INNER and 0 <= c < INNER:
+                grid[r, c] = points[point, :2]
+        grids.append(grid)
+    return grids
+
+
+def _fit_board(
+    gray: np.ndarray, level: np.ndarray, factor: float, grid: np.ndarray, settings: FinderSettings
+) -> FoundBoard | None:
+    """Refine a 7 x 7 grid of inner corners (`level` coordinates, `level` being `gray`
+    scaled by `factor`) on the full image, fit the board's outline, and check its squares
+    alternate on the pyramid level (where fine hatching is averaged out)."""
+    grid = grid / factor
+    seen = ~np.isnan(grid[..., 0])
+    if seen.sum() < settings.min_corners:
+        return None
+    rows, columns = np.nonzero(seen)
+    corners = grid[seen].astype(np.float32)
+    affine = _fit_affine(columns, rows, corners)
+    square = float(np.hypot(*affine[:, 0]))
+    if square < settings.min_square:
+        return None
+    window = max(2, min(12, round(square / 6)))
+    # cornerSubPix works in pixel-centre coordinates; ours are pixel edges.
+    centred = (corners - 0.5).reshape(-1, 1, 2)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 0.05)
+    refined = cv2.cornerSubPix(gray, centred, (window, window), (-1, -1), criteria)
+    refined = refined.reshape(-1, 2).astype(np.float64) + 0.5
+    affine = _fit_affine(columns, rows, refined)
+    predicted = _apply(affine, columns, rows)
+    residual = np.hypot(*(refined - predicted).T) / square
+    keep = residual <= settings.max_residual
+    if keep.sum() < settings.min_corners:
+        return None
+    affine = _fit_affine(columns[keep], rows[keep], refined[keep])
+    contrast = _edge_contrast(level, affine * factor, seen)
+    if contrast is None:
+        return None
+    # The outer corners are one square beyond the first and last inner corners; a board
+    # filling its image can come out a fraction of a pixel past its edge.
+    outline = _apply(affine, np.array([-1, 7, 7, -1]), np.array([-1, -1, 7, 7]))
+    height, width = gray.shape
+    corners_out = tuple(
+        (float(np.clip(x, 0, width)), float(np.clip(y, 0, height))) for x, y in outline
+    )
+    return FoundBoard(corners_out, float(keep.sum()) / INNER**2, contrast)
+
+
+RECTIFIED_SQUARE = 16  # pixels a square in the board checked by `_edge_contrast`
+# Light and dark squares differ by at least this many grey levels (pink in grey: 36).
+MIN_CONTRAST = 10.0
+
+
+def rectify(image: np.ndarray, corners: Sequence[Sequence[float]], size: int) -> np.ndarray:
+    """The board inside `corners` (tl, tr, br, bl; pixel edges) warped to `size` x `size`."""
+    source = np.asarray(corners, dtype=np.float32) - 0.5  # OpenCV maps pixel centres
+    target = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32) - 0.5
+    matrix = cv2.getPerspectiveTransform(source, target)
+    return cv2.warpPerspective(
+        image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def board_pixels(image: Image.Image, board: FoundBoard, size: int) -> np.ndarray:
+    """The board's squares as a `size` x `size` x 3 uint8 RGB array, ready for a reader.
+
+    A board standing straight is cut and resampled as `reader.images.crop_board` does for
+    training; a turned one (a scan) is first reduced near the target scale, then warped."""
+    from chessvlm.reader.images import crop_board
+
+    width, height = image.size
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = board.corners
+    turn = max(abs(y1 - y0), abs(y2 - y3), abs(x3 - x0), abs(x2 - x1))
+    if turn < 0.25:
+        left, top, right, bottom = board.box
+        return crop_board(image, (left / width, top / height, right / width, bottom / height), size)
+    margin = board.square_size
+    left, top, right, bottom = board.box
+    region = (
+        max(0, math.floor(left - margin)),
+        max(0, math.floor(top - margin)),
+        min(width, math.ceil(right + margin)),
+        min(height, math.ceil(bottom + margin)),
+    )
+    scale = min(1.0, 2.0 * size / (8 * board.square_size))
+    part = image.crop(region)
+    part = part.resize(
+        (max(1, round(part.width * scale)), max(1, round(part.height * scale))),
+        Image.Resampling.BILINEAR,
+        reducing_gap=2.0,
+    )
+    corners = [((x - region[0]) * scale, (y - region[1]) * scale) for x, y in board.corners]
+    return rectify(np.asarray(part), corners, size)
+
+
+def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> float | None:
+    """How clearly the board's outer ring of squares alternates light and dark as the inner
+    corners say: the ring's mean contrast in grey levels. None when the pattern goes on past
+    the board (a draughts board, a larger checkered pattern), or when a side of the ring
+    does not belong to the board (`_side_belongs`: a smaller checkered pattern, or a grid
+    of corners placed one square off). `seen` (7 x 7) marks the inner corners found.
+
+    Each square's shade is the median of small patches at its four corners, which pieces
+    rarely cover; pieces, highlights and coordinates can still hide one side's alternation,
+    which is why the corners along it, and how much its squares vary, count too."""
+    outline = _apply(affine, np.array([-2, 8, 8, -2]), np.array([-2, -2, 8, 8]))
+    board = cv2.blur(rectify(gray, outline, 10 * RECTIFIED_SQUARE).astype(np.float32), (5, 5))
+    near, far = 4, RECTIFIED_SQUARE - 5
+    offsets = np.array([near, far])
+    starts = np.arange(10) * RECTIFIED_SQUARE
+    ys = (starts[:, None] + offsets[None, :]).ravel()
+    patches = board[np.ix_(ys, ys)].reshape(10, 2, 10, 2).transpose(0, 2, 1, 3).reshape(10, 10, 4)
+    shades = np.median(patches, axis=2)
+    parity = np.where(np.add.outer(np.arange(10), np.arange(10)) % 2 == 0, 1.0, -1.0)
+    signed = shades * parity
+    overall = signed[1:-1, 1:-1].mean() * 2
+    if abs(overall) < MIN_CONTRAST:
+        return None
+    signed *= np.sign(overall)
+    inside = (signed[1, 1:-1], signed[-2, 1:-1], signed[1:-1, 1], signed[1:-1, -2])
+
+    def shades_along(side: int) -> tuple[np.ndarray, np.ndarray]:
+        """The shades of a side's ring of squares and of the squares just outside it."""
+        ring_index, beyond_index = ((1, 0), (-2, -1), (1, 0), (-2, -1))[side]
+        if side < 2:
+            return shades[ring_index, 1:-1], shades[beyond_index, 1:-1]
+        return shades[1:-1, ring_index], shades[1:-1, beyond_index]
+
+    outside = (signed[0, 1:-1], signed[-1, 1:-1], signed[1:-1, 0], signed[1:-1, -1])
+    corners_along = (seen[0].sum(), seen[-1].sum(), seen[:, 0].sum(), seen[:, -1].sum())
+    ring = [line.mean() * 2 for line in inside]
+    # The median: a name or a clock beside the board alternates here and there, another
+    # checkered pattern all along.
+    if max(np.median(line[1:] + line[:-1]) for line in outside) > 0.6 * abs(overall):
+        return None
+    for side in range(4):
+        if not _side_belongs(ring[side], corners_along[side], shades_along(side), overall):
+            return None
+    return float(np.mean(ring))
+
+
+def _side_belongs(
+    contrast: float,
+    corners: int,
+    shades: tuple[np.ndarray, np.ndarray],
+    overall: float,
+) -> bool:
+    """Whether one side's ring of squares is part of the board: its squares alternate, or
+    X-corners were seen along it, or (pieces hiding both) its squares vary far more than
+    the plain margin, frame or page just outside it, as a row of pieces does."""
+    if contrast >= 0.25 * abs(overall) or corners > INNER // 2:
+        return True
+    ring, beyond = (float(np.std(line)) for line in shades)
+    return ring >= 0.25 * abs(overall) and ring >= 2 * beyond
+
+
+def _fit_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Least-squares 2 x 3 map from (column, row, 1) to image (x, y)."""
+    design = np.stack([columns, rows, np.ones_like(columns)], axis=1).astype(np.float64)
+    solution, *_ = np.linalg.lstsq(design, points.astype(np.float64), rcond=None)
+    return solution.T
+
+
+def _apply(affine: np.ndarray, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    design = np.stack([columns, rows, np.ones_like(columns)], axis=1).astype(np.float64)
+    return design @ affine.T
+
+
+def _unique(boards: list[FoundBoard]) -> list[FoundBoard]:
+    """One board per place: the same board found at two pyramid levels is kept once (the
+    one with more corners seen)."""
+    kept: list[FoundBoard] = []
+    for board in sorted(boards, key=lambda b: -b.score):
+        if all(box_iou(board.box, other.box) < 0.5 for other in kept):
+            kept.append(board)
+    return kept
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (left, top, right, bottom)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def reading_order(boards: list[FoundBoard]) -> list[FoundBoard]:
+    """Boards as a reader meets them: rows top to bottom (boards whose vertical extents
+    overlap by half share a row), left to right within a row."""
+    rows: list[list[FoundBoard]] = []
+    for board in sorted(boards, key=lambda b: b.box[1]):
+        top, bottom = board.box[1], board.box[3]
+        for row in rows:
+            row_top = min(b.box[1] for b in row)
+            row_bottom = max(b.box[3] for b in row)
+            overlap = min(bottom, row_bottom) - max(top, row_top)
+            if overlap > 0.5 * min(bottom - top, row_bottom - row_top):
+                row.append(board)
+                break
+        else:
+            rows.append([board])
+    return [board for row in rows for board in sorted(row, key=lambda b: b.box[0])]
