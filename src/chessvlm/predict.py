@@ -135,7 +135,7 @@ def _vlm_placements(
 ) -> Iterator[tuple[str, Placement | None, ChessVLMError | None]]:
     from chessvlm.evaluation import crop_boards, plan_crop
     from chessvlm.generation import default_max_new_tokens, generate_answers
-    from chessvlm.modeling import load_model_and_processor, resolve_model
+    from chessvlm.modeling import load_model_and_processor, pinned_image_size, resolve_model
     from chessvlm.prompts import PROMPTS
 
     run_config = resolve_model(model).run_config
@@ -154,7 +154,7 @@ def _vlm_placements(
     options = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens or default_max_new_tokens(target),
-        "image_size": run_config.get("image_size"),
+        "image_size": pinned_image_size(processor),
     }
     items = zip(sources, iter_loaded(sources, open_board_image, lookahead=batch_size), strict=True)
     while chunk := list(islice(items, batch_size)):
