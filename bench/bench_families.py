@@ -33,11 +33,10 @@ import json
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from bench_generalisation import SPLITS, make_datasets, summary
+from bench_generalisation import SPLITS, make_datasets, vlm_figures
 from bench_qwen2vl_2b import QWEN2_VL_2B_CONFIG, examples, time_steps
 
 from chessvlm.families import FAMILIES, get_family, image_tokens, pin_image_size, stock_processor
@@ -157,55 +156,11 @@ REAL_SMOLVLM_PROCESSOR = {"max_image_size": 384, "image_seq_len": 81}
 
 
 def train_family(work: Path, family: str, data: dict[str, Path], args) -> dict:
-    """Build, train and score one family's small preset; returns its figures."""
-    from chessvlm.datasets import SHORT_PROMPT, create_vlm_dataset
-    from chessvlm.evaluation import EvaluateConfig, evaluate
-    from chessvlm.modeling import init_model
-    from chessvlm.training import TrainConfig, train
+    """Build, train and score one family's small preset (`bench_generalisation.vlm_figures`,
+    each test image cut to the board the shipped reader locates); returns its figures."""
+    from chessvlm.reader.default import default_reader
 
-    base, model = work / f"{family}-base", work / f"{family}-model"
-    init_model("small", base, seed=args.seed, family=family)
-    vlm_data = {}
-    for name, folder in data.items():
-        vlm_data[name] = work / f"vlm-data-{name}"
-        create_vlm_dataset(folder, vlm_data[name], base_dir=folder, prompt=SHORT_PROMPT)
-    wall, cpu = time.perf_counter(), time.process_time()
-    train(
-        TrainConfig(
-            data_dir=vlm_data["seen"],
-            model_name=str(base),
-            output_dir=model,
-            image_base_dir=data["seen"],
-            use_lora=False,
-            num_epochs=1000.0,  # the time budget ends training, not the epoch count
-            resume=model.is_dir(),
-            square_loss=True,
-            routing_loss=True,
-            max_minutes=args.minutes,
-            lr_decay_fraction=0.2,
-            save_steps=500,
-            eval_steps=10**6,
-            seed=args.seed,
-        )
-    )
-    config = json.loads((model / "chessvlm_config.json").read_text())
-    figures: dict = {
-        "train_wall_minutes": (time.perf_counter() - wall) / 60,
-        "train_cpu_minutes": (time.process_time() - cpu) / 60,
-        "steps": config["step"],
-        "image_size": config["image_size"],
-    }
-    for name, folder in data.items():
-        metrics = evaluate(
-            EvaluateConfig(
-                model_path=str(model),
-                test_data=str(vlm_data[name] / "test.json"),
-                image_base_dir=str(folder),
-                output=str(work / f"{family}-{name}" / "metrics.json"),
-            )
-        )
-        figures[name] = summary(metrics)
-    return figures
+    return vlm_figures(work, data, default_reader(), args, family)
 
 
 def print_small(results: dict) -> None:
@@ -217,7 +172,7 @@ def print_small(results: dict) -> None:
         seen, unseen = figures["seen"], figures["held-out"]
         print(
             f"| {FAMILIES[family].title} | {figures['image_size']} | {figures['steps']} | "
-            f"{figures['train_wall_minutes']:.1f} / {figures['train_cpu_minutes']:.1f} | "
+            f"{figures['train_step_minutes']:.1f} / {figures['train_cpu_minutes']:.1f} | "
             f"{seen['per_square_accuracy']:.4f} | {seen['exact_board_match']:.4f} | "
             f"{unseen['per_square_accuracy']:.4f} | {unseen['exact_board_match']:.4f} |"
         )
@@ -238,18 +193,9 @@ def real_config(family: str):
 def real_processor(family: str):
     """The family's stock processor around Qwen2's full vocabulary, at the board size
     `chessvlm` uses for the released model (`modeling.default_image_size`)."""
-    from chessvlm.tokenizer import _make_tokenizer, load_qwen2_ranks
-
     chosen = get_family(family)
+    tokenizer = build_qwen2_tokenizer(family=family)
     if family == "smolvlm":
-        ranks = load_qwen2_ranks()
-        tokenizer = _make_tokenizer(
-            ranks,
-            len(ranks),
-            chosen.special_tokens,
-            chosen.end_of_turn,
-            chosen.chat_template(),
-        )
         token = REAL_CONFIGS[family]["vision_config"]["patch_size"] * 3
         processor = stock_processor(chosen, tokenizer, 8 * token)
         processor.image_processor.max_image_size = {
@@ -257,8 +203,6 @@ def real_processor(family: str):
         }
         processor.image_seq_len = REAL_SMOLVLM_PROCESSOR["image_seq_len"]
     else:
-        tokenizer = build_qwen2_tokenizer()
-        tokenizer.chat_template = chosen.chat_template()
         processor = stock_processor(chosen, tokenizer, 16 * chosen.token_pixels)
     pin_image_size(processor, default_image_size(processor))
     return processor
@@ -335,7 +279,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--val", type=int, default=100)
     parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget a family")
+    parser.add_argument(
+        "--minutes", dest="vlm_minutes", type=float, default=30.0, help="training a family"
+    )
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--real", action="store_true", help="real-size figures, no training")
     parser.add_argument("--real-step", choices=tuple(FAMILIES), help="time one real LoRA step")
@@ -365,7 +311,7 @@ def main() -> None:
         for family in FAMILIES
         if (args.work / f"small-{family}.json").is_file()
     }
-    print(f"\nsmall presets, {args.minutes:g} min of training each, splits {list(SPLITS)}:")
+    print(f"\nsmall presets, {args.vlm_minutes:g} min of training each, splits {list(SPLITS)}:")
     print_small(small)
 
 

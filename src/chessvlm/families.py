@@ -233,7 +233,12 @@ def visual_grid(processor: Any, image_size: int) -> int:
 
 
 def token_pixels(processor: Any) -> int:
-    """Side in px of one visual token of `processor`'s model."""
+    """Side in px of one visual token of `processor`'s model.
+
+    Qwen families: patch size times merge size. SmolVLM's processor knows neither (they are
+    in the model's config) but holds the image side and its token count: a side of 384 px
+    read as 81 tokens (SmolVLM2-2.2B, 14 px patches shuffled 3x3) gives 42 px tokens.
+    """
     image_processor = processor.image_processor
     if family_of_processor(processor).name == "smolvlm":
         return image_processor.max_image_size["longest_edge"] // math.isqrt(processor.image_seq_len)

@@ -185,18 +185,35 @@ def _full_tokenizer():
     return _make_tokenizer(ranks, special_start=len(ranks))
 
 
-def build_qwen2_tokenizer(keep_texts: Iterable[str] | None = None, common_tokens: int = 0):
-    """A `Qwen2Tokenizer` made offline from Qwen2's vocabulary.
+def build_qwen2_tokenizer(
+    keep_texts: Iterable[str] | None = None, common_tokens: int = 0, family: str = "qwen2_vl"
+):
+    """A `Qwen2Tokenizer` made offline from Qwen2's vocabulary, dressed for `family`.
 
-    Without `keep_texts`: the full vocabulary, ids as in Qwen2-VL (a cached instance; copy it
-    before changing it). With `keep_texts`: a reduced vocabulary of the `common_tokens` most
-    frequent tokens plus what Qwen2 uses for `keep_texts`, which it tokenizes as Qwen2 does,
-    renumbered from 0 with the special tokens right after.
+    Without `keep_texts`: the full vocabulary, ids as in Qwen2-VL (for Qwen2-VL a cached
+    instance; copy it before changing it). With `keep_texts`: a reduced vocabulary of the
+    `common_tokens` most frequent tokens plus what Qwen2 uses for `keep_texts`, which it
+    tokenizes as Qwen2 does, renumbered from 0 with the special tokens right after.
+    `family` (`chessvlm.families`) gives the chat template, the end-of-turn token and the
+    image tokens added after Qwen2-VL's (SmolVLM's `<image>`, `<fake_token_around_image>`, ...).
     """
-    if keep_texts is None:
+    if keep_texts is None and family == "qwen2_vl":
         return _full_tokenizer()
-    ranks = _reduced_ranks(keep_texts, common_tokens)
-    return _make_tokenizer(ranks, special_start=len(ranks))
+    ranks = load_qwen2_ranks() if keep_texts is None else _reduced_ranks(keep_texts, common_tokens)
+    return _family_tokenizer(ranks, family)
+
+
+def _family_tokenizer(ranks: dict[bytes, int], family: str):
+    from chessvlm.families import get_family
+
+    chosen = get_family(family)
+    return _make_tokenizer(
+        ranks,
+        special_start=len(ranks),
+        extra_special=chosen.special_tokens,
+        eos_token=chosen.end_of_turn,
+        chat_template=chosen.chat_template(),
+    )
 
 
 def chess_corpus(boards: int = 300, seed: int = 0) -> list[str]:
@@ -241,13 +258,5 @@ def build_chess_tokenizer(family: str = "qwen2_vl"):
     """
     from chessvlm.families import get_family
 
-    chosen = get_family(family)
-    texts = chess_corpus() + list(chosen.chat_template_text)
-    ranks = _reduced_ranks(texts, COMMON_TOKENS)
-    return _make_tokenizer(
-        ranks,
-        special_start=len(ranks),
-        extra_special=chosen.special_tokens,
-        eos_token=chosen.end_of_turn,
-        chat_template=chosen.chat_template(),
-    )
+    texts = chess_corpus() + list(get_family(family).chat_template_text)
+    return build_qwen2_tokenizer(texts, COMMON_TOKENS, family)
