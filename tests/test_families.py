@@ -17,6 +17,7 @@ from chessvlm.datasets import PROMPTS
 from chessvlm.errors import ChessVLMError
 from chessvlm.families import (
     FAMILIES,
+    family_of_config,
     family_of_processor,
     get_family,
     image_tokens,
@@ -212,3 +213,30 @@ def test_train_save_load_generate_evaluate_and_merge(tiny, data, tmp_path):
     )
     with torch.no_grad():
         assert torch.allclose(merged(**inputs).logits, model(**inputs).logits, atol=1e-5)
+
+
+def test_idefics3_smolvlm_reads_boards_like_smolvlm2(tmp_path):
+    # SmolVLM-256M/500M-Instruct are `idefics3` models with Idefics3's processor.
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    from chessvlm.families import pin_image_size, scratch_config
+
+    tokenizer = build_chess_tokenizer("smolvlm")
+    settings = scratch_config(FAMILIES["smolvlm"], PRESETS["tiny"], tokenizer).to_dict()
+    config = Idefics3Config(
+        **{k: v for k, v in settings.items() if k in ("text_config", "vision_config")},
+        scale_factor=settings["scale_factor"],
+        image_token_id=settings["image_token_id"],
+    )
+    assert family_of_config(config).name == "smolvlm"
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(max_image_size={"longest_edge": 56}),
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=tokenizer.chat_template,
+    )
+    pin_image_size(processor, 224)
+    assert pinned_image_size(processor) == 224 and image_tokens(processor, 224) == 64
+    batch = VLMCollator(processor, 224, square_loss=True)(_examples(tmp_path, 1))
+    assert int((batch["input_ids"] == processor.image_token_id).sum()) == 64
+    assert batch["pixel_values"].shape[-2:] == (224, 224)  # one image, no tiles
