@@ -28,6 +28,7 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 
 from chessvlm.errors import ChessVLMError, ConfigError, InputError
 from chessvlm.families import (
+    DEFAULT_FAMILY,
     FAMILIES,
     family_of_config,
     family_of_processor,
@@ -772,8 +773,13 @@ def describe_recipe(run_config: dict) -> str:
     """One line on how a model was trained, from its `chessvlm_config.json`."""
     knobs = run_config.get("training", {})
     parts = ["LoRA" if run_config.get("use_lora") else "all weights"]
+    family = run_config.get("family", DEFAULT_FAMILY)
+    # Qwen2-VL, the default, goes unnamed as before; other families are named.
+    title = "" if family == DEFAULT_FAMILY else f" {FAMILIES[family].title}"
     if run_config.get("preset"):
-        parts[0] += f" of the {run_config['preset']} preset, from scratch"
+        parts[0] += f" of the {run_config['preset']}{title} preset, from scratch"
+    elif title:
+        parts[0] += f" on{title}"
     batch = (knobs.get("batch_size") or 0) * (knobs.get("gradient_accumulation_steps") or 1)
     parts.append(f"batch {batch}, lr {knobs.get('learning_rate')}")
     if knobs.get("lr_decay_fraction"):
