@@ -42,7 +42,7 @@ from bench_qwen2vl_2b import QWEN2_VL_2B_CONFIG, examples, time_steps
 from chessvlm.families import FAMILIES, get_family, image_tokens, pin_image_size, stock_processor
 from chessvlm.io import atomic_write_json
 from chessvlm.modeling import count_parameters, default_image_size
-from chessvlm.tokenizer import build_qwen2_tokenizer
+from chessvlm.tokenizer import build_chess_tokenizer, build_qwen2_tokenizer
 
 # The released models' config.json (the hub's flat layout where the hub has one), as
 # published on the Hugging Face hub; the hub cannot be reached here to reread them.
@@ -194,8 +194,11 @@ def real_processor(family: str):
     """The family's stock processor around Qwen2's full vocabulary, at the board size
     `chessvlm` uses for the released model (`modeling.default_image_size`)."""
     chosen = get_family(family)
-    tokenizer = build_qwen2_tokenizer(family=family)
     if family == "smolvlm":
+        # SmolLM2's 49k vocabulary is not on PyPI, and Qwen2's ids overflow its embedding:
+        # the reduced Qwen2 vocabulary splits prompt and answer as Qwen2 does, so a sample
+        # has Qwen2's token count.
+        tokenizer = build_chess_tokenizer(family)
         token = REAL_CONFIGS[family]["vision_config"]["patch_size"] * 3
         processor = stock_processor(chosen, tokenizer, 8 * token)
         processor.image_processor.max_image_size = {
@@ -203,6 +206,7 @@ def real_processor(family: str):
         }
         processor.image_seq_len = REAL_SMOLVLM_PROCESSOR["image_seq_len"]
     else:
+        tokenizer = build_qwen2_tokenizer(family=family)
         processor = stock_processor(chosen, tokenizer, 16 * chosen.token_pixels)
     pin_image_size(processor, default_image_size(processor))
     return processor
@@ -238,11 +242,13 @@ def real_step(family: str) -> dict:
     from chessvlm.training import TrainConfig, VLMCollator, VLMTrainer, lora_config
 
     torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(real_config(family), dtype=torch.bfloat16)
+    processor = real_processor(family)
+    config = real_config(family)
+    config.image_token_id = processor.image_token_id  # SmolVLM: the reduced vocabulary's
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     lora = lora_config(TrainConfig(data_dir=Path("."), output_dir=Path(".")), family)
     model = get_peft_model(model, lora)
     model.config.use_cache = False
-    processor = real_processor(family)
     size = default_image_size(processor)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = VLMTrainer(
