@@ -105,9 +105,9 @@ def vlm_figures(
     base, model = work / f"{name}-base", work / name
     init_model("small", base, seed=args.seed, family=family)
     vlm_data = {}
-    for name, folder in data.items():
-        vlm_data[name] = work / f"vlm-data-{name}"
-        create_vlm_dataset(folder, vlm_data[name], base_dir=folder, prompt=SHORT_PROMPT)
+    for split, folder in data.items():
+        vlm_data[split] = work / f"vlm-data-{split}"
+        create_vlm_dataset(folder, vlm_data[split], base_dir=folder, prompt=SHORT_PROMPT)
     started, cpu = time.perf_counter(), time.process_time()
     train(
         TrainConfig(
@@ -154,9 +154,9 @@ def summary(metrics: dict) -> dict:
         design = PIECE_SETS[piece_set].design if piece_set in PIECE_SETS else piece_set
         by_design.setdefault(design, {"boards": 0, "right_squares": 0.0, "exact": 0.0})
         entry = by_design[design]
-        entry["boards"] += scores["n"]
-        entry["right_squares"] += scores["per_square_accuracy"] * scores["n"]
-        entry["exact"] += scores["exact_board_match"] * scores["n"]
+        entry["boards"] += scores["n_samples"]
+        entry["right_squares"] += scores["per_square_accuracy"] * scores["n_samples"]
+        entry["exact"] += scores["exact_board_match"] * scores["n_samples"]
     designs = {
         design: {
             "boards": entry["boards"],
