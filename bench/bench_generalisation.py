@@ -85,22 +85,30 @@ def reader_figures(
     return model, figures
 
 
-def vlm_figures(work: Path, data: dict[str, Path], reader: Path, args: argparse.Namespace) -> dict:
-    """Step 3: the small VLM, trained on label crops, tested on the reader's crops."""
+def vlm_figures(
+    work: Path,
+    data: dict[str, Path],
+    reader: Path,
+    args: argparse.Namespace,
+    family: str = "qwen2_vl",
+) -> dict:
+    """Step 3: the small VLM of `family`, trained on label crops, tested on the reader's crops.
+
+    Besides the test figures: wall minutes of the step, CPU minutes and steps of training."""
     from chessvlm.datasets import create_vlm_dataset
     from chessvlm.evaluation import EvaluateConfig, evaluate
-    from chessvlm.modeling import init_model
+    from chessvlm.modeling import init_model, read_run_config
     from chessvlm.prompts import SHORT_PROMPT
     from chessvlm.training import TrainConfig, train
 
-    base, model = work / "vlm-base", work / "vlm"
-    if not (base / "config.json").is_file():
-        init_model("small", base, seed=args.seed)
+    name = "vlm" if family == "qwen2_vl" else f"vlm-{family}"
+    base, model = work / f"{name}-base", work / name
+    init_model("small", base, seed=args.seed, family=family)
     vlm_data = {}
-    for name, folder in data.items():
-        vlm_data[name] = work / f"vlm-data-{name}"
-        create_vlm_dataset(folder, vlm_data[name], base_dir=folder, prompt=SHORT_PROMPT)
-    started = time.perf_counter()
+    for split, folder in data.items():
+        vlm_data[split] = work / f"vlm-data-{split}"
+        create_vlm_dataset(folder, vlm_data[split], base_dir=folder, prompt=SHORT_PROMPT)
+    started, cpu = time.perf_counter(), time.process_time()
     train(
         TrainConfig(
             data_dir=vlm_data["seen"],
@@ -117,19 +125,25 @@ def vlm_figures(work: Path, data: dict[str, Path], reader: Path, args: argparse.
             seed=args.seed,
         )
     )
-    figures: dict = {"train_step_minutes": (time.perf_counter() - started) / 60}
-    for name, folder in data.items():
-        output = work / f"vlm-{name}" / "metrics.json"
+    run = read_run_config(model)
+    figures: dict = {
+        "train_step_minutes": (time.perf_counter() - started) / 60,
+        "train_cpu_minutes": (time.process_time() - cpu) / 60,
+        "steps": run["step"],
+        "image_size": run["image_size"],
+    }
+    for split, folder in data.items():
+        output = work / f"{name}-{split}" / "metrics.json"
         metrics = evaluate(
             EvaluateConfig(
                 model_path=str(model),
-                test_data=str(vlm_data[name] / "test.json"),
+                test_data=str(vlm_data[split] / "test.json"),
                 image_base_dir=str(folder),
                 output=str(output),
                 crop_with=str(reader),
             )
         )
-        figures[name] = summary(metrics)
+        figures[split] = summary(metrics)
     return figures
 
 
@@ -140,9 +154,9 @@ def summary(metrics: dict) -> dict:
         design = PIECE_SETS[piece_set].design if piece_set in PIECE_SETS else piece_set
         by_design.setdefault(design, {"boards": 0, "right_squares": 0.0, "exact": 0.0})
         entry = by_design[design]
-        entry["boards"] += scores["n"]
-        entry["right_squares"] += scores["per_square_accuracy"] * scores["n"]
-        entry["exact"] += scores["exact_board_match"] * scores["n"]
+        entry["boards"] += scores["n_samples"]
+        entry["right_squares"] += scores["per_square_accuracy"] * scores["n_samples"]
+        entry["exact"] += scores["exact_board_match"] * scores["n_samples"]
     designs = {
         design: {
             "boards": entry["boards"],

@@ -11,7 +11,6 @@ from chessvlm.modeling import (
     PRESETS,
     build_processor,
     chat_text,
-    check_image_size,
     hf_token,
     image_size_for,
     init_model,
@@ -79,7 +78,7 @@ def test_image_size_from_run_config_and_override(tiny):
 
 def test_bad_image_size_is_refused():
     with pytest.raises(ChessVLMError, match="multiple of 28"):
-        check_image_size(100)
+        build_processor(build_chess_tokenizer(), 100)
 
 
 def test_init_model_is_rerunnable_but_protects_other_folders(tiny, tmp_path):

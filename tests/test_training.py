@@ -509,6 +509,10 @@ def test_recipe_says_how_a_model_was_trained():
         "LoRA; batch 64, lr 0.002; flat, then annealed to 0 over the last 20% of the time "
         f"budget; square loss on the visual tokens; loss on the answer only; prompt '{'x' * 37}...'"
     )
+    run.update(family="qwen3_vl")
+    assert describe_recipe(run).startswith("LoRA on Qwen3-VL; batch 64")
+    run.update(use_lora=False, preset="small", family="smolvlm")
+    assert describe_recipe(run).startswith("all weights of the small SmolVLM preset, from scratch")
 
 
 def _free_port() -> int:

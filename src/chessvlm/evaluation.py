@@ -234,7 +234,7 @@ class ModelPlan:
     base: str
     adapter: str | None
     prompt: str
-    image_size: int
+    image_size: int | None  # None: the model's default (`modeling.default_image_size`)
     crop: CropPlan = CropPlan(None, "none: whole images")
 
 
@@ -362,7 +362,7 @@ def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPl
     warning), since the seed's mistake was asking something else at evaluation than it
     trained on. Models without a record (the base model: the baseline) get the data's prompt.
     """
-    from chessvlm.modeling import DEFAULT_IMAGE_SIZE, resolve_model
+    from chessvlm.modeling import resolve_model
 
     name, adapter = config.model_path, None
     if config.base_model:
@@ -387,7 +387,7 @@ def plan_model(config: EvaluateConfig, target: str, data_prompt: str) -> ModelPl
             f"{config.model_path} was trained with; asking the trained prompt",
             file=sys.stderr,
         )
-    image_size = int(trained.get("image_size") or DEFAULT_IMAGE_SIZE)
+    image_size = trained.get("image_size")
     crop = plan_crop(config.crop_with, trained, config.model_path)
     return ModelPlan(source.base, source.adapter, prompt, image_size, crop)
 
@@ -405,11 +405,12 @@ def _predict(
     from tqdm import tqdm
 
     from chessvlm.generation import generate_answers
-    from chessvlm.modeling import load_model_and_processor
+    from chessvlm.modeling import load_model_and_processor, pinned_image_size
 
     model, processor = load_model_and_processor(
         plan.base, plan.adapter, device=device, image_size=plan.image_size
     )
+    image_size = pinned_image_size(processor)
     locator = None
     if plan.crop.reader is not None:
         from chessvlm.reader import read as reader_module
@@ -446,7 +447,7 @@ def _predict(
                 batch_size=config.batch_size,
                 max_new_tokens=max_new_tokens,
                 constrained_target=target if config.constrained else None,
-                image_size=plan.image_size,
+                image_size=image_size,
             )
             found = zip(readable, generations, boxes, counts, strict=True)
             for record, generation, box, count in found:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import chess
 
 from chessvlm.errors import ChessVLMError
+from chessvlm.families import family_of_processor
 from chessvlm.modeling import chat_text, prepare_image
 from chessvlm.positions import (
     COLOR_NAMES,
@@ -117,10 +118,13 @@ def generate_answers(
         raise ChessVLMError("batch_size and max_new_tokens must be at least 1")
     tokenizer = processor.tokenizer
     stop_ids = stop_token_ids(model, tokenizer)
+    prefix = family_of_processor(processor).answer_prefix
     grammar = None
     if constrained_target is not None:
         vocab_size = model.get_output_embeddings().weight.shape[0]
-        grammar = compiled_grammar(tokenizer, vocab_size, tuple(stop_ids), constrained_target)
+        grammar = compiled_grammar(
+            tokenizer, vocab_size, tuple(stop_ids), constrained_target, prefix
+        )
     text = chat_text(processor, prompt)
     generations: list[Generation] = []
     for start in range(0, len(images), batch_size):
@@ -161,7 +165,7 @@ def _generate_batch(
     started = time.perf_counter()
     inputs = processor(
         text=[text] * len(images),
-        images=images,
+        images=[[image] for image in images],
         padding=True,
         padding_side="left",
         return_tensors="pt",
@@ -186,15 +190,18 @@ def _generate_batch(
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
     seconds = (time.perf_counter() - started) / len(images)
-    return [_finish(processor.tokenizer, ids, set(stop_ids), seconds) for ids in new_tokens]
+    prefix = family_of_processor(processor).answer_prefix
+    return [_finish(processor.tokenizer, ids, set(stop_ids), seconds, prefix) for ids in new_tokens]
 
 
-def _finish(tokenizer: Any, ids: list[int], stop_ids: set[int], seconds: float) -> Generation:
+def _finish(
+    tokenizer: Any, ids: list[int], stop_ids: set[int], seconds: float, prefix: str
+) -> Generation:
     # A row that finished early is filled with padding after its end-of-turn token.
     end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
     answer_ids = ids if end is None else ids[:end]
     return Generation(
-        answer=tokenizer.decode(answer_ids, skip_special_tokens=True),
+        answer=tokenizer.decode(answer_ids, skip_special_tokens=True).removeprefix(prefix),
         answer_tokens=len(answer_ids),
         seconds=seconds,
         truncated=end is None,
@@ -202,11 +209,14 @@ def _finish(tokenizer: Any, ids: list[int], stop_ids: set[int], seconds: float) 
 
 
 @lru_cache(maxsize=8)
-def compiled_grammar(tokenizer: Any, vocab_size: int, stop_ids: tuple[int, ...], target: str):
+def compiled_grammar(
+    tokenizer: Any, vocab_size: int, stop_ids: tuple[int, ...], target: str, prefix: str = ""
+):
     """The xgrammar grammar of `target`'s answer, compiled for `tokenizer` (cached).
 
     `vocab_size` is the width of the model's logits (it may exceed the tokenizer's size);
-    `stop_ids` are the tokens allowed once the answer is complete.
+    `stop_ids` are the tokens allowed once the answer is complete; `prefix` is the text the
+    model family writes before an answer (`families.Family.answer_prefix`).
     """
     import xgrammar as xgr
 
@@ -215,16 +225,21 @@ def compiled_grammar(tokenizer: Any, vocab_size: int, stop_ids: tuple[int, ...],
     )
     compiler = xgr.GrammarCompiler(info, max_threads=1)
     if target == "compact":
-        return compiler.compile_grammar(compact_grammar())
-    if target == "seed":
+        grammar = xgr.Grammar.from_ebnf(compact_grammar())
+    elif target == "seed":
         grammar = xgr.Grammar.from_json_schema(
             json.dumps(seed_answer_schema()),
             any_whitespace=False,
             indent=2,
             separators=(",", ": "),
         )
-        return compiler.compile_grammar(grammar)
-    raise ChessVLMError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    else:
+        raise ChessVLMError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if prefix:
+        grammar = xgr.Grammar.concat(
+            xgr.Grammar.from_ebnf(f"root ::= {json.dumps(prefix)}"), grammar
+        )
+    return compiler.compile_grammar(grammar)
 
 
 def compact_grammar() -> str:

@@ -1,20 +1,24 @@
-"""Qwen2-VL models: load one (hub id or local folder, with or without an adapter) or build one.
+"""Vision-language models: load one (hub id or folder, with or without an adapter) or build one.
 
-Every model goes through the same loading code: the real `Qwen/Qwen2-VL-2B-Instruct`, a local
-copy of it, a fine-tuned checkpoint or adapter written by `chessvlm train`, and the small
-models `init_model` builds from a config with random weights (Qwen2-VL architecture, a
-reduced Qwen2 tokenizer, the stock processor and chat template, saved in the hub layout).
+Every model goes through the same loading code (the Auto classes): the real
+`Qwen/Qwen2-VL-2B-Instruct` (the default) or another family's model (Qwen2.5-VL, Qwen3-VL,
+SmolVLM; see `chessvlm.families`), a local copy of one, a fine-tuned checkpoint or adapter
+written by `chessvlm train`, and the small models `init_model` builds from a config with random
+weights (a family's architecture, a reduced Qwen2 tokenizer, the stock processor and chat
+template, saved in the hub layout).
 
 Images: Qwen2-VL cuts an image into 14 px patches and merges 2x2 patches into one 28 px token.
 A board resized to `image_size` px (a multiple of 28) gives `(image_size / 28) ** 2` visual
 tokens; at a multiple of 224 every square covers whole tokens (224 px: one token a square,
-448 px: four). `prepare_image` resizes every board to exactly that size and the processor's
-min/max pixels are pinned to it, so training and generation see the same grid.
+448 px: four). Other families have other token sizes (`families.token_pixels`).
+`prepare_image` resizes every board to exactly that size and the processor is pinned to it
+(`families.pin_image_size`), so training and generation see the same grid.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_json
-from chessvlm.tokenizer import END_OF_TURN, PAD_TOKEN
 
 if TYPE_CHECKING:
     import torch
@@ -131,23 +134,34 @@ def image_size_for(model_name_or_path: str | Path) -> int:
     return int(read_run_config(model_name_or_path).get("image_size") or DEFAULT_IMAGE_SIZE)
 
 
-def check_image_size(image_size: int) -> int:
-    """`image_size` if it is a whole number of visual tokens, else a `ChessVLMError`."""
-    if image_size < TOKEN_PIXELS or image_size % TOKEN_PIXELS:
-        raise ChessVLMError(
-            f"image size {image_size} px is not a positive multiple of {TOKEN_PIXELS} px "
-            "(one Qwen2-VL visual token); use a multiple of 224 so that squares align "
-            "with tokens (224: one token per square, 448: four)"
-        )
-    return image_size
+def default_image_size(processor: Any) -> int:
+    """The board size of a model with no recorded one: four visual tokens a square (as the
+    seed's Qwen2-VL-2B at 448 px), or for SmolVLM one token a square at the largest board its
+    vision tower takes (SmolVLM2-2.2B: 336 px of its 384)."""
+    from chessvlm.families import family_of_processor, token_pixels
+
+    token = token_pixels(processor)
+    if family_of_processor(processor).name == "smolvlm":
+        longest = processor.image_processor.max_image_size["longest_edge"]
+        return max(longest // (8 * token), 1) * 8 * token
+    return 16 * token
+
+
+def pinned_image_size(processor: Any) -> int:
+    """The board size `processor` is pinned to (`families.pin_image_size`)."""
+    from chessvlm.families import family_of_processor
+
+    image_processor = processor.image_processor
+    if family_of_processor(processor).name == "smolvlm":
+        return int(image_processor.max_image_size["longest_edge"])
+    return math.isqrt(int(image_processor.size.longest_edge))
 
 
 def set_image_size(processor: Any, image_size: int) -> None:
-    """Pin the processor's min and max pixels so a board of `image_size` px is kept as is."""
-    from transformers.image_utils import SizeDict
+    """Pin the processor so a board of `image_size` px is kept as is (one visual-token grid)."""
+    from chessvlm.families import pin_image_size
 
-    pixels = check_image_size(image_size) ** 2
-    processor.image_processor.size = SizeDict(shortest_edge=pixels, longest_edge=pixels)
+    pin_image_size(processor, image_size)
 
 
 def prepare_image(image: Image.Image, image_size: int) -> Image.Image:
@@ -165,11 +179,21 @@ def chat_text(processor: Any, prompt: str, answer: str | None = None) -> str:
 
     Without `answer`: the prompt up to the assistant's turn, which generation continues.
     With `answer`: that same text followed by the answer and the end-of-turn token, which
-    training learns. Both come from here, so what is trained is exactly what is asked.
+    training learns (`learned_text`). Both come from here, so what is trained is exactly
+    what is asked.
     """
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text if answer is None else text + answer + END_OF_TURN
+    return text if answer is None else text + learned_text(processor, answer)
+
+
+def learned_text(processor: Any, answer: str) -> str:
+    """What training learns after the assistant's turn: the family's answer prefix, the
+    answer and its end-of-turn token."""
+    from chessvlm.families import family_of_processor
+
+    family = family_of_processor(processor)
+    return family.answer_prefix + answer + family.end_of_turn
 
 
 def default_device() -> torch.device:
@@ -232,12 +256,13 @@ def _adapter_base(folder: Path) -> str:
     return base
 
 
-def load_processor(source: str, image_size: int) -> Any:
-    """The processor of `source` with its image size pinned (see `set_image_size`)."""
+def load_processor(source: str, image_size: int | None) -> Any:
+    """The processor of `source` with its image size pinned (see `set_image_size`); None:
+    `default_image_size`."""
     from transformers import AutoProcessor
 
     processor = _from_pretrained(AutoProcessor, source)
-    set_image_size(processor, image_size)
+    set_image_size(processor, image_size or default_image_size(processor))
     return processor
 
 
@@ -250,17 +275,17 @@ def load_model_and_processor(
     image_size: int | None = None,
     for_training: bool = False,
 ) -> tuple[Any, Any]:
-    """Load a Qwen2-VL model and its processor from a hub id or a local folder.
+    """Load a model of any supported family and its processor from a hub id or a local folder.
 
     `model_name_or_path` may be a base model, a merged or fully fine-tuned checkpoint, or an
     adapter folder written by training (its base is read from its `chessvlm_config.json`);
     `adapter` adds a LoRA adapter on top. `image_size` defaults to the one the model was
-    trained for. `dtype` defaults to `default_dtype(device)`. For inference the model is put
-    in eval mode on `device`; with `for_training` it stays on the CPU for the trainer to place
-    and an adapter is loaded trainable.
+    trained for, else to `default_image_size`. `dtype` defaults to `default_dtype(device)`.
+    For inference the model is put in eval mode on `device`; with `for_training` it stays on
+    the CPU for the trainer to place and an adapter is loaded trainable.
     """
     source = resolve_model(model_name_or_path, adapter)
-    image_size = image_size or int(source.run_config.get("image_size") or DEFAULT_IMAGE_SIZE)
+    image_size = image_size or source.run_config.get("image_size")
     processor = load_processor(source.processor, image_size)
     device = default_device() if device is None else device
     dtype = dtype or default_dtype(device)
@@ -275,10 +300,14 @@ def load_model_and_processor(
 
 
 def load_model(name: str, dtype: torch.dtype) -> Any:
-    """The Qwen2-VL weights of a hub id or folder, in `dtype`."""
-    from transformers import Qwen2VLForConditionalGeneration
+    """The weights of a hub id or folder, in `dtype`, through `AutoModelForImageTextToText`
+    (refused for a model outside the supported families)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    return _from_pretrained(Qwen2VLForConditionalGeneration, name, dtype=dtype)
+    from chessvlm.families import family_of_config
+
+    family_of_config(_from_pretrained(AutoConfig, name))
+    return _from_pretrained(AutoModelForImageTextToText, name, dtype=dtype)
 
 
 def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
@@ -321,10 +350,10 @@ def _load_failure(name: str, error: Exception) -> str:
     reason = text.splitlines()[0].rstrip(".") if text else type(error).__name__
     if Path(name).exists():
         return (
-            f"cannot load {name!r}: {reason}. The folder must hold a Qwen2-VL model in the "
-            "Hugging Face hub layout (config.json, *.safetensors, tokenizer and processor "
-            "files), a checkpoint written by `chessvlm train`, or a model made by "
-            "`chessvlm init-model`."
+            f"cannot load {name!r}: {reason}. The folder must hold a Qwen2-VL, Qwen2.5-VL, "
+            "Qwen3-VL or SmolVLM model in the Hugging Face hub layout (config.json, "
+            "*.safetensors, tokenizer and processor files), a checkpoint written by "
+            "`chessvlm train`, or a model made by `chessvlm init-model`."
         )
     return (
         f"cannot load {name!r}: {reason}. It is not a local folder, and the Hugging Face hub "
@@ -332,7 +361,7 @@ def _load_failure(name: str, error: Exception) -> str:
         "HF_TOKEN/HUGGINGFACE_TOKEN, or a wrong id). Download it where the hub is reachable "
         f"(`hf download {name} --local-dir DIR`) and pass that folder instead; to try the "
         "pipeline without any download, build a small model with "
-        "`chessvlm init-model --preset small --out DIR` and pass DIR."
+        "`chessvlm init-model --preset small [--family F] --out DIR` and pass DIR."
     )
 
 
@@ -341,96 +370,53 @@ def qwen2_vl_config(preset: Preset, tokenizer: Any) -> Any:
 
     Written as the hub's flat config; the vision tower's output width (`hidden_size`) equals
     the text width, and the M-RoPE sections split half a head (temporal, height, width) in
-    Qwen2-VL's 1:1.5:1.5 ratio.
+    Qwen2-VL's 1:1.5:1.5 ratio. Other families: `families.scratch_config`.
     """
-    from transformers import Qwen2VLConfig
+    from chessvlm.families import FAMILIES, scratch_config
 
-    ids = tokenizer.convert_tokens_to_ids
-    half_head = preset.hidden_size // preset.heads // 2
-    temporal = half_head // 4
-    height = (half_head - temporal) // 2
-    flat = {
-        "vocab_size": _round_up(len(tokenizer), 64),
-        "hidden_size": preset.hidden_size,
-        "intermediate_size": preset.mlp_size,
-        "num_hidden_layers": preset.layers,
-        "num_attention_heads": preset.heads,
-        "num_key_value_heads": preset.kv_heads,
-        "max_position_embeddings": preset.max_positions,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": preset.rope_theta,
-        "rope_scaling": {
-            "type": "mrope",
-            "mrope_section": [temporal, height, half_head - temporal - height],
-        },
-        "tie_word_embeddings": True,
-        "bos_token_id": ids(PAD_TOKEN),
-        "eos_token_id": ids(END_OF_TURN),
-        "pad_token_id": ids(PAD_TOKEN),
-        "image_token_id": ids("<|image_pad|>"),
-        "video_token_id": ids("<|video_pad|>"),
-        "vision_start_token_id": ids("<|vision_start|>"),
-        "vision_end_token_id": ids("<|vision_end|>"),
-        "vision_config": {
-            "depth": preset.vision_depth,
-            "embed_dim": preset.vision_embed,
-            "hidden_size": preset.hidden_size,
-            "num_heads": preset.vision_heads,
-            "mlp_ratio": 4,
-            "in_chans": 3,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-    }
-    return Qwen2VLConfig(**flat)
+    return scratch_config(FAMILIES["qwen2_vl"], preset, tokenizer)
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+def build_processor(tokenizer: Any, image_size: int, family: str = "qwen2_vl") -> Any:
+    """`family`'s stock processor around `tokenizer`, pinned to `image_size` boards."""
+    from chessvlm.families import get_family, stock_processor
+
+    return stock_processor(get_family(family), tokenizer, image_size)
 
 
-def build_processor(tokenizer: Any, image_size: int) -> Any:
-    """Qwen2-VL's stock processor around `tokenizer`, pinned to `image_size` boards."""
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=tokenizer.chat_template,
-    )
-    set_image_size(processor, image_size)
-    return processor
-
-
-def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
-    """Build a `preset` model with random weights and save it, in the hub layout, to `out`.
+def init_model(preset: str, out: str | Path, seed: int = 0, family: str = "qwen2_vl") -> Path:
+    """Build a `preset` model of `family` with random weights; save it, in the hub layout, to
+    `out`.
 
     The folder also holds the tokenizer, processor and chat template, and a
-    `chessvlm_config.json` naming the preset and its board size, so it loads through
+    `chessvlm_config.json` naming the preset, family and board size, so it loads through
     `load_model_and_processor` like any hub model. An existing folder built from the same
-    preset is kept as is (rerunning is safe); any other existing folder is an error.
+    preset and family is kept as is (rerunning is safe); any other existing folder is an error.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, GenerationConfig
 
+    from chessvlm.families import get_family, preset_image_size, scratch_config
     from chessvlm.tokenizer import build_chess_tokenizer
 
     if preset not in PRESETS:
         raise ChessVLMError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    chosen = get_family(family)
     out = Path(out)
     if out.exists():
-        if read_run_config(out).get("preset") == preset:
+        built = read_run_config(out)
+        if built.get("preset") == preset and built.get("family", "qwen2_vl") == family:
             return out
-        raise ChessVLMError(f"{out} exists and is not a {preset!r} model; pick another --out")
+        raise ChessVLMError(
+            f"{out} exists and is not a {preset!r} {family} model; pick another --out"
+        )
     spec = PRESETS[preset]
-    tokenizer = build_chess_tokenizer()
+    image_size = preset_image_size(spec, chosen)
+    tokenizer = build_chess_tokenizer(family)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(qwen2_vl_config(spec, tokenizer))
+    model = AutoModelForImageTextToText.from_config(scratch_config(chosen, spec, tokenizer))
     model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.pad_token_id],
+        eos_token_id=[tokenizer.convert_tokens_to_ids(chosen.end_of_turn), tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
         do_sample=False,
     )
@@ -439,10 +425,16 @@ def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary one
     try:
         model.save_pretrained(staging)
-        build_processor(tokenizer, spec.image_size).save_pretrained(staging)
+        build_processor(tokenizer, image_size, family).save_pretrained(staging)
         write_run_config(
             staging,
-            {"preset": preset, "base_model": None, **asdict(spec)},
+            {
+                "preset": preset,
+                "family": family,
+                "base_model": None,
+                **asdict(spec),
+                "image_size": image_size,
+            },
         )
         os.replace(staging, out)
     except BaseException:

@@ -324,7 +324,7 @@ def _vlm_image_reader(model: str, batch_size: int, max_new_tokens: int | None):
     `names` in errors), which gives a `BoardResult` each (`crop`, when not None, says what
     the images show)."""
     from chessvlm.generation import default_max_new_tokens, generate_answers
-    from chessvlm.modeling import load_model_and_processor, resolve_model
+    from chessvlm.modeling import load_model_and_processor, pinned_image_size, resolve_model
     from chessvlm.prompts import PROMPTS
 
     run_config = resolve_model(model).run_config
@@ -335,7 +335,7 @@ def _vlm_image_reader(model: str, batch_size: int, max_new_tokens: int | None):
     options = {
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens or default_max_new_tokens(target),
-        "image_size": run_config.get("image_size"),
+        "image_size": pinned_image_size(processor),
     }
 
     def read(images: list, names: list[str], crop: str | None) -> list[BoardResult]:

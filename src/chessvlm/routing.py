@@ -13,6 +13,7 @@ adds no weights, and the model saves, loads and generates exactly as before.
 from __future__ import annotations
 
 import json
+import sys
 from bisect import bisect_right
 from typing import Any
 
@@ -22,15 +23,16 @@ from chessvlm.errors import ChessVLMError
 ROUTING_HEAD = 0
 
 
-def answer_square_tokens(tokenizer: Any, answer: str) -> list[int]:
-    """Index, among the answer's tokens, of the token holding each of the 64 squares.
+def answer_square_tokens(tokenizer: Any, answer: str, prefix: str = "") -> list[int]:
+    """Index, among the tokens of `prefix + answer`, of the token holding each of the 64 squares.
 
     `answer` is a compact answer (`{"board": ["r n b q k b n r", ...]}`), whose squares come
-    in FEN order (a8 ... h8, a7 ... h1).
+    in FEN order (a8 ... h8, a7 ... h1); `prefix` is the family's text before it
+    (`families.Family.answer_prefix`).
     """
-    encoded = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer(prefix + answer, add_special_tokens=False, return_offsets_mapping=True)
     starts = [start for start, _ in encoded["offset_mapping"]]
-    return [bisect_right(starts, offset) - 1 for offset in _square_offsets(answer)]
+    return [bisect_right(starts, len(prefix) + offset) - 1 for offset in _square_offsets(answer)]
 
 
 def _square_offsets(answer: str) -> list[int]:
@@ -56,18 +58,23 @@ def _square_offsets(answer: str) -> list[int]:
 class RoutingProbe:
     """While active, keeps the input of the last decoder layer's attention for `loss`.
 
-    A forward pre-hook records the (normalised) hidden states and the M-RoPE cos/sin that
-    the layer receives; `loss` recomputes head `ROUTING_HEAD`'s attention from them at the
-    few query positions that need it, with the layer's own projections and rotary code.
+    A forward pre-hook records the (normalised) hidden states and the rotary cos/sin that
+    the layer receives (M-RoPE already folded in for the Qwen families, 1-D RoPE for
+    SmolVLM's Llama decoder); `loss` recomputes head `ROUTING_HEAD`'s attention from them at
+    the few query positions that need it, with the layer's own projections, query/key norms
+    (Qwen3-VL) and its module's rotary code.
     """
 
     def __init__(self, model: Any) -> None:
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLAttention
-
-        layers = [module for module in model.modules() if isinstance(module, Qwen2VLAttention)]
-        if not layers:
-            raise ChessVLMError("the routing loss needs a Qwen2-VL language model")
-        self.attention = layers[-1]
+        layers = getattr(model.get_decoder(), "layers", None)
+        attention = getattr(layers[-1], "self_attn", None) if layers else None
+        if attention is None or not hasattr(attention, "q_proj"):
+            raise ChessVLMError(
+                f"the routing loss needs a decoder of self-attention layers; "
+                f"{type(model).__name__} has none it can probe"
+            )
+        self.attention = attention
+        self.rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
         self.inputs: dict[str, Any] = {}
         self._handle = None
 
@@ -98,13 +105,13 @@ class RoutingProbe:
     def log_attention(self, queries: Any, attention_mask: Any) -> Any:
         """Log of head `ROUTING_HEAD`'s attention [batch, queries, length] at `queries`."""
         import torch
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
         if not self.inputs:
             raise ChessVLMError("the routing probe saw no forward pass")
         attention = self.attention
         hidden = self.inputs["hidden"]
-        cos, sin = self.inputs["rotary"]
+        # Llama's rotary tables (SmolVLM) are shared by the batch: one row for all.
+        cos, sin = (table.expand(hidden.shape[0], -1, -1) for table in self.inputs["rotary"])
         size = attention.head_dim
         kv_head = ROUTING_HEAD // attention.num_key_value_groups
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
@@ -112,11 +119,13 @@ class RoutingProbe:
             ..., ROUTING_HEAD * size : (ROUTING_HEAD + 1) * size
         ]
         key = attention.k_proj(hidden)[..., kv_head * size : (kv_head + 1) * size]
+        if hasattr(attention, "q_norm"):  # Qwen3-VL normalises each head before rotating
+            query, key = attention.q_norm(query), attention.k_norm(key)
         # apply_rotary_pos_emb rotates [batch, heads, length, head_dim]; one head here.
-        query = apply_rotary_pos_emb(
-            query[:, None], query[:, None], cos[rows, queries], sin[rows, queries]
-        )[0]
-        key = apply_rotary_pos_emb(key[:, None], key[:, None], cos, sin)[0]
+        query = self.rotate(query[:, None], query[:, None], cos[rows, queries], sin[rows, queries])[
+            0
+        ]
+        key = self.rotate(key[:, None], key[:, None], cos, sin)[0]
         scores = (query @ key.transpose(-1, -2))[:, 0].float() * attention.scaling
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         unseen = (positions > queries[..., None]) | (attention_mask[:, None, :] == 0)

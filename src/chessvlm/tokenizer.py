@@ -154,21 +154,28 @@ def _qwen2_tiktoken():
     )
 
 
-def _make_tokenizer(ranks: dict[bytes, int], special_start: int):
+def _make_tokenizer(
+    ranks: dict[bytes, int],
+    special_start: int,
+    extra_special: tuple[str, ...] = (),
+    eos_token: str = END_OF_TURN,
+    chat_template: str = CHAT_TEMPLATE,
+):
     from transformers import Qwen2Tokenizer
 
+    specials = SPECIAL_TOKENS + extra_special
     vocab = {_as_unicode(token): rank for token, rank in ranks.items()}
-    vocab.update({token: special_start + i for i, token in enumerate(SPECIAL_TOKENS)})
+    vocab.update({token: special_start + i for i, token in enumerate(specials)})
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=_merges(ranks),
         unk_token=None,
-        eos_token=END_OF_TURN,
+        eos_token=eos_token,
         pad_token=PAD_TOKEN,
-        extra_special_tokens=list(SPECIAL_TOKENS),
+        extra_special_tokens=list(specials),
         model_max_length=32768,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -178,18 +185,35 @@ def _full_tokenizer():
     return _make_tokenizer(ranks, special_start=len(ranks))
 
 
-def build_qwen2_tokenizer(keep_texts: Iterable[str] | None = None, common_tokens: int = 0):
-    """A `Qwen2Tokenizer` made offline from Qwen2's vocabulary.
+def build_qwen2_tokenizer(
+    keep_texts: Iterable[str] | None = None, common_tokens: int = 0, family: str = "qwen2_vl"
+):
+    """A `Qwen2Tokenizer` made offline from Qwen2's vocabulary, dressed for `family`.
 
-    Without `keep_texts`: the full vocabulary, ids as in Qwen2-VL (a cached instance; copy it
-    before changing it). With `keep_texts`: a reduced vocabulary of the `common_tokens` most
-    frequent tokens plus what Qwen2 uses for `keep_texts`, which it tokenizes as Qwen2 does,
-    renumbered from 0 with the special tokens right after.
+    Without `keep_texts`: the full vocabulary, ids as in Qwen2-VL (for Qwen2-VL a cached
+    instance; copy it before changing it). With `keep_texts`: a reduced vocabulary of the
+    `common_tokens` most frequent tokens plus what Qwen2 uses for `keep_texts`, which it
+    tokenizes as Qwen2 does, renumbered from 0 with the special tokens right after.
+    `family` (`chessvlm.families`) gives the chat template, the end-of-turn token and the
+    image tokens added after Qwen2-VL's (SmolVLM's `<image>`, `<fake_token_around_image>`, ...).
     """
-    if keep_texts is None:
+    if keep_texts is None and family == "qwen2_vl":
         return _full_tokenizer()
-    ranks = _reduced_ranks(keep_texts, common_tokens)
-    return _make_tokenizer(ranks, special_start=len(ranks))
+    ranks = load_qwen2_ranks() if keep_texts is None else _reduced_ranks(keep_texts, common_tokens)
+    return _family_tokenizer(ranks, family)
+
+
+def _family_tokenizer(ranks: dict[bytes, int], family: str):
+    from chessvlm.families import get_family
+
+    chosen = get_family(family)
+    return _make_tokenizer(
+        ranks,
+        special_start=len(ranks),
+        extra_special=chosen.special_tokens,
+        eos_token=chosen.end_of_turn,
+        chat_template=chosen.chat_template(),
+    )
 
 
 def chess_corpus(boards: int = 300, seed: int = 0) -> list[str]:
@@ -224,6 +248,15 @@ def _random_board(rng: random.Random, chess):
     return board
 
 
-def build_chess_tokenizer():
-    """The reduced-vocabulary Qwen2 tokenizer of the small models (`init-model` presets)."""
-    return build_qwen2_tokenizer(chess_corpus(), common_tokens=COMMON_TOKENS)
+def build_chess_tokenizer(family: str = "qwen2_vl"):
+    """The reduced-vocabulary Qwen2 tokenizer of the small models (`init-model` presets).
+
+    Every family's small models share Qwen2's vocabulary, so they differ by architecture
+    only; each gets its own chat template, end-of-turn token and image tokens (SmolVLM's
+    `<image>`, `<fake_token_around_image>`, ... after Qwen2-VL's), and its template's words
+    are split as Qwen2 splits them.
+    """
+    from chessvlm.families import get_family
+
+    texts = chess_corpus() + list(get_family(family).chat_template_text)
+    return build_qwen2_tokenizer(texts, COMMON_TOKENS, family)

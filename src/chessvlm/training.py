@@ -1,4 +1,8 @@
-"""Fine-tune Qwen2-VL on a VLM dataset: LoRA (the seed's recipe) or all weights (from scratch).
+"""Fine-tune a VLM on a VLM dataset: LoRA (the seed's recipe) or all weights (from scratch).
+
+Every supported family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM; `chessvlm.families`) trains
+through the same collator, loss and Trainer; the family decides the LoRA target modules, the
+chat text around the answer and the visual-token grid the square and routing losses use.
 
 Built on the Hugging Face `Trainer`, so `accelerate launch` and `torchrun` run it on several
 GPUs (or CPU processes with gloo) unchanged. The loss covers only the answer tokens and the
@@ -23,33 +27,39 @@ from typing import Any
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from chessvlm.errors import ChessVLMError, ConfigError, InputError
+from chessvlm.families import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    family_of_config,
+    family_of_processor,
+    token_pixels,
+    visual_grid,
+)
 from chessvlm.io import JsonlAppender, atomic_write_jsonl, iter_jsonl
 from chessvlm.modeling import (
     DEFAULT_BASE_MODEL,
     TOKEN_PIXELS,
     chat_text,
-    check_image_size,
     default_dtype,
+    learned_text,
     load_model_and_processor,
+    pinned_image_size,
     prepare_image,
     read_run_config,
     resolve_model,
     write_run_config,
 )
 from chessvlm.routing import RoutingProbe
-from chessvlm.tokenizer import END_OF_TURN
 
 IGNORE_INDEX = -100
 # The run config's `board_crop`: how training prepared each image before resizing it.
 LABEL_BOX = "label box"  # cropped to the record's `board_box` (when it has one)
 NO_CROP = "none"  # whole images: the boards fill them
-# Boards whose size is a multiple of this have whole visual tokens on every square.
+# Qwen2-VL boards whose size is a multiple of this have whole visual tokens on every square
+# (other families: `families.Family.board_pixels`).
 BOARD_TOKEN_PIXELS = 8 * TOKEN_PIXELS
 METRICS_LOG = "metrics.jsonl"
 SKIPPED_LOG = "skipped_samples.jsonl"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# The vision tower's linear layers (attention and MLP of each block), for --lora_vision.
-_VISION_LORA_PATTERN = r"visual\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 
 # Defaults that depend on the kind of run (see `resolve_defaults`). LoRA: the seed's recipe.
 # From scratch (all weights of a model built by `init-model`): measured on CPU, see
@@ -206,15 +216,18 @@ def check_examples(
     from PIL import Image, UnidentifiedImageError
 
     tokenizer = processor.tokenizer
-    image_tokens = (image_size // TOKEN_PIXELS) ** 2
+    blank = Image.new("RGB", (image_size, image_size))
     prompt_lengths: dict[str, int] = {}
     good, problems = [], []
     for example in examples:
         if example.prompt not in prompt_lengths:
             text = chat_text(processor, example.prompt)
-            prompt_lengths[example.prompt] = len(tokenizer(text)["input_ids"]) - 1 + image_tokens
+            prompt = processor(text=[text], images=[[blank]])["input_ids"][0]
+            prompt_lengths[example.prompt] = len(prompt)
         length = prompt_lengths[example.prompt] + len(
-            tokenizer(example.answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+            tokenizer(learned_text(processor, example.answer), add_special_tokens=False)[
+                "input_ids"
+            ]
         )
         problem = None
         if length > max_length:
@@ -279,18 +292,20 @@ class VLMCollator:
         routing_loss: bool = False,
     ) -> None:
         self.processor = processor
-        self.image_size = check_image_size(image_size)
+        self.image_size = image_size
+        side = visual_grid(processor, image_size)  # visual tokens per row, in reading order
         self.pad_id = processor.tokenizer.pad_token_id
         self.square_ids = _square_symbol_ids(processor.tokenizer) if square_loss else None
         self.routing = routing_loss
         for field, wanted in (("square_loss", square_loss), ("routing_loss", routing_loss)):
-            if wanted and image_size % BOARD_TOKEN_PIXELS:
+            if wanted and side % 8:
+                board = 8 * token_pixels(processor)
                 raise ConfigError(
                     field,
-                    "needs squares aligned with visual tokens: an image size that "
-                    f"is a multiple of {BOARD_TOKEN_PIXELS} px, not {image_size}",
+                    "needs squares aligned with visual tokens: for "
+                    f"{family_of_processor(processor).title}, an image size that is a multiple "
+                    f"of {board} px, not {image_size}",
                 )
-        side = self.image_size // TOKEN_PIXELS  # visual tokens per row, in reading order
         # The screen square (row-major, 0 = top left) each visual token shows.
         self.square_of_token = [
             (row * 8 // side) * 8 + column * 8 // side
@@ -309,7 +324,11 @@ class VLMCollator:
         images = [self._image(example) for example in examples]
         texts = [chat_text(self.processor, e.prompt, e.answer) for e in examples]
         batch = self.processor(
-            text=texts, images=images, padding=True, padding_side="right", return_tensors="pt"
+            text=texts,
+            images=[[image] for image in images],
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
         )
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -353,9 +372,10 @@ class VLMCollator:
         from chessvlm.routing import answer_square_tokens
 
         tokenizer = self.processor.tokenizer
+        prefix = family_of_processor(self.processor).answer_prefix
         queries, keys = [], []
         for row, (example, start) in enumerate(zip(examples, starts, strict=True)):
-            tokens = answer_square_tokens(tokenizer, example.answer)
+            tokens = answer_square_tokens(tokenizer, example.answer, prefix)
             queries.append([start + token - 1 for token in tokens])
             visual = self._visual_positions(input_ids[row]).tolist()
             # Board square k (FEN order) is screen square k, or 63 - k seen from black's side.
@@ -376,7 +396,9 @@ class VLMCollator:
 
     def _answer_ids(self, answer: str) -> list[int]:
         tokenizer = self.processor.tokenizer
-        return tokenizer(answer + END_OF_TURN, add_special_tokens=False)["input_ids"]
+        return tokenizer(learned_text(self.processor, answer), add_special_tokens=False)[
+            "input_ids"
+        ]
 
 
 def _square_symbol_ids(tokenizer: Any) -> dict[str, int]:
@@ -396,20 +418,17 @@ def _square_symbol_ids(tokenizer: Any) -> dict[str, int]:
 # Model
 
 
-def lora_config(config: TrainConfig) -> Any:
+def lora_config(config: TrainConfig, family: str = "qwen2_vl") -> Any:
     """The seed's LoRA (r 16, alpha 32, dropout 0.1 on the language model's projections),
-    optionally extended to the vision tower's attention and MLP layers."""
+    optionally extended to the vision tower's attention and MLP layers, for `family`'s
+    module names (`families.Family.lora_targets`)."""
     from peft import LoraConfig
 
-    targets: list[str] | str = list(LORA_TARGETS)
-    if config.lora_vision:
-        text = "|".join(LORA_TARGETS)
-        targets = rf".*\.({text})|.*{_VISION_LORA_PATTERN}"
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=targets,
+        target_modules=FAMILIES[family].lora_targets(config.lora_vision),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -429,8 +448,9 @@ def training_precision() -> tuple[Any, dict]:
     return dtype, {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
-def build_model(config: TrainConfig, image_size: int) -> tuple[Any, Any]:
-    """Load the model to train (LoRA-wrapped unless `use_lora` is off) and its processor."""
+def build_model(config: TrainConfig, image_size: int | None) -> tuple[Any, Any]:
+    """Load the model to train (LoRA-wrapped unless `use_lora` is off) and its processor,
+    pinned to `image_size` (None: the model's own, see `modeling.load_model_and_processor`)."""
     import torch
 
     lora_dtype, _ = training_precision()
@@ -444,7 +464,8 @@ def build_model(config: TrainConfig, image_size: int) -> tuple[Any, Any]:
 
         # An adapter folder as --model_name continues training that adapter.
         if not isinstance(model, PeftModel):
-            model = get_peft_model(model, lora_config(config))
+            family = family_of_config(model.config).name
+            model = get_peft_model(model, lora_config(config, family))
     model.config.use_cache = False
     return model, processor
 
@@ -719,11 +740,12 @@ def train(config: TrainConfig) -> Path:
             f"{output_dir} already holds checkpoints; pass `resume` to continue the run, "
             "or choose another folder",
         )
-    image_size = check_image_size(config.image_size or _model_image_size(config.model_name))
-    model, processor = build_model(config, image_size)
+    model, processor = build_model(config, config.image_size)
+    image_size = pinned_image_size(processor)
     train_set, eval_set, target, prompt = _datasets(config, processor, image_size)
     run_config = _run_config(config, image_size, target, prompt, len(train_set))
     run_config["board_crop"] = board_crop_of(train_set)
+    run_config["family"] = family_of_processor(processor).name
     budget = TimeBudget(config.max_minutes, output_dir) if config.max_minutes else None
     trainer = VLMTrainer(
         model=model,
@@ -751,8 +773,13 @@ def describe_recipe(run_config: dict) -> str:
     """One line on how a model was trained, from its `chessvlm_config.json`."""
     knobs = run_config.get("training", {})
     parts = ["LoRA" if run_config.get("use_lora") else "all weights"]
+    family = run_config.get("family", DEFAULT_FAMILY)
+    # Qwen2-VL, the default, goes unnamed as before; other families are named.
+    title = "" if family == DEFAULT_FAMILY else f" {FAMILIES[family].title}"
     if run_config.get("preset"):
-        parts[0] += f" of the {run_config['preset']} preset, from scratch"
+        parts[0] += f" of the {run_config['preset']}{title} preset, from scratch"
+    elif title:
+        parts[0] += f" on{title}"
     batch = (knobs.get("batch_size") or 0) * (knobs.get("gradient_accumulation_steps") or 1)
     parts.append(f"batch {batch}, lr {knobs.get('learning_rate')}")
     if knobs.get("lr_decay_fraction"):
@@ -776,12 +803,6 @@ def board_crop_of(examples: list[Example]) -> str:
     frame already), else `NO_CROP` (whole images). Evaluation crops the same way, with the
     board reader's locator in place of the labels (`evaluation.plan_crop`)."""
     return LABEL_BOX if any(example.board_box is not None for example in examples) else NO_CROP
-
-
-def _model_image_size(model_name: str) -> int:
-    from chessvlm.modeling import image_size_for
-
-    return image_size_for(model_name)
 
 
 def _datasets(

@@ -16,6 +16,7 @@ from chessvlm.cli.arguments import (
     positive_int,
 )
 from chessvlm.errors import ChessVLMError, ConfigError
+from chessvlm.families import DEFAULT_FAMILY, FAMILIES
 from chessvlm.modeling import PRESETS
 from chessvlm.positions import TARGETS
 
@@ -30,15 +31,20 @@ def register(subparsers) -> None:
 def _register_init_model(subparsers) -> None:
     parser = subparsers.add_parser(
         "init-model",
-        help="build a small Qwen2-VL with random weights (to train from scratch on CPU)",
+        help="build a small VLM with random weights (to train from scratch on CPU)",
         description=(
-            "Build a Qwen2-VL-architecture model from a preset config with random weights, a "
-            "reduced Qwen2 tokenizer and the stock processor, saved in the hub layout: it "
-            "loads and trains through exactly the same code as Qwen/Qwen2-VL-2B-Instruct."
+            "Build a model of one family's architecture (Qwen2-VL by default, Qwen2.5-VL, "
+            "Qwen3-VL or SmolVLM) from a preset config with random weights, a reduced Qwen2 "
+            "tokenizer and the family's stock processor and chat template, saved in the hub "
+            "layout: it loads and trains through exactly the same code as the family's "
+            "released models. Presets have the same widths and depths in every family."
         ),
     )
     parser.add_argument(
         "--preset", choices=tuple(PRESETS), default="small", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--family", choices=tuple(FAMILIES), default=DEFAULT_FAMILY, help="default: %(default)s"
     )
     parser.add_argument(OUT, type=Path, required=True, help="folder to create")
     parser.add_argument(
@@ -48,14 +54,22 @@ def _register_init_model(subparsers) -> None:
 
 
 def _run_init_model(args: argparse.Namespace) -> int:
-    from chessvlm.modeling import count_parameters, init_model, load_model_and_processor
+    from chessvlm.families import image_tokens
+    from chessvlm.modeling import (
+        count_parameters,
+        init_model,
+        load_model_and_processor,
+        pinned_image_size,
+    )
 
-    out = init_model(args.preset, args.out, seed=args.seed)
+    out = init_model(args.preset, args.out, seed=args.seed, family=args.family)
     model, processor = load_model_and_processor(out, device="cpu")
     _, total = count_parameters(model)
+    size = pinned_image_size(processor)
     print(
-        f"{args.preset} model in {out}: {total / 1e6:.2f}M parameters, "
-        f"vocabulary {len(processor.tokenizer)}"
+        f"{args.preset} {args.family} model in {out}: {total / 1e6:.2f}M parameters, "
+        f"vocabulary {len(processor.tokenizer)}, {size} px boards "
+        f"({image_tokens(processor, size)} visual tokens)"
     )
     return 0
 
@@ -94,7 +108,8 @@ def _register_train(subparsers) -> None:
         dest="model_name",
         metavar="MODEL",
         default=TRAIN("model_name"),
-        help="hub id or local folder (hub layout, or from init-model; default: %(default)s)",
+        help="hub id or local folder (hub layout, or from init-model) of a Qwen2-VL, "
+        "Qwen2.5-VL, Qwen3-VL or SmolVLM model (default: %(default)s)",
     )
     paths.add_argument(
         "--image_base_dir", type=Path, help="folder image paths are relative to (--data_dir)"
@@ -116,7 +131,8 @@ def _register_train(subparsers) -> None:
     paths.add_argument(
         "--image_size",
         type=positive_int,
-        help="board size in px, a multiple of 28 (default: the model's; 448 for Qwen2-VL-2B)",
+        help="board size in px, a multiple of the visual token (Qwen2-VL, Qwen2.5-VL: 28; "
+        "Qwen3-VL: 32; default: the model's; 448 for Qwen2-VL-2B)",
     )
     paths.add_argument(
         "--max_length",
