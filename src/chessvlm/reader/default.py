@@ -31,7 +31,7 @@ class DefaultRecipe:
     train_samples: int = 20_000
     val_samples: int = 500
     seed: int = 0
-    epochs: int = 18
+    epochs: int = 8
     batch_size: int = 32
 
 
