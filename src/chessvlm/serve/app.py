@@ -266,7 +266,7 @@ def _add_api(
         reading = await batcher.submit((image, scene, flipped))
         placement = reader_placement(reading, model, orientation_given=flipped)
         board, notes = complete_position(placement, flags)
-        extra = reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)
+        extra = {"board": 1, **reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)}
         result = result_record(upload.name, board, notes, extra)
         size = {"width": upload.width, "height": upload.height, "format": upload.format}
         return {"image": {"name": upload.name, **size}, "boards": [result]}
