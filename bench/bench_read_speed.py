@@ -2,10 +2,12 @@
 locating, cropping, the network and decoding the answer), and the time of each part.
 
     OMP_NUM_THREADS=1 python bench/bench_read_speed.py --images DIR --boards 256 \
-        --reader NEW_DIR --reader OLD_DIR [--rounds 2]
+        --reader NEW_DIR [--reader OLD_DIR] [--rounds 2]
 
-Each round reads the same boards with every reader in turn, so that a busy shared CPU weighs
-on all of them alike; the ratio to the first reader is printed per round.
+Each reader is read as `load_reader` loads it (input normalisation folded into its stems)
+and, as the baseline, unfolded. Each round reads the same boards with every variant in turn,
+so that a busy shared CPU weighs on all of them alike; the ratio to the first is printed per
+round.
 """
 
 from __future__ import annotations
@@ -72,15 +74,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = sorted(args.images.glob("*.png"))[: args.boards]
-    readers = [load_reader(path) for path in args.reader]
+    variants = {
+        f"{path} ({'folded' if fold else 'unfolded'})": load_reader(path, fold_normalisation=fold)
+        for path in args.reader
+        for fold in (True, False)
+    }
     for round_number in range(1, args.rounds + 1):
         speeds = []
-        for path, reader in zip(args.reader, readers, strict=True):
+        for name, reader in variants.items():
             parts = ", ".join(f"{part} {ms:.2f}" for part, ms in parts_ms(reader, paths).items())
             speeds.append(boards_per_second(reader, paths))
             ratio = speeds[-1] / speeds[0]
             print(
-                f"round {round_number} {path}: {speeds[-1]:.1f} boards/s "
+                f"round {round_number} {name}: {speeds[-1]:.1f} boards/s "
                 f"({ratio:.2f}x the first); ms/board: {parts}"
             )
 

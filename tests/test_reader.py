@@ -232,6 +232,24 @@ def test_checkpoint_round_trip(tmp_path, spec):
     )
 
 
+def test_folding_the_input_normalisation_keeps_the_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.eval()
+    images = torch.rand(3, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model(images)
+        model.fold_input_normalisation()
+        got = model(images)
+    for before, after in zip(expected, got, strict=True):
+        assert torch.allclose(before, after, atol=1e-4)
+    with pytest.raises(ChessVLMError, match="folded"):
+        save_checkpoint(model, tmp_path, {"spec": model.spec.to_dict()})
+
+
 def test_augmentation_keeps_shape_and_range():
     images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
     first = augment_batch(images, torch.Generator().manual_seed(3))

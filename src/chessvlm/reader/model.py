@@ -288,11 +288,13 @@ class BoardReader(nn.Module):
         )
         self.coordinates_head = nn.Linear(self.edges.out_features, _EDGE_OUTPUTS)
         self.locator = BoardLocator()
+        # True once `fold_input_normalisation` moved the pixel statistics into the stems.
+        self.normalisation_folded = False
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`images` B x 3 x S x S in [0, 1] -> square logits B x 64 x 13 (image order) and
         meta logits B x 4 (`META_OUTPUTS`)."""
-        pixels = (images - self.mean) / self.std
+        pixels = images if self.normalisation_folded else (images - self.mean) / self.std
         features = self.encoder(pixels)
         if self.context is not None:
             features = self.context(features)
@@ -301,14 +303,35 @@ class BoardReader(nn.Module):
         meta = self.meta_head(torch.cat([self.meta_cells(features).flatten(1), edges], dim=1))
         return squares, torch.cat([meta, self.coordinates_head(edges)], dim=1)
 
+    def fold_input_normalisation(self) -> None:
+        """For inference: fold the pixel statistics into the two stems that see the pixels,
+        so that no pass over the whole batch normalises it (a quarter of the CNN reader's
+        CPU time). Exact, as the stems do not pad. A folded reader is not saved."""
+        if self.normalisation_folded or self.spec.encoder != "cnn":
+            return
+        for stem in (self.encoder.layers[0], self.edges.layers[0]):
+            _fold_normalisation(stem, self.mean.flatten(), self.std.flatten())
+        self.normalisation_folded = True
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint must carry: all, except a frozen pretrained encoder's."""
+        if self.normalisation_folded:
+            raise ChessVLMError("a reader folded for inference has no checkpoint weights")
         skip_encoder = self.spec.freeze_encoder and self.spec.clip_model is not None
         return {
             name: tensor
             for name, tensor in self.state_dict().items()
             if not (skip_encoder and name.startswith("encoder."))
         }
+
+
+@torch.no_grad()
+def _fold_normalisation(conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make `conv(x)` what `conv((x - mean) / std)` was, per input channel; exact for a
+    convolution without padding (every tap sees a pixel)."""
+    scale = (1.0 / std).view(1, -1, 1, 1)
+    conv.bias -= (conv.weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
+    conv.weight *= scale
 
 
 def image_cell_squares(flipped: bool) -> list[int]:
