@@ -169,7 +169,7 @@ def summary(metrics: dict) -> dict:
     return {
         "per_square_accuracy": metrics["per_square_accuracy"],
         "exact_board_match": metrics["exact_board_match"],
-        "all_empty_baseline": metrics["all_empty_baseline"]["per_square_accuracy"],
+        "all_empty_baseline": metrics["all_empty_baseline"],
         "boards_per_second": metrics.get("boards_per_second"),
         "by_orientation": metrics.get("by_orientation"),
         "orientation_accuracy": reader.get("orientation_accuracy"),

@@ -54,20 +54,55 @@ def test_a_raw_image_body_is_read(client, fen):
     assert {entry["square"] for entry in board["uncertain_squares"]} <= set(chess.SQUARE_NAMES)
 
 
-def test_the_api_returns_what_predict_prints(client, tmp_path, capsys):
-    # The server reads each upload as one board, located by the reader (no board finder yet).
+@pytest.mark.parametrize("detect", [True, False])
+def test_the_api_returns_what_predict_prints(client, tmp_path, capsys, detect):
     path = tmp_path / "board.png"
     path.write_bytes(board_png(FENS[1]))
-    assert main(["predict", str(path), "--to-move", "b", "--no-detect"]) == 0
+    flags = [] if detect else ["--no-detect"]
+    assert main(["predict", str(path), "--to-move", "b", *flags]) == 0
     printed = json.loads(capsys.readouterr().out)
     with path.open("rb") as upload:
         response = client.post(
-            "/api/read?to_move=b", files={"file": ("board.png", upload, "image/png")}
+            f"/api/read?to_move=b&detect={str(detect).lower()}",
+            files={"file": ("board.png", upload, "image/png")},
         )
     (served,) = response.json()["boards"]
     assert served["image"] == "board.png"
+    assert ("corners" in served) is detect  # the finder's; the locator gives a box only
     printed["image"] = "board.png"
     assert served == printed
+
+
+def test_every_board_of_a_screenshot_is_read_in_reading_order(client):
+    page = Image.new("RGB", (1000, 560), (40, 44, 52))
+    for fen, left in zip(FENS, (40, 520), strict=True):
+        page.paste(Image.open(io.BytesIO(board_png(fen, size=440))), (left, 60))
+    buffer = io.BytesIO()
+    page.save(buffer, "PNG")
+    response = client.post("/api/read", content=buffer.getvalue(), headers=PNG)
+    assert response.status_code == 200, response.text
+    boards = response.json()["boards"]
+    assert [board["board"] for board in boards] == [1, 2]
+    assert [board["fen"].split()[0] for board in boards] == [
+        chess.Board(fen).board_fen() for fen in FENS
+    ]
+    assert boards[0]["board_box"] == pytest.approx([40, 60, 480, 500], abs=6)
+    assert boards[1]["board_box"] == pytest.approx([520, 60, 960, 500], abs=6)
+
+
+def test_a_picture_without_a_board_is_no_empty_board(client):
+    error = error_of(client.post("/api/read", content=_image((640, 400)), headers=PNG), 422)
+    assert error == {"code": "no_board_found", "message": "upload: no board found"}
+
+
+def test_a_server_without_the_finder_reads_the_upload_as_one_board():
+    with TestClient(create_app(ServeConfig(detect=False))) as plain:
+        response = plain.post("/api/read", content=board_png(), headers=PNG)
+        (board,) = response.json()["boards"]
+        assert "corners" not in board
+        assert board["fen"].split()[0] == chess.Board().board_fen()
+        detected = plain.post("/api/read?detect=true", content=board_png(), headers=PNG)
+        assert "corners" in detected.json()["boards"][0]
 
 
 def test_metadata_and_orientation_parameters(client):
@@ -124,8 +159,10 @@ def _image(size: tuple[int, int]) -> bytes:
 def test_bad_uploads_get_a_4xx_error_naming_the_problem(
     client, body, content_type, status, code, words
 ):
+    # Without the finder, as one cropped board: the checks that it can be one board apply.
     headers = {"content-type": content_type} if content_type else {}
-    error = error_of(client.post("/api/read", content=body, headers=headers), status)
+    response = client.post("/api/read?detect=false", content=body, headers=headers)
+    error = error_of(response, status)
     assert error["code"] == code
     assert words in error["message"]
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader.images import SOURCE_SIZE, crop_board, scene_array
+from chessvlm.reader.images import SOURCE_SIZE, crop_board, scene_array, usable_box
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
 from chessvlm.reader.read import BoardReading, Reader, decode_outputs, load_reader, locate
 
@@ -206,35 +206,31 @@ class OnnxReader:
         `flipped`: known orientations, None where the graph's is used)."""
         if scenes is None:
             scenes = [scene_array(image, LOCATOR_SIZE) for image in images]
-        boxes = self.locate(np.stack(scenes))
-        crops = np.stack(
-            [
-                crop_board(image, box, self.image_size)
-                for image, box in zip(images, boxes, strict=True)
-            ]
-        )
-        return self.decode(*self.probabilities(crops), images, boxes, flipped)
+        located = self.locate(np.stack(scenes)).tolist()
+        boxes = [usable_box(box, image) for image, box in zip(images, located, strict=True)]
+        crops = [
+            crop_board(image, box, self.image_size)
+            for image, box in zip(images, boxes, strict=True)
+        ]
+        readings = self.read_arrays(crops, flipped)
+        for reading, image, box in zip(readings, images, boxes, strict=True):
+            width, height = image.info.get(SOURCE_SIZE, image.size)
+            reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+        return readings
 
-    def decode(
-        self,
-        squares: np.ndarray,
-        meta: np.ndarray,
-        images: Sequence[Image.Image],
-        boxes: np.ndarray,
-        flipped: Sequence[bool | None] | None = None,
+    def read_arrays(
+        self, crops: Sequence[np.ndarray], flipped: Sequence[bool | None] | None = None
     ) -> list[BoardReading]:
-        """Readings from the graphs' outputs, decoded as the checkpoint decodes."""
-        readings = decode_outputs(
+        """Read boards already cut to their squares (S x S x 3 uint8 each), as
+        `chessvlm.reader.read.read_arrays` does."""
+        squares, meta = self.probabilities(np.stack(crops))
+        return decode_outputs(
             torch.from_numpy(squares).log(),
             torch.from_numpy(meta),
             str(self.config.get("decode", "argmax")),
             bool(self.config.get("predicts_to_move")),
             flipped,
         )
-        for reading, image, box in zip(readings, images, boxes.tolist(), strict=True):
-            width, height = image.info.get(SOURCE_SIZE, image.size)
-            reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
-        return readings
 
 
 def _pixels(array: np.ndarray) -> np.ndarray:

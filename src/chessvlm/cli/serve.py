@@ -24,6 +24,14 @@ def register(subparsers) -> None:
         help="reader checkpoint folder, or its ONNX export (chessvlm export: read with "
         "onnxruntime); default: the reader shipped in the package",
     )
+    parser.add_argument(
+        "--no_detect",
+        "--no-detect",
+        dest="detect",
+        action="store_false",
+        help="read each upload as one board cropped to its squares, without the board finder "
+        "(a request can still ask for it with ?detect=true)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
     parser.add_argument("--port", type=int, default=8000, help="default: 8000")
     parser.add_argument(
@@ -79,6 +87,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         model=args.model,
+        detect=args.detect,
         limits=UploadLimits(
             max_bytes=int(args.max_upload_mb * 2**20),
             max_pixels=args.max_pixels,

@@ -2,8 +2,10 @@
 
 - `GET /`: the page (its script and style under `/static`; nothing comes from elsewhere).
 - `POST /api/read`: an image (multipart field `file`, or the raw body) -> one result per board,
-  each the JSON `chessvlm predict --format json` prints. The reader reads cropped boards (its
-  locator cuts away margins); the list leaves room for a finder that returns several boards.
+  each the JSON `chessvlm predict --format json` prints. As in `predict`, the board finder
+  first finds every board in the picture (a screenshot, a page) and each is read from its
+  crop; `detect=false` (or `serve --no-detect`) reads the image as one board cropped to its
+  squares, the reader's locator cutting away a margin.
 - `GET /api/position`: a placement with side to move, castling and a half turn -> its FEN and
   python-chess's drawing, with the uncertain squares marked. The page's controls use it.
 - `GET /api/health`, and the OpenAPI docs at `/docs` and `/redoc`, served without a CDN.
@@ -37,18 +39,20 @@ from PIL import Image
 
 from chessvlm.confidence import DEFAULT_UNCERTAIN_BELOW
 from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.finder import FoundBoard, board_pixels, find_boards
 from chessvlm.positions import board_from_fen
 from chessvlm.predict import (
     Metadata,
+    NoBoardFound,
     check_flags,
     complete_position,
     reader_placement,
     reading_fields,
     result_record,
 )
-from chessvlm.reader.images import load_scene
+from chessvlm.reader.images import load_scene, open_image
 from chessvlm.reader.model import LOCATOR_SIZE
-from chessvlm.reader.read import BoardReading, load_reader, read_images
+from chessvlm.reader.read import BoardReading, load_reader, read_arrays, read_images
 from chessvlm.serve.batching import MicroBatcher
 from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
 
@@ -66,9 +70,11 @@ _HALF_TURN_SQUARE = 63
 class ServeConfig:
     """What the app reads with and how: the reader checkpoint or its ONNX export (None: the
     shipped reader), upload limits, batching (at most `max_batch` boards a model call,
-    gathered for up to `max_wait_ms` after the first) and the threads that decode images."""
+    gathered for up to `max_wait_ms` after the first), the threads that decode images (and
+    run the finder), and whether the finder looks for boards by default (`detect`)."""
 
     model: str | None = None
+    detect: bool = True
     limits: UploadLimits = field(default_factory=UploadLimits)
     max_batch: int = 16
     max_wait_ms: float = 2.0
@@ -85,10 +91,46 @@ class ServeConfig:
         return cls(**{**data, "limits": UploadLimits(**data["limits"])})
 
 
-_BatchItem = tuple[Image.Image, np.ndarray, bool | None]
-ReadBatch = Callable[
-    [Sequence[Image.Image], Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]
-]
+@dataclass(frozen=True)
+class BoardInput:
+    """One board to read in a model batch: a crop the finder cut out (`crop`), or a whole
+    image with its scene for the reader's locator (`image`, `scene`); and a known
+    orientation, or None."""
+
+    flipped: bool | None
+    crop: np.ndarray | None = None
+    image: Image.Image | None = None
+    scene: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the app reads with: the board side its network reads at, and its two ways of
+    reading a batch (crops already cut to their squares; whole images, located first)."""
+
+    image_size: int
+    read_crops: Callable[[Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]]
+    read_images: Callable[
+        [Sequence[Image.Image], Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]
+    ]
+
+    def read_batch(self, items: Sequence[BoardInput]) -> list[BoardReading]:
+        """Read a batch of either kind of input, the results in the items' order."""
+        readings: list[BoardReading | None] = [None] * len(items)
+        cut = [index for index, item in enumerate(items) if item.crop is not None]
+        whole = [index for index, item in enumerate(items) if item.crop is None]
+        if cut:
+            crops = [items[index].crop for index in cut]
+            flips = [items[index].flipped for index in cut]
+            for index, reading in zip(cut, self.read_crops(crops, flips), strict=True):
+                readings[index] = reading
+        if whole:
+            images = [items[index].image for index in whole]
+            scenes = [items[index].scene for index in whole]
+            flips = [items[index].flipped for index in whole]
+            for index, reading in zip(whole, self.read_images(images, scenes, flips), strict=True):
+                readings[index] = reading
+        return readings
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -98,15 +140,16 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     config = config or ServeConfig()
     model = str(config.model or default_reader())
-    image_size, read = load_model(model)
-    batcher: MicroBatcher[_BatchItem, BoardReading] = MicroBatcher(
-        lambda items: read(*zip(*items, strict=True)),
+    served = load_model(model)
+    batcher: MicroBatcher[BoardInput, BoardReading] = MicroBatcher(
+        served.read_batch,
         max_batch=config.max_batch,
         max_wait=config.max_wait_ms / 1000,
     )
 
-    # Images are decoded on a few threads of their own, not one per waiting request: more
-    # decoders than cores gain nothing on a busy server, and each holds its memory.
+    # Images are decoded (and searched for boards) on a few threads of their own, not one
+    # per waiting request: more than cores gain nothing on a busy server, and each holds
+    # its memory.
     decoder = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
 
     @asynccontextmanager
@@ -124,7 +167,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.batcher = batcher
     _add_error_handlers(app)
     _add_page(app)
-    _add_api(app, config, model, image_size, batcher, decoder)
+    _add_api(app, config, model, served.image_size, batcher, decoder)
     return app
 
 
@@ -134,21 +177,30 @@ def app_from_environment() -> FastAPI:
     return create_app(ServeConfig.from_json(text) if text else None)
 
 
-def load_model(model: str) -> tuple[int, ReadBatch]:
-    """The board side a model reads at, and its function reading a batch (images, their
-    scenes, known orientations): a reader checkpoint under torch, or its ONNX export
+def load_model(model: str) -> ServedModel:
+    """How to read with `model`: a reader checkpoint under torch, or its ONNX export
     (`chessvlm export`) under onnxruntime."""
     from chessvlm.export import is_onnx_export, load_onnx_reader
 
     if is_onnx_export(model):
         exported = load_onnx_reader(model)
-        return exported.image_size, exported.read_images
+        return ServedModel(exported.image_size, exported.read_arrays, exported.read_images)
     reader = load_reader(model)
+    return ServedModel(
+        reader.image_size,
+        lambda crops, flipped: read_arrays(reader, crops, flipped=flipped),
+        lambda images, scenes, flipped: read_images(reader, images, scenes, flipped=flipped),
+    )
 
-    def read(images, scenes, flipped) -> list[BoardReading]:
-        return read_images(reader, images, scenes, flipped=flipped)
 
-    return reader.image_size, read
+def find_and_cut(data: bytes, name: str, size: int) -> tuple[list[FoundBoard], list[np.ndarray]]:
+    """Every board the finder sees in the uploaded picture, and each cut out at `size` px;
+    `NoBoardFound` when there is none."""
+    image = open_image(data)
+    found = find_boards(image)
+    if not found:
+        raise NoBoardFound(name, "no board found")
+    return found, [board_pixels(image, board, size) for board in found]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -159,6 +211,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(_: Request, error: UploadError) -> JSONResponse:
         return _error(error.status, error.code, error.message)
+
+    @app.exception_handler(NoBoardFound)
+    async def no_board(_: Request, error: NoBoardFound) -> JSONResponse:
+        return _error(422, "no_board_found", str(error))
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, error: InputError) -> JSONResponse:
@@ -214,7 +270,7 @@ def _add_api(
     config: ServeConfig,
     model: str,
     image_size: int,
-    batcher: MicroBatcher[_BatchItem, BoardReading],
+    batcher: MicroBatcher[BoardInput, BoardReading],
     decoder: ThreadPoolExecutor,
 ) -> None:
     @app.get("/api/health", summary="Whether the server reads, and what with")
@@ -249,27 +305,42 @@ def _add_api(
         orientation: Literal["auto", "white", "black"] = Query(
             "auto", description="which side is at the bottom of the image (auto: read it)"
         ),
+        detect: bool = Query(
+            config.detect,
+            description="find every board in the picture (false: the image is one board "
+            "cropped to its squares)",
+        ),
     ) -> dict[str, object]:
-        """One result per board (today the reader reads one board an image), each as
-        `chessvlm predict --format json` prints it, plus the image's name and size."""
+        """One result per board found, in reading order, each as `chessvlm predict --format
+        json` prints it, plus the image's name and size. A picture with no board is a 422
+        `no_board_found`."""
         flags = Metadata(to_move, castling, en_passant)
         check_flags(flags)
         upload = await receive_upload(request, config.limits)
+        flipped = ORIENTATIONS[orientation]
+        loop = asyncio.get_running_loop()
+        found: list[FoundBoard | None] = [None]
         try:
             with batcher.coming():
-                image, scene = await asyncio.get_running_loop().run_in_executor(
-                    decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
-                )
+                if detect:
+                    found, crops = await loop.run_in_executor(
+                        decoder, find_and_cut, upload.data, upload.name, image_size
+                    )
+                    inputs = [BoardInput(flipped, crop=crop) for crop in crops]
+                else:
+                    image, scene = await loop.run_in_executor(
+                        decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
+                    )
+                    inputs = [BoardInput(flipped, image=image, scene=scene)]
         except InputError as error:
-            raise InputError(upload.name, error.problem) from None
-        flipped = ORIENTATIONS[orientation]
-        reading = await batcher.submit((image, scene, flipped))
-        placement = reader_placement(reading, model, orientation_given=flipped)
-        board, notes = complete_position(placement, flags)
-        extra = {"board": 1, **reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)}
-        result = result_record(upload.name, board, notes, extra)
+            raise type(error)(upload.name, error.problem) from None
+        readings = await asyncio.gather(*(batcher.submit(item) for item in inputs))
+        results = [
+            _result(upload.name, number, reading, board, flags, model, flipped)
+            for number, (reading, board) in enumerate(zip(readings, found, strict=True), 1)
+        ]
         size = {"width": upload.width, "height": upload.height, "format": upload.format}
-        return {"image": {"name": upload.name, **size}, "boards": [result]}
+        return {"image": {"name": upload.name, **size}, "boards": results}
 
     @app.get("/api/position", summary="A placement's FEN and drawing, with the page's controls")
     async def position(
@@ -312,6 +383,24 @@ def _add_api(
             "problems": _problems(board),
             "svg": drawing,
         }
+
+
+def _result(
+    name: str,
+    number: int,
+    reading: BoardReading,
+    found: FoundBoard | None,
+    flags: Metadata,
+    model: str,
+    flipped: bool | None,
+) -> dict[str, object]:
+    """One board's result as `chessvlm predict --format json` prints it."""
+    placement = reader_placement(reading, model, orientation_given=flipped)
+    if found is not None:
+        placement.box, placement.corners = found.box, found.corners
+    board, notes = complete_position(placement, flags)
+    extra = {"board": number, **reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)}
+    return result_record(name, board, notes, extra)
 
 
 def _half_turn(bitboard: chess.Bitboard) -> chess.Bitboard:
