@@ -2,24 +2,29 @@
 locating, cropping, the network and decoding the answer), and the time of each part.
 
     OMP_NUM_THREADS=1 python bench/bench_read_speed.py --images DIR --boards 256 \
-        --reader NEW_DIR [--reader OLD_DIR] [--rounds 2]
+        --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2]
 
-Each reader is read as `load_reader` loads it (input normalisation folded into its stems)
-and, as the baseline, unfolded. Each round reads the same boards with every variant in turn,
-so that a busy shared CPU weighs on all of them alike; the ratio to the first is printed per
-round.
+Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: input
+normalisation folded into the stems, each batch cut out on its own thread while the network
+reads the batch before), then the same model one batch after the other (`read_images` per
+batch of decoded files), then that with the model unfolded, as before both changes. Torch
+runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
+boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
+the ratio to the first is printed per round, with the process's CPU time per board.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from chessvlm.reader.images import crop_board, load_scene
+from chessvlm.reader.images import crop_board, iter_loaded, load_scene
 from chessvlm.reader.model import LOCATOR_SIZE
 from chessvlm.reader.read import (
     Reader,
@@ -27,8 +32,11 @@ from chessvlm.reader.read import (
     load_reader,
     locate,
     predict_boards,
+    read_images,
     run_network,
 )
+
+BATCH = 64
 
 
 def parts_ms(reader: Reader, paths: list[Path]) -> dict[str, float]:
@@ -58,11 +66,21 @@ def parts_ms(reader: Reader, paths: list[Path]) -> dict[str, float]:
     return {part: seconds / n * 1e3 for part, seconds in timings.items()}
 
 
-def boards_per_second(reader: Reader, paths: list[Path]) -> float:
-    """`predict_boards` end to end, as `chessvlm predict` reads files."""
-    started = time.perf_counter()
-    count = sum(1 for _ in predict_boards(reader, paths, workers=1))
-    return count / (time.perf_counter() - started)
+def pipelined(reader: Reader, paths: list[Path], decoders: int) -> int:
+    """`predict_boards`, as `chessvlm predict` reads files; the boards read."""
+    return sum(1 for _ in predict_boards(reader, paths, batch_size=BATCH, workers=decoders))
+
+
+def one_batch_after_another(reader: Reader, paths: list[Path], decoders: int) -> int:
+    """The baseline: decoded files read with `read_images`, one batch at a time."""
+    load = partial(load_scene, size=reader.image_size, scene_size=LOCATOR_SIZE)
+    # Decoding runs ahead of the reading (iter_loaded's lookahead), as it did before.
+    views = (view for view, _ in iter_loaded(paths, load, workers=decoders, lookahead=2 * BATCH))
+    count = 0
+    while batch := list(islice(views, BATCH)):
+        read_images(reader, [image for image, _ in batch], [scene for _, scene in batch])
+        count += len(batch)
+    return count
 
 
 def main() -> None:
@@ -71,23 +89,37 @@ def main() -> None:
     parser.add_argument("--reader", type=Path, action="append", required=True)
     parser.add_argument("--boards", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--decoders", type=int, default=2, help="file decoding threads")
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = sorted(args.images.glob("*.png"))[: args.boards]
-    variants = {
-        f"{path} ({'folded' if fold else 'unfolded'})": load_reader(path, fold_normalisation=fold)
-        for path in args.reader
-        for fold in (True, False)
-    }
+    variants = {}
+    for path in args.reader:
+        folded, unfolded = (load_reader(path, fold_normalisation=fold) for fold in (True, False))
+        variants[f"{path}: predict_boards (folded, crops on their own thread)"] = (
+            folded,
+            pipelined,
+        )
+        variants[f"{path}: folded, one batch after another"] = (folded, one_batch_after_another)
+        variants[f"{path}: unfolded, one batch after another (before)"] = (
+            unfolded,
+            one_batch_after_another,
+        )
+    for reader, read in variants.values():  # warm-up: thread pools, allocator, kernels
+        read(reader, paths[:BATCH], args.decoders)
     for round_number in range(1, args.rounds + 1):
         speeds = []
-        for name, reader in variants.items():
+        for name, (reader, read) in variants.items():
             parts = ", ".join(f"{part} {ms:.2f}" for part, ms in parts_ms(reader, paths).items())
-            speeds.append(boards_per_second(reader, paths))
-            ratio = speeds[-1] / speeds[0]
+            wall, cpu = time.perf_counter(), time.process_time()
+            count = read(reader, paths, args.decoders)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            speeds.append(count / wall)
             print(
                 f"round {round_number} {name}: {speeds[-1]:.1f} boards/s "
-                f"({ratio:.2f}x the first); ms/board: {parts}"
+                f"({speeds[-1] / speeds[0]:.2f}x the first), CPU {cpu / count * 1e3:.2f} ms a "
+                f"board; parts, ms a board: {parts}",
+                flush=True,
             )
 
 

@@ -3,10 +3,12 @@
     OMP_NUM_THREADS=1 python bench/bench_serve.py [--clients 1 8 32] [--requests 2000]
         [--seconds 60] [--size 512] [--boards 64] [--workers 1] [--onnx DIR]
 
-Starts `chessvlm serve` in its own process with the shipped reader: with its default
-batching (up to 16 boards a model call, gathered for up to 2 ms), then as the baseline with
-`--max_batch 1` (each request its own model call), and with `--onnx DIR` also on the
-reader's ONNX export in DIR (`chessvlm export --format onnx --out DIR`: onnxruntime).
+Starts `chessvlm serve` in its own process with the shipped reader: as it starts by default
+(the board finder looks for boards in each upload; batching up to 16 boards a model call,
+gathered for up to 2 ms), then with `--no-detect` (each upload read as one cropped board),
+as the baseline with `--no-detect --max_batch 1` (each request its own model call), and with
+`--onnx DIR` also on the reader's ONNX export in DIR (`chessvlm export --format onnx --out
+DIR`: onnxruntime, `--no-detect`).
 Against each, for each number of clients, that many clients on loopback post boards as raw
 PNG bodies (each client one request at a time, all sharing one asyncio loop and connection
 pool) until `--requests` answers or `--seconds` have passed.
@@ -48,9 +50,10 @@ from chessvlm.sources import synthetic_positions
 
 HEALTH_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
-BATCHED = "torch, batched"
-UNBATCHED = "torch, unbatched (--max_batch 1)"
-ONNX = "onnxruntime, batched"
+FINDER = "finder + torch, batched (default)"
+BATCHED = "torch, batched, --no-detect"
+UNBATCHED = "torch, unbatched (--max_batch 1), --no-detect"
+ONNX = "onnxruntime, batched, --no-detect"
 
 
 @dataclasses.dataclass
@@ -191,11 +194,11 @@ def main() -> None:
     parser.add_argument("--onnx", help="also serve this ONNX export of the shipped reader")
     args = parser.parse_args()
     boards = make_boards(args.boards, args.size)
-    servers = {BATCHED: []}
+    servers = {FINDER: [], BATCHED: ["--no-detect"]}
     if args.baseline:
-        servers[UNBATCHED] = ["--max_batch", "1"]
+        servers[UNBATCHED] = ["--no-detect", "--max_batch", "1"]
     if args.onnx:
-        servers[ONNX] = ["--model", args.onnx]
+        servers[ONNX] = ["--no-detect", "--model", args.onnx]
     threads = os.environ.get("OMP_NUM_THREADS", "all")
     print(
         f"{len(boards)} boards of {args.size} px ({len(boards[0][0]) // 1024} KB PNG), "
@@ -217,6 +220,8 @@ def main() -> None:
                 print(run.row(), flush=True)
     print()
     for clients in args.clients:
+        ratio = throughput[FINDER, clients] / throughput[BATCHED, clients]
+        print(f"{clients} clients: throughput with the finder / without = {ratio:.2f}x")
         if args.baseline:
             ratio = throughput[BATCHED, clients] / throughput[UNBATCHED, clients]
             print(f"{clients} clients: throughput batched / unbatched (torch) = {ratio:.2f}x")

@@ -19,7 +19,7 @@ from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.augment import _redraw_pieces, _stroke_weight, augment_batch, augment_scenes
 from chessvlm.reader.data import BoardSet, image_order_labels, read_split, square_labels
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
-from chessvlm.reader.images import crop_to_box, load_board_image
+from chessvlm.reader.images import crop_to_box, load_board_image, load_scene
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
@@ -38,6 +38,7 @@ from chessvlm.reader.read import (
     locate_boards,
     predict_boards,
     read_arrays,
+    read_images,
     save_checkpoint,
 )
 from chessvlm.reader.train import LOG_FILE, STATE_FILE, ReaderTrainConfig, _meta_loss, train_reader
@@ -498,6 +499,21 @@ def test_reading_matches_single_image_loading(dataset, checkpoint):
     together = read_arrays(reader, arrays)
     alone = [read_arrays(reader, [array])[0] for array in arrays]
     assert [r.board.board_fen() for r in together] == [r.board.board_fen() for r in alone]
+
+
+def test_batched_file_reading_keeps_the_order_and_the_errors_between(tmp_path, dataset, checkpoint):
+    reader = load_reader(checkpoint)
+    paths = sorted((dataset / "images").glob("test_*.png"))
+    missing = tmp_path / "missing.png"
+    sources = [*paths[:3], missing, *paths[3:]]
+    results = list(predict_boards(reader, sources, batch_size=2, workers=1))
+    assert [source for source, _, _ in results] == sources
+    assert results[3][1] is None and "no such image file" in str(results[3][2])
+    scenes = [load_scene(path, reader.image_size, LOCATOR_SIZE) for path in paths]
+    alone = [read_images(reader, [image], [scene])[0] for image, scene in scenes]
+    read = [reading for _, reading, _ in results if reading is not None]
+    assert [r.board.board_fen() for r in read] == [r.board.board_fen() for r in alone]
+    np.testing.assert_allclose([r.box for r in read], [r.box for r in alone], atol=1e-4)
 
 
 def test_each_reading_gives_the_probability_of_every_square_read(dataset, checkpoint):

@@ -37,9 +37,17 @@ from tqdm import tqdm
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader.images import SOURCE_SIZE, crop_board, scene_array, usable_box
+from chessvlm.reader.images import crop_board, scene_array, usable_box
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
-from chessvlm.reader.read import BoardReading, Reader, decode_outputs, load_reader, locate
+from chessvlm.reader.read import (
+    BoardReading,
+    Reader,
+    cut_boards,
+    decode_outputs,
+    load_reader,
+    locate,
+    with_image_boxes,
+)
 
 FORMATS = ("onnx",)
 LOCATOR_FILE = "locator.onnx"
@@ -208,15 +216,8 @@ class OnnxReader:
             scenes = [scene_array(image, LOCATOR_SIZE) for image in images]
         located = self.locate(np.stack(scenes)).tolist()
         boxes = [usable_box(box, image) for image, box in zip(images, located, strict=True)]
-        crops = [
-            crop_board(image, box, self.image_size)
-            for image, box in zip(images, boxes, strict=True)
-        ]
-        readings = self.read_arrays(crops, flipped)
-        for reading, image, box in zip(readings, images, boxes, strict=True):
-            width, height = image.info.get(SOURCE_SIZE, image.size)
-            reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
-        return readings
+        crops = cut_boards(images, boxes, self.image_size)
+        return with_image_boxes(self.read_arrays(crops, flipped), images, boxes)
 
     def read_arrays(
         self, crops: Sequence[np.ndarray], flipped: Sequence[bool | None] | None = None

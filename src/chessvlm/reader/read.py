@@ -8,7 +8,8 @@ its image, cuts out its squares and decodes the network's outputs into positions
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -201,12 +202,32 @@ def read_images(
 ) -> list[BoardReading]:
     """Read whole images (`load_scene`'s image and scene): locate each board, cut out its
     squares, read them. Each reading's `box` is in the image file's pixels."""
+    boxes = locate_in_images(reader, images, scenes)
+    crops = cut_boards(images, boxes, reader.image_size)
+    return with_image_boxes(read_arrays(reader, crops, decode, flipped), images, boxes)
+
+
+def locate_in_images(
+    reader: Reader, images: Sequence[Image.Image], scenes: Sequence[np.ndarray]
+) -> list[tuple[float, float, float, float]]:
+    """Each image's board box from the locator (fractions of the image; `usable_box`)."""
     located = locate(reader.model, torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
-    boxes = [usable_box(box, image) for image, box in zip(images, located.tolist(), strict=True)]
-    crops = [
-        crop_board(image, box, reader.image_size) for image, box in zip(images, boxes, strict=True)
-    ]
-    readings = read_arrays(reader, crops, decode, flipped)
+    return [usable_box(box, image) for image, box in zip(images, located.tolist(), strict=True)]
+
+
+def cut_boards(
+    images: Sequence[Image.Image], boxes: Sequence[Sequence[float]], size: int
+) -> list[np.ndarray]:
+    """Each image's box resampled to `size` x `size` (`crop_board`)."""
+    return [crop_board(image, box, size) for image, box in zip(images, boxes, strict=True)]
+
+
+def with_image_boxes(
+    readings: list[BoardReading],
+    images: Sequence[Image.Image],
+    boxes: Sequence[Sequence[float]],
+) -> list[BoardReading]:
+    """`readings` with each `box` (fractions) set in its image file's pixels."""
     for reading, image, box in zip(readings, images, boxes, strict=True):
         width, height = image.info.get(SOURCE_SIZE, image.size)
         reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
@@ -304,6 +325,16 @@ def _board_from_classes(classes: Sequence[int]) -> chess.Board:
 _Pending = tuple[str | Path, tuple[Image.Image, np.ndarray] | None, InputError | None, bool | None]
 
 
+@dataclass
+class _LocatedBatch:
+    """A batch whose boards are located and being cut out on the cropping thread."""
+
+    pending: list[_Pending]
+    images: list[Image.Image]
+    boxes: list[tuple[float, float, float, float]]
+    crops: Future[list[np.ndarray]] | None
+
+
 def predict_boards(
     reader: Reader,
     sources: Sequence[str | Path],
@@ -313,30 +344,65 @@ def predict_boards(
     decode: str | None = None,
     flipped: Sequence[bool | None] | None = None,
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
-    """Read image files in batches (`read_images`): `(source, reading, None)` or
-    `(source, None, error)` each, in input order; a bad file gives its error and the others
-    go on. `flipped`, aligned with `sources`, gives known orientations (see `read_arrays`)."""
-    pending: list[_Pending] = []
+    """Read image files in batches, as `read_images` reads them: `(source, reading, None)`
+    or `(source, None, error)` each, in input order; a bad file gives its error and the
+    others go on. `flipped`, aligned with `sources`, gives known orientations (see
+    `read_arrays`).
+
+    Files are decoded `workers` threads ahead, and each batch's boards are cut out on a
+    thread of their own while the network reads the batch before: the network's thread
+    then only locates and reads (bench/bench_read_speed.py)."""
     load = partial(load_scene, size=reader.image_size, scene_size=LOCATOR_SIZE)
     loaded = iter_loaded(sources, load, workers=workers, lookahead=2 * batch_size)
     flips = flipped if flipped is not None else [None] * len(sources)
-    for source, (views, error), known in zip(sources, loaded, flips, strict=True):
-        pending.append((source, views, error, known))
-        if sum(item[1] is not None for item in pending) >= batch_size:
-            yield from _flush(reader, pending, decode)
+    items = (
+        (source, views, error, known)
+        for source, (views, error), known in zip(sources, loaded, flips, strict=True)
+    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop") as cropper:
+        previous: _LocatedBatch | None = None
+        for pending in _batches(items, batch_size):
+            located = _locate_batch(reader, pending, cropper)
+            if previous is not None:
+                yield from _read_batch(reader, previous, decode)
+            previous = located
+        if previous is not None:
+            yield from _read_batch(reader, previous, decode)
+
+
+def _batches(items: Iterable[_Pending], batch_size: int) -> Iterator[list[_Pending]]:
+    """Items in lists holding `batch_size` decoded images each (and the errors between)."""
+    pending: list[_Pending] = []
+    for item in items:
+        pending.append(item)
+        if sum(entry[1] is not None for entry in pending) >= batch_size:
+            yield pending
             pending = []
-    yield from _flush(reader, pending, decode)
+    if pending:
+        yield pending
 
 
-def _flush(
-    reader: Reader, pending: list[_Pending], decode: str | None
+def _locate_batch(
+    reader: Reader, pending: list[_Pending], cropper: ThreadPoolExecutor
+) -> _LocatedBatch:
+    views = [entry[1] for entry in pending if entry[1] is not None]
+    images = [image for image, _ in views]
+    if not images:
+        return _LocatedBatch(pending, [], [], None)
+    boxes = locate_in_images(reader, images, [scene for _, scene in views])
+    crops = cropper.submit(cut_boards, images, boxes, reader.image_size)
+    return _LocatedBatch(pending, images, boxes, crops)
+
+
+def _read_batch(
+    reader: Reader, batch: _LocatedBatch, decode: str | None
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
-    good = [(views, known) for _, views, _, known in pending if views is not None]
-    images = [views[0] for views, _ in good]
-    scenes = [views[1] for views, _ in good]
-    flips = [known for _, known in good]
-    readings = iter(read_images(reader, images, scenes, decode, flips) if good else [])
-    for source, views, error, _ in pending:
+    readings: Iterator[BoardReading] = iter([])
+    if batch.crops is not None:
+        flips = [known for _, views, _, known in batch.pending if views is not None]
+        read = read_arrays(reader, batch.crops.result(), decode, flips)
+        readings = iter(with_image_boxes(read, batch.images, batch.boxes))
+    for source, views, error, _ in batch.pending:
         yield source, (next(readings) if views is not None else None), error
 
 
