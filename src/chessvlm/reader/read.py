@@ -229,9 +229,14 @@ def with_image_boxes(
 ) -> list[BoardReading]:
     """`readings` with each `box` (fractions) set in its image file's pixels."""
     for reading, image, box in zip(readings, images, boxes, strict=True):
-        width, height = image.info.get(SOURCE_SIZE, image.size)
-        reading.box = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+        reading.box = image_pixel_box(image, box)
     return readings
+
+
+def image_pixel_box(image: Image.Image, box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box in fractions of `image` (left, top, right, bottom) in its file's pixels."""
+    width, height = image.info.get(SOURCE_SIZE, image.size)
+    return (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
 
 
 def read_found_boards(

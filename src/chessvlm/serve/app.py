@@ -30,16 +30,16 @@ from typing import Literal
 import chess
 import chess.svg
 import numpy as np
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image
 
 from chessvlm.confidence import DEFAULT_UNCERTAIN_BELOW
 from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.finder import FoundBoard, board_pixels, find_boards
+from chessvlm.finder import board_pixels, find_boards
 from chessvlm.positions import board_from_fen
 from chessvlm.predict import (
     Metadata,
@@ -50,9 +50,9 @@ from chessvlm.predict import (
     reading_fields,
     result_record,
 )
-from chessvlm.reader.images import load_scene, open_image
+from chessvlm.reader.images import crop_board, load_scene, open_image, usable_box
 from chessvlm.reader.model import LOCATOR_SIZE
-from chessvlm.reader.read import BoardReading, load_reader, read_arrays, read_images
+from chessvlm.reader.read import BoardReading, image_pixel_box, load_reader, locate, read_arrays
 from chessvlm.serve.batching import MicroBatcher
 from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
 
@@ -93,44 +93,55 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class BoardInput:
-    """One board to read in a model batch: a crop the finder cut out (`crop`), or a whole
-    image with its scene for the reader's locator (`image`, `scene`); and a known
-    orientation, or None."""
+    """One board to read in a model batch: cut out to its squares, and its known
+    orientation (None: read it)."""
 
+    crop: np.ndarray
     flipped: bool | None
-    crop: np.ndarray | None = None
-    image: Image.Image | None = None
-    scene: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CutBoard:
+    """A board cut out of an upload: its pixels at the network's size and where it was, in
+    the image's pixels (box: left, top, right, bottom; corners from the finder only)."""
+
+    crop: np.ndarray
+    box: tuple[float, float, float, float]
+    corners: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the app reads with: the board side its network reads at, and its two ways of
-    reading a batch (crops already cut to their squares; whole images, located first)."""
+    """What the app reads with: the board side its network reads at, its board locator
+    (uint8 scenes N x L x L x 3 -> boxes N x 4, fractions of the image) and its network
+    (crops and known orientations -> readings)."""
 
     image_size: int
+    locate: Callable[[np.ndarray], np.ndarray]
     read_crops: Callable[[Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]]
-    read_images: Callable[
-        [Sequence[Image.Image], Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]
-    ]
 
     def read_batch(self, items: Sequence[BoardInput]) -> list[BoardReading]:
-        """Read a batch of either kind of input, the results in the items' order."""
-        readings: list[BoardReading | None] = [None] * len(items)
-        cut = [index for index, item in enumerate(items) if item.crop is not None]
-        whole = [index for index, item in enumerate(items) if item.crop is None]
-        if cut:
-            crops = [items[index].crop for index in cut]
-            flips = [items[index].flipped for index in cut]
-            for index, reading in zip(cut, self.read_crops(crops, flips), strict=True):
-                readings[index] = reading
-        if whole:
-            images = [items[index].image for index in whole]
-            scenes = [items[index].scene for index in whole]
-            flips = [items[index].flipped for index in whole]
-            for index, reading in zip(whole, self.read_images(images, scenes, flips), strict=True):
-                readings[index] = reading
-        return readings
+        """Read a model batch, the results in the items' order."""
+        return self.read_crops([item.crop for item in items], [item.flipped for item in items])
+
+    def cut_boards(self, data: bytes, name: str, detect: bool) -> list[CutBoard]:
+        """The boards of an uploaded picture, cut out: every board the finder sees
+        (`NoBoardFound` when there is none) or, without `detect`, the image as one board
+        whose squares the locator finds. Run on a decoding thread: the locator reads one
+        image as fast a board as in a batch, and only the network waits for a batch."""
+        if detect:
+            image = open_image(data)
+            found = find_boards(image)
+            if not found:
+                raise NoBoardFound(name, "no board found")
+            size = self.image_size
+            return [
+                CutBoard(board_pixels(image, board, size), board.box, board.corners)
+                for board in found
+            ]
+        image, scene = load_scene(data, self.image_size, LOCATOR_SIZE)
+        box = usable_box(self.locate(scene[np.newaxis])[0], image)
+        return [CutBoard(crop_board(image, box, self.image_size), image_pixel_box(image, box))]
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -167,7 +178,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.batcher = batcher
     _add_error_handlers(app)
     _add_page(app)
-    _add_api(app, config, model, served.image_size, batcher, decoder)
+    _add_api(app, config, model, served, batcher, decoder)
     return app
 
 
@@ -184,23 +195,17 @@ def load_model(model: str) -> ServedModel:
 
     if is_onnx_export(model):
         exported = load_onnx_reader(model)
-        return ServedModel(exported.image_size, exported.read_arrays, exported.read_images)
+        return ServedModel(exported.image_size, exported.locate, exported.read_arrays)
     reader = load_reader(model)
+
+    def locate_scenes(scenes: np.ndarray) -> np.ndarray:
+        return locate(reader.model, torch.from_numpy(scenes).permute(0, 3, 1, 2)).numpy()
+
     return ServedModel(
         reader.image_size,
+        locate_scenes,
         lambda crops, flipped: read_arrays(reader, crops, flipped=flipped),
-        lambda images, scenes, flipped: read_images(reader, images, scenes, flipped=flipped),
     )
-
-
-def find_and_cut(data: bytes, name: str, size: int) -> tuple[list[FoundBoard], list[np.ndarray]]:
-    """Every board the finder sees in the uploaded picture, and each cut out at `size` px;
-    `NoBoardFound` when there is none."""
-    image = open_image(data)
-    found = find_boards(image)
-    if not found:
-        raise NoBoardFound(name, "no board found")
-    return found, [board_pixels(image, board, size) for board in found]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -269,7 +274,7 @@ def _add_api(
     app: FastAPI,
     config: ServeConfig,
     model: str,
-    image_size: int,
+    served: ServedModel,
     batcher: MicroBatcher[BoardInput, BoardReading],
     decoder: ThreadPoolExecutor,
 ) -> None:
@@ -318,26 +323,19 @@ def _add_api(
         check_flags(flags)
         upload = await receive_upload(request, config.limits)
         flipped = ORIENTATIONS[orientation]
-        loop = asyncio.get_running_loop()
-        found: list[FoundBoard | None] = [None]
         try:
             with batcher.coming():
-                if detect:
-                    found, crops = await loop.run_in_executor(
-                        decoder, find_and_cut, upload.data, upload.name, image_size
-                    )
-                    inputs = [BoardInput(flipped, crop=crop) for crop in crops]
-                else:
-                    image, scene = await loop.run_in_executor(
-                        decoder, load_scene, upload.data, image_size, LOCATOR_SIZE
-                    )
-                    inputs = [BoardInput(flipped, image=image, scene=scene)]
+                boards = await asyncio.get_running_loop().run_in_executor(
+                    decoder, served.cut_boards, upload.data, upload.name, detect
+                )
         except InputError as error:
             raise type(error)(upload.name, error.problem) from None
-        readings = await asyncio.gather(*(batcher.submit(item) for item in inputs))
+        readings = await asyncio.gather(
+            *(batcher.submit(BoardInput(board.crop, flipped)) for board in boards)
+        )
         results = [
             _result(upload.name, number, reading, board, flags, model, flipped)
-            for number, (reading, board) in enumerate(zip(readings, found, strict=True), 1)
+            for number, (reading, board) in enumerate(zip(readings, boards, strict=True), 1)
         ]
         size = {"width": upload.width, "height": upload.height, "format": upload.format}
         return {"image": {"name": upload.name, **size}, "boards": results}
@@ -389,15 +387,14 @@ def _result(
     name: str,
     number: int,
     reading: BoardReading,
-    found: FoundBoard | None,
+    cut: CutBoard,
     flags: Metadata,
     model: str,
     flipped: bool | None,
 ) -> dict[str, object]:
     """One board's result as `chessvlm predict --format json` prints it."""
     placement = reader_placement(reading, model, orientation_given=flipped)
-    if found is not None:
-        placement.box, placement.corners = found.box, found.corners
+    placement.box, placement.corners = cut.box, cut.corners
     board, notes = complete_position(placement, flags)
     extra = {"board": number, **reading_fields(placement, board, DEFAULT_UNCERTAIN_BELOW)}
     return result_record(name, board, notes, extra)
