@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chessvlm.finder import FoundBoard, board_pixels, box_iou, find_boards, reading_order
+import chessvlm.finder
+from chessvlm.finder import (
+    FoundBoard,
+    board_pixels,
+    box_iou,
+    checkerboard_shades,
+    find_boards,
+    located_board,
+    reading_order,
+    to_gray,
+)
 from chessvlm.rendering import RenderParams, board_box, render_board
 from chessvlm.scenes import scene_stream
 
@@ -92,6 +102,48 @@ def test_negative_scenes_give_no_board():
     for _ in range(6):
         scene = draw("negative")
         assert find_boards(scene.image) == [], scene.kind
+
+
+def _fractions(box, image: Image.Image) -> tuple[float, ...]:
+    width, height = image.size
+    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+
+
+def test_a_picture_of_one_board_is_taken_where_the_locator_puts_it(monkeypatch):
+    params = RenderParams(size=320, margin=(20, 10, 20, 30))
+    image = render_board(chess.Board(), params)
+    left, top, right, bottom = board_box(params)
+
+    def no_search(*_):
+        raise AssertionError("the corner search ran")
+
+    monkeypatch.setattr(chessvlm.finder, "_pyramid", no_search)
+    (found,) = find_boards(image, locate=lambda picture: _fractions(board_box(params), picture))
+    assert found.found_by == "locator"
+    truth = [(left, top), (right, top), (right, bottom), (left, bottom)]
+    assert corner_error(found, truth) <= 0.01
+    assert found.score >= 0.8 and found.contrast > 20
+
+
+@pytest.mark.parametrize(
+    ("picture", "box"),
+    [
+        (Image.new("RGB", (400, 400), "white"), (0, 0, 400, 400)),
+        (checkerboard(10, 30, (360, 340)).crop((30, 20, 330, 320)), (30, 30, 270, 270)),
+        (checkerboard(8, 30, (720, 300)), (30, 20, 270, 260)),  # too wide a picture
+        (checkerboard(8, 30, (400, 400)), (30, 20, 270, 260)),  # a board in a corner of it
+    ],
+    ids=["blank", "draughts", "wide picture", "small in the picture"],
+)
+def test_the_locator_is_trusted_only_for_a_checkerboard_filling_the_picture(picture, box):
+    assert located_board(picture, lambda image: _fractions(box, image)) is None
+
+
+def test_checkerboard_shades_tell_a_board_from_a_blank():
+    image = render_board(chess.Board(), RenderParams(size=256))
+    contrast, agreement = checkerboard_shades(to_gray(image))
+    assert contrast > 20 and agreement > 0.8
+    assert checkerboard_shades(np.full((128, 128), 200, np.uint8)) == (0.0, 0.0)
 
 
 def test_reading_order_is_rows_then_columns():

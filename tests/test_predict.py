@@ -320,6 +320,17 @@ def test_predict_prints_every_board_of_a_page_in_reading_order(checkpoint, tmp_p
         assert result["legal"] == ("illegal_because" not in result)
 
 
+def test_a_board_whose_pieces_hide_its_corners_is_found_by_the_locator(tmp_path, capsys):
+    # Bauhaus's block pieces hide most X-corners of the starting position: the corner search
+    # finds nothing, the shipped reader's locator finds the board filling the picture.
+    path = tmp_path / "bauhaus.png"
+    render_board(chess.Board(), RenderParams(size=512, piece_set="bauhaus")).save(path)
+    assert main(["predict", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["board_box"] == pytest.approx([0, 0, 512, 512], abs=10)
+    assert result["fen"].split()[0] == chess.STARTING_BOARD_FEN
+
+
 def test_a_picture_without_a_board_says_so_and_prints_no_board(checkpoint, tmp_path, capsys):
     Image.new("RGBA", (640, 480), (0, 0, 0, 0)).save(tmp_path / "transparent.png")
     Image.new("RGB", (1280, 800), "white").save(tmp_path / "blank.png")

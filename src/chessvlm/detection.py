@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +112,13 @@ def evaluate_scenes(config: SceneEvalConfig) -> dict:
 
 def _predict_scene(reader, scenes_dir: Path, scene: dict) -> dict:
     from chessvlm.reader.images import open_image
-    from chessvlm.reader.read import read_found_boards
+    from chessvlm.reader.read import locate_board, read_found_boards
 
     image = open_image(scenes_dir / scene["image_path"])
     started, cpu_started = time.perf_counter(), time.process_time()
-    found = find_boards(image)
+    # As `chessvlm predict` finds boards: a picture of one board is taken where the reader's
+    # locator puts it.
+    found = find_boards(image, locate=partial(locate_board, reader))
     readings = read_found_boards(reader, image, found)
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started

@@ -23,13 +23,19 @@ corners of the squares stay visible whatever the piece design. The finder
 There is nothing to train: the thresholds are in `FinderSettings`, chosen on scenes drawn
 with the seen designs by `chessvlm finder tune` (`bench/bench_finder.py` measures them on
 the held-out designs; docs/finder.md).
+
+The commonest picture is one board cut out with little around it. Given a board locator (the
+reader's: `locate`), `find_boards` first tries that: when the picture is board-shaped, the
+located squares fill most of it and show a checkerboard (`checkerboard_shades`), that is its
+one board, found in about a millisecond, and found even when the pieces hide most X-corners
+(solid block pieces, hatched squares). Anything else goes to the corner search.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +44,8 @@ from PIL import Image
 INNER = 7  # X-corners per row and column of a chess board
 # Squares at the level the corners are looked for: 8 px up to 8 * sqrt(2) px.
 LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
+# `located_board` looks at the located squares at this size: 16 px squares.
+CHECK_SIZE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,13 @@ class FinderSettings:
     max_residual: float = 0.2
     # Boards whose squares are smaller than this are ignored.
     min_square: float = 11.5
+    # A located board (`locate`) counts when the picture is at most this far from square,
+    # the located squares cover this share of it, their light and dark squares differ by
+    # this many grey levels, and this share of the 64 squares follows the alternation.
+    located_max_aspect: float = 1.25
+    located_min_area: float = 0.4
+    located_min_contrast: float = 16.0
+    located_min_agreement: float = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +76,17 @@ class FoundBoard:
     """A board found in an image.
 
     `corners` are the 8x8 squares' outer corners in image pixels (pixel-edge coordinates),
-    top-left, top-right, bottom-right, bottom-left as the image shows them. `score` is the
-    share of the 49 inner corners seen (1.0: all); `contrast` the grey levels between
-    light and dark squares on the board's weakest side.
+    top-left, top-right, bottom-right, bottom-left as the image shows them. Found by its
+    corners (`found_by` "corners"): `score` is the share of the 49 inner corners seen (1.0:
+    all) and `contrast` the grey levels between light and dark squares on the board's
+    weakest side. Found by the locator ("locator"): `score` is the share of the 64 squares
+    whose shade follows the alternation, `contrast` the grey levels between the two colours.
     """
 
     corners: tuple[tuple[float, float], ...]
     score: float
     contrast: float
+    found_by: str = "corners"
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -100,10 +118,23 @@ def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
     return cv2.min(cv2.min(array[..., 0], array[..., 1]), array[..., 2])
 
 
+Locate = Callable[[Image.Image], Sequence[float]]
+
+
 def find_boards(
-    image: Image.Image | np.ndarray, settings: FinderSettings = FinderSettings()
+    image: Image.Image | np.ndarray,
+    settings: FinderSettings = FinderSettings(),
+    locate: Locate | None = None,
 ) -> list[FoundBoard]:
-    """Every chess board in `image`, in reading order (rows top to bottom, left to right)."""
+    """Every chess board in `image`, in reading order (rows top to bottom, left to right).
+
+    `locate` (an RGB image -> its board's squares as fractions: left, top, right, bottom)
+    lets a picture of one board be taken as that board without the corner search
+    (`located_board`)."""
+    if locate is not None:
+        located = located_board(image, locate, settings)
+        if located is not None:
+            return [located]
     gray = to_gray(image)
     found: list[FoundBoard] = []
     for factor, level in _pyramid(gray, settings):
@@ -115,6 +146,61 @@ def find_boards(
                 # hidden by pieces), the one whose outer squares alternate most clearly.
                 found.append(max(boards, key=lambda board: (board.score, board.contrast)))
     return reading_order(_unique(found))
+
+
+def located_board(
+    image: Image.Image | np.ndarray, locate: Locate, settings: FinderSettings = FinderSettings()
+) -> FoundBoard | None:
+    """The one board of a board-shaped picture, where `locate` puts it, if its squares fill
+    most of the picture and show a checkerboard (`FinderSettings.located_*`); else None."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    width, height = image.size
+    if max(width, height) > settings.located_max_aspect * min(width, height):
+        return None
+    left, top, right, bottom = (float(value) for value in locate(image))
+    if (right - left) * (bottom - top) < settings.located_min_area:
+        return None
+    box = (left * width, top * height, right * width, bottom * height)
+    squares = image.resize((CHECK_SIZE, CHECK_SIZE), Image.Resampling.BILINEAR, box=box)
+    contrast, agreement = checkerboard_shades(to_gray(squares))
+    if contrast < settings.located_min_contrast or agreement < settings.located_min_agreement:
+        return None
+    x0, y0, x1, y1 = box
+    # Inner corner (column, row) lies one square in from the top-left corner.
+    width_8, height_8 = (x1 - x0) / 8, (y1 - y0) / 8
+    affine = np.array([[width_8, 0.0, x0 + width_8], [0.0, height_8, y0 + height_8]])
+    # Every side counts as seen (the checkerboard test stands for the corner search); what
+    # is left of the edge test is that the pattern must not go on past the board.
+    if _edge_contrast(to_gray(image), affine, np.ones((INNER, INNER), bool)) is None:
+        return None
+    corners = ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+    return FoundBoard(corners, agreement, contrast, found_by="locator")
+
+
+def checkerboard_shades(board: np.ndarray) -> tuple[float, float]:
+    """How much a grey picture cut to a board's squares (side divisible by 8) looks like a
+    checkerboard: the grey levels between its light and dark squares, and the share of the
+    64 squares whose shade is nearer their own colour's than the other's.
+
+    A square's shade is the median of four small patches in its corners, where pieces
+    seldom reach (a piece, an arrow or a highlight covers one or two)."""
+    square = board.shape[0] // 8
+    inset, patch = max(1, square // 8), max(1, square // 4)
+    cells = board.astype(np.float32).reshape(8, square, 8, square)
+    near, far = slice(inset, inset + patch), slice(square - inset - patch, square - inset)
+    patches = [
+        cells[:, rows, :, columns].mean(axis=(1, 3))
+        for rows in (near, far)
+        for columns in (near, far)
+    ]
+    shades = np.median(np.stack(patches), axis=0)
+    parity = (np.add.outer(np.arange(8), np.arange(8)) % 2).astype(bool)
+    first, second = np.median(shades[~parity]), np.median(shades[parity])
+    own = np.where(parity, second, first)
+    other = np.where(parity, first, second)
+    agreement = float(np.mean(np.abs(shades - own) < np.abs(shades - other)))
+    return float(abs(first - second)), agreement
 
 
 def _pyramid(gray: np.ndarray, settings: FinderSettings) -> Iterator[tuple[float, np.ndarray]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,14 +107,14 @@ def predict_pages(
         return
     from chessvlm.finder import find_boards
 
-    read_crops = _crop_reader(model, batch_size, decode, max_new_tokens, flipped)
+    read_crops, locate = _crop_reader(model, batch_size, decode, max_new_tokens, flipped)
     for page in iter_pages(paths, dpi=dpi, done=done):
         if page.id in done:
             continue
         if page.image is None:
             yield PageResult(page, [], page.error)
             continue
-        found = find_boards(page.image)
+        found = find_boards(page.image, locate=locate)
         if not found:
             yield PageResult(page, [], NoBoardFound(page.id, "no board found"))
             continue
@@ -162,12 +163,18 @@ def _crop_reader(
     max_new_tokens: int | None,
     flipped: bool | None,
 ):
-    """A function reading the boards found in one page: (image, found boards) -> a
-    `BoardResult` per board."""
+    """A function reading the boards found in one page ((image, found boards) -> a
+    `BoardResult` per board), and the reader's board locator for the finder (None for a
+    VLM)."""
     from PIL import Image
 
     from chessvlm.finder import board_pixels
-    from chessvlm.reader.read import is_reader_checkpoint, load_reader, read_found_boards
+    from chessvlm.reader.read import (
+        is_reader_checkpoint,
+        load_reader,
+        locate_board,
+        read_found_boards,
+    )
 
     if not is_reader_checkpoint(model):
         _check_vlm_folder(model, flipped)
@@ -181,7 +188,7 @@ def _crop_reader(
             names = [f"{page.id} board {index}" for index in range(1, len(found) + 1)]
             return read_images(crops, names, "board the finder found")
 
-        return read_with_vlm
+        return read_with_vlm, None
     reader = load_reader(model)
 
     def read_with_reader(page: Page, found) -> list[BoardResult]:
@@ -191,7 +198,7 @@ def _crop_reader(
             for reading in readings
         ]
 
-    return read_with_reader
+    return read_with_reader, partial(locate_board, reader)
 
 
 def predict_images(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from chessvlm.reader.read import (
     BoardReading,
     Reader,
     load_reader,
+    locate_board,
     predict_boards,
     read_found_boards,
 )
@@ -187,7 +189,7 @@ def _found_and_read(
         if image is None:
             yield None, error, None
             continue
-        found = find_boards(image)
+        found = find_boards(image, locate=partial(locate_board, reader))
         left, top, right, bottom = record.get("board_box") or (0, 0, *image.size)
         label = [(left, top), (right, top), (right, bottom), (left, bottom)]
         matches = match_boards([board.corners for board in found], [label])

@@ -259,6 +259,11 @@ def read_found_boards(
     return readings
 
 
+def locate_board(reader: Reader, image: Image.Image) -> tuple[float, float, float, float]:
+    """`locate_boards` for one image: the finder's `locate`."""
+    return locate_boards(reader, [image])[0]
+
+
 def locate_boards(
     reader: Reader, images: Sequence[Image.Image]
 ) -> list[tuple[float, float, float, float]]:

@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 
 from chessvlm.confidence import DEFAULT_UNCERTAIN_BELOW
 from chessvlm.errors import ChessVLMError, InputError
@@ -50,7 +51,7 @@ from chessvlm.predict import (
     reading_fields,
     result_record,
 )
-from chessvlm.reader.images import crop_board, load_scene, open_image, usable_box
+from chessvlm.reader.images import crop_board, load_scene, open_image, scene_array, usable_box
 from chessvlm.reader.model import LOCATOR_SIZE
 from chessvlm.reader.read import BoardReading, image_pixel_box, load_reader, locate, read_arrays
 from chessvlm.serve.batching import MicroBatcher
@@ -125,13 +126,14 @@ class ServedModel:
         return self.read_crops([item.crop for item in items], [item.flipped for item in items])
 
     def cut_boards(self, data: bytes, name: str, detect: bool) -> list[CutBoard]:
-        """The boards of an uploaded picture, cut out: every board the finder sees
-        (`NoBoardFound` when there is none) or, without `detect`, the image as one board
-        whose squares the locator finds. Run on a decoding thread: the locator reads one
-        image as fast a board as in a batch, and only the network waits for a batch."""
+        """The boards of an uploaded picture, cut out: every board the finder sees, a picture
+        of one board found by the locator as `chessvlm predict` finds it (`NoBoardFound`
+        when there is none); or, without `detect`, the image as one board whose squares the
+        locator finds. Run on a decoding thread: the locator reads one image as fast a board
+        as in a batch, and only the network waits for a batch."""
         if detect:
             image = open_image(data)
-            found = find_boards(image)
+            found = find_boards(image, locate=self.locate_board)
             if not found:
                 raise NoBoardFound(name, "no board found")
             size = self.image_size
@@ -142,6 +144,10 @@ class ServedModel:
         image, scene = load_scene(data, self.image_size, LOCATOR_SIZE)
         box = usable_box(self.locate(scene[np.newaxis])[0], image)
         return [CutBoard(crop_board(image, box, self.image_size), image_pixel_box(image, box))]
+
+    def locate_board(self, image: Image.Image) -> tuple[float, float, float, float]:
+        """Where the locator puts the squares of `image`'s board (fractions; `usable_box`)."""
+        return usable_box(self.locate(scene_array(image, LOCATOR_SIZE)[np.newaxis])[0], image)
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
