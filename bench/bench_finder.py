@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from chessvlm.detection import SceneEvalConfig, evaluate_scenes
@@ -30,7 +31,7 @@ from chessvlm.finder import FoundBoard, find_boards
 from chessvlm.io import atomic_write_json, read_jsonl
 from chessvlm.reader.default import default_reader
 from chessvlm.reader.images import open_image
-from chessvlm.reader.read import load_reader, read_found_boards
+from chessvlm.reader.read import load_reader, locate_board, read_found_boards
 from chessvlm.scenes import LABELS_FILE, write_scenes
 
 
@@ -44,9 +45,13 @@ def speed(scenes_dir: Path, count: int) -> dict:
         for s in shots[:count]
     ]
     read_found_boards(reader, images[0], exact[0])  # warm up
+    locate = partial(locate_board, reader)  # as `chessvlm predict` finds boards
     timings = {}
     for name, work in (
-        ("found_and_read", lambda image, _: read_found_boards(reader, image, find_boards(image))),
+        (
+            "found_and_read",
+            lambda image, _: read_found_boards(reader, image, find_boards(image, locate=locate)),
+        ),
         ("read_exact_crops", lambda image, boards: read_found_boards(reader, image, boards)),
     ):
         wall, cpu = time.perf_counter(), time.process_time()
