@@ -4,10 +4,11 @@ locating, cropping, the network and decoding the answer), and the time of each p
     OMP_NUM_THREADS=1 python bench/bench_read_speed.py --images DIR --boards 256 \
         --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2]
 
-Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: input
-normalisation folded into the stems, each batch cut out on its own thread while the network
-reads the batch before), then the same model one batch after the other (`read_images` per
-batch of decoded files), then that with the model unfolded, as before both changes. Torch
+Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: the input
+normalisation and the batch norms folded into the convolutions, each batch cut out on its own
+thread while the network reads the batch before), then the same model one batch after the
+other (`read_images` per batch of decoded files), then that with the model as trained
+(unfolded), as before both changes. Torch
 runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
 boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
 the ratio to the first is printed per round, with the process's CPU time per board.
@@ -95,7 +96,7 @@ def main() -> None:
     paths = sorted(args.images.glob("*.png"))[: args.boards]
     variants = {}
     for path in args.reader:
-        folded, unfolded = (load_reader(path, fold_normalisation=fold) for fold in (True, False))
+        folded, unfolded = (load_reader(path, fold=fold) for fold in (True, False))
         variants[f"{path}: predict_boards (folded, crops on their own thread)"] = (
             folded,
             pipelined,

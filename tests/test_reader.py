@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
+from torch import nn
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
@@ -233,20 +234,24 @@ def test_checkpoint_round_trip(tmp_path, spec):
     )
 
 
-def test_folding_the_input_normalisation_keeps_the_outputs(tmp_path):
+def test_folding_for_inference_keeps_the_outputs(tmp_path):
     torch.manual_seed(0)
     model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
+        for norm in (module for module in model.modules() if isinstance(module, nn.BatchNorm2d)):
+            norm.running_mean.normal_(0.0, 0.3)
+            norm.running_var.uniform_(0.5, 2.0)
     model.eval()
     images = torch.rand(3, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
     with torch.no_grad():
         expected = model(images)
-        model.fold_input_normalisation()
+        model.fold_for_inference()
         got = model(images)
     for before, after in zip(expected, got, strict=True):
         assert torch.allclose(before, after, atol=1e-4)
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     with pytest.raises(ChessVLMError, match="folded"):
         save_checkpoint(model, tmp_path, {"spec": model.spec.to_dict()})
 

@@ -124,10 +124,11 @@ def is_reader_checkpoint(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
 
 
-def load_reader(path: str | Path, *, fold_normalisation: bool = True) -> Reader:
+def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
     """Load a reader checkpoint folder for inference (eval mode, CPU), its input
-    normalisation folded into the stems (`BoardReader.fold_input_normalisation`) unless
-    `fold_normalisation` is False (the unfolded model, for comparison)."""
+    normalisation and batch norms folded into the convolutions
+    (`BoardReader.fold_for_inference`) unless `fold` is False (the model as trained, for
+    comparison)."""
     path = Path(path)
     if not is_reader_checkpoint(path):
         raise ChessVLMError(
@@ -150,9 +151,10 @@ def load_reader(path: str | Path, *, fold_normalisation: bool = True) -> Reader:
     if missing or unexpected:
         raise ChessVLMError(f"{path / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}")
     prepare_for_cpu(model)
-    if fold_normalisation:
-        model.fold_input_normalisation()
-    return Reader(model=model.eval(), config=config, path=path)
+    model.eval()
+    if fold:
+        model.fold_for_inference()
+    return Reader(model=model, config=config, path=path)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
