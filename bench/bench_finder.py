@@ -26,6 +26,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+import cv2
+import torch
+
 from chessvlm.detection import SceneEvalConfig, evaluate_scenes
 from chessvlm.finder import FoundBoard, find_boards
 from chessvlm.io import atomic_write_json, read_jsonl
@@ -71,6 +74,10 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=200)
     parser.add_argument("--speed", type=int, default=100, help="screenshots timed")
     args = parser.parse_args()
+    # The speed target is for one thread: torch follows OMP_NUM_THREADS, OpenCV would
+    # otherwise spread its resizes and filters over every core.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     write_scenes(args.work / "scenes", args.scenes, seed=0, designs="held-out")
     write_scenes(
         args.work / "negatives", args.negatives, seed=0, designs="held-out", kind="negative"

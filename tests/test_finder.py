@@ -97,6 +97,19 @@ def test_a_plain_8x8_checkerboard_is_a_board():
     assert box_iou(found.box, (30, 20, 270, 260)) > 0.97
 
 
+def test_a_pattern_going_on_out_of_step_past_the_squares_is_no_board():
+    # A ninth row repeating the first: the grid of corners fits only one 8 x 8 window, and
+    # the row beyond it still alternates (against the board's step), as the squares of a
+    # hatched board do beyond a grid placed one square off.
+    pattern = (np.add.outer(np.arange(8), np.arange(8)) % 2).astype(np.uint8)
+    rows = np.vstack([pattern[:1], pattern])
+    image = np.full((480, 640), 255, np.uint8)
+    image[20 : 20 + 9 * 30, 30 : 30 + 8 * 30] = (
+        np.kron(rows, np.ones((30, 30), np.uint8)) * 140 + 90
+    )
+    assert find_boards(Image.fromarray(image).convert("RGB")) == []
+
+
 def test_negative_scenes_give_no_board():
     draw = scene_stream(5, "held-out")
     for _ in range(6):

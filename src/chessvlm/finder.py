@@ -516,8 +516,9 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     corners_along = (seen[0].sum(), seen[-1].sum(), seen[:, 0].sum(), seen[:, -1].sum())
     ring = [line.mean() * 2 for line in inside]
     # The median: a name or a clock beside the board alternates here and there, another
-    # checkered pattern all along.
-    if max(np.median(line[1:] + line[:-1]) for line in outside) > 0.6 * abs(overall):
+    # checkered pattern all along, in step with the board's squares or against them (a grid
+    # of corners placed one square off a hatched board).
+    if max(abs(np.median(line[1:] + line[:-1])) for line in outside) > 0.6 * abs(overall):
         return None
     for side in range(4):
         if not _side_belongs(ring[side], corners_along[side], shades_along(side), overall):
