@@ -42,7 +42,8 @@ def checkerboard(cells: int, cell: int, canvas: tuple[int, int] = (640, 480)) ->
     return Image.fromarray(image).convert("RGB")
 
 
-@pytest.mark.parametrize(("square", "margin"), [(12, 9), (40, 30), (90, 5)])
+# Margin 0: a board cut to its squares, where the warp repeats the edge past the image.
+@pytest.mark.parametrize(("square", "margin"), [(12, 9), (40, 30), (90, 5), (64, 0)])
 def test_a_board_on_a_page_is_found_with_its_corners(square, margin):
     params = RenderParams(size=8 * square, margin=(margin, 2 * margin, 3 * margin, margin))
     image = render_board(chess.Board(), params)
@@ -122,8 +123,9 @@ def _fractions(box, image: Image.Image) -> tuple[float, ...]:
     return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
 
 
-def test_a_picture_of_one_board_is_taken_where_the_locator_puts_it(monkeypatch):
-    params = RenderParams(size=320, margin=(20, 10, 20, 30))
+@pytest.mark.parametrize("margin", [(20, 10, 20, 30), (0, 0, 0, 0)])
+def test_a_picture_of_one_board_is_taken_where_the_locator_puts_it(monkeypatch, margin):
+    params = RenderParams(size=320, margin=margin)
     image = render_board(chess.Board(), params)
     left, top, right, bottom = board_box(params)
 

@@ -516,14 +516,31 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     corners_along = (seen[0].sum(), seen[-1].sum(), seen[:, 0].sum(), seen[:, -1].sum())
     ring = [line.mean() * 2 for line in inside]
     # The median: a name or a clock beside the board alternates here and there, another
-    # checkered pattern all along, in step with the board's squares or against them (a grid
-    # of corners placed one square off a hatched board).
-    if max(abs(np.median(line[1:] + line[:-1])) for line in outside) > 0.6 * abs(overall):
-        return None
+    # checkered pattern all along, in step with the board's squares or, where the image
+    # goes on past the side, against them (a grid of corners placed one square off a
+    # hatched board). Past the image's edge the warp repeats the ring, which is against.
+    limit = 0.6 * abs(overall)
+    for line, in_image in zip(outside, _sides_in_image(affine, gray.shape), strict=True):
+        step = float(np.median(line[1:] + line[:-1]))
+        if step > limit or (in_image and -step > limit):
+            return None
     for side in range(4):
         if not _side_belongs(ring[side], corners_along[side], shades_along(side), overall):
             return None
     return float(np.mean(ring))
+
+
+def _sides_in_image(affine: np.ndarray, shape: tuple[int, ...]) -> list[bool]:
+    """Whether the image holds the row of squares just past each side of the board (top,
+    bottom, left, right), given the inner-corner grid's `affine`."""
+    height, width = shape[:2]
+    # (column, row) of the two far corners of each side's row of squares beyond the board.
+    far_corners = np.array(
+        [[(-1, -2), (7, -2)], [(-1, 8), (7, 8)], [(-2, -1), (-2, 7)], [(8, -1), (8, 7)]], float
+    )
+    points = _apply(affine, far_corners[..., 0].ravel(), far_corners[..., 1].ravel())
+    inside = (points >= -0.5) & (points <= (width + 0.5, height + 0.5))
+    return inside.reshape(4, 2, 2).all(axis=(1, 2)).tolist()
 
 
 def _side_belongs(
