@@ -46,6 +46,8 @@ INNER = 7  # X-corners per row and column of a chess board
 LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
 # `located_board` looks at the located squares at this size: 16 px squares.
 CHECK_SIZE = 128
+# The farthest a corner links to its neighbour, in pyramid pixels (1.3 level squares).
+_LINK_REACH = math.ceil(1.3 * LEVEL_SQUARE[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,8 +262,12 @@ def _lattices(level: np.ndarray, settings: FinderSettings) -> list[list[np.ndarr
     points = _peaks(level, settings)
     if len(points) < settings.min_corners:
         return []
-    index = np.full(level.shape, -1, dtype=np.int64)
-    index[points[:, 1].astype(np.int64), points[:, 0].astype(np.int64)] = np.arange(len(points))
+    pad = _LINK_REACH
+    height, width = level.shape
+    index = np.full((height + 2 * pad, width + 2 * pad), -1, dtype=np.int32)
+    index[points[:, 1].astype(np.int64) + pad, points[:, 0].astype(np.int64) + pad] = np.arange(
+        len(points)
+    )
     right = _neighbours(points, index, axis=0)
     below = _neighbours(points, index, axis=1)
     grids = []
@@ -276,26 +282,26 @@ def _lattices(level: np.ndarray, settings: FinderSettings) -> list[list[np.ndarr
 
 def _neighbours(points: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     """For each point, the strongest opposite-sign point about one level square further
-    along `axis` (0: right, 1: down, within a quarter of the step across), or -1."""
-    low, high = math.floor(0.75 * LEVEL_SQUARE[0]), math.ceil(1.3 * LEVEL_SQUARE[1])
-    height, width = index.shape
+    along `axis` (0: right, 1: down, within a quarter of the step across), or -1. `index`
+    holds each point's number at its pixel and -1 elsewhere, padded by `_LINK_REACH` on every
+    side, so that no look-up needs a bounds check."""
+    low, high = math.floor(0.75 * LEVEL_SQUARE[0]), _LINK_REACH
     reach = high // 4
     steps = np.arange(low, high + 1)
     offsets = np.arange(-reach, reach + 1)
     along, across = np.meshgrid(steps, offsets, indexing="ij")
     allowed = (np.abs(across) <= along // 4).ravel()
     dx, dy = (along, across) if axis == 0 else (across, along)
-    dx, dy = dx.ravel()[allowed], dy.ravel()[allowed]
-    xs = points[:, 0].astype(np.int64)[:, None] + dx[None, :]
-    ys = points[:, 1].astype(np.int64)[:, None] + dy[None, :]
-    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    candidates = np.where(inside, index[ys.clip(0, height - 1), xs.clip(0, width - 1)], -1)
-    valid = candidates >= 0
-    signs = np.where(valid, points[candidates, 2], points[:, 2:3])
-    scores = np.where(valid & (signs != points[:, 2:3]), points[candidates, 3], -1.0)
+    stride = index.shape[1]
+    moves = (dy * stride + dx).ravel()[allowed]
+    at = (points[:, 1].astype(np.int64) + _LINK_REACH) * stride + points[:, 0] + _LINK_REACH
+    candidates = index.ravel()[at.astype(np.int64)[:, None] + moves[None, :]]
+    # Number -1 (no point) picks the appended last entry: no sign, no score.
+    signs = np.append(points[:, 2], 0.0)[candidates]
+    scores = np.where(signs != points[:, 2:3], np.append(points[:, 3], -1.0)[candidates], -1.0)
     choice = scores.argmax(axis=1)
     rows = np.arange(len(points))
-    return np.where(scores[rows, choice] > 0, candidates[rows, choice], -1)
+    return np.where(scores[rows, choice] > 0, candidates[rows, choice], -1).astype(np.int64)
 
 
 def _linked_groups(count: int, right: np.ndarray, below: np.ndarray) -> list[list[int]]:
