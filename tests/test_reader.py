@@ -170,6 +170,22 @@ def test_chess_rules_decoding_fixes_kings_and_back_rank_pawns():
     assert ruled[chess.B8] == queen
 
 
+def test_chess_rules_decoding_keeps_pawns_and_pieces_to_their_counts():
+    # Nine white pawns (c3 the least sure, a bishop second) and seventeen black pieces.
+    board = chess.Board("rnbqkbnr/pppppppp/8/8/8/2P5/PPPPPPPP/4K3 w - - 0 1")
+    board.set_piece_at(chess.H4, chess.Piece(chess.KNIGHT, chess.BLACK))
+    log_probs = _one_hot_log_probs(square_labels(board.fen()))
+    pawn, bishop = SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("B")
+    black_knight = SQUARE_CLASSES.index("n")
+    log_probs[chess.C3, pawn], log_probs[chess.C3, bishop] = 0.6, 0.5
+    log_probs[chess.H4, black_knight], log_probs[chess.H4, 0] = 0.55, 0.5
+    plain = decode_squares(log_probs, chess_rules=False)
+    ruled = decode_squares(log_probs, chess_rules=True)
+    assert plain.count(pawn) == 9 and plain[chess.H4] == black_knight
+    assert ruled.count(pawn) == 8 and ruled[chess.C3] == bishop
+    assert ruled[chess.H4] == 0 and sum(1 for c in ruled if c >= SQUARE_CLASSES.index("p")) == 16
+
+
 # --------------------------------------------------------------------------- models
 
 

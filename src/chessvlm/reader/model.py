@@ -51,6 +51,15 @@ CONTEXT_LAYERS = 2
 _PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
 _KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
 _BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
+_WHITE_CLASSES = tuple(SQUARE_CLASSES.index(piece) for piece in "PNBRQK")
+_BLACK_CLASSES = tuple(SQUARE_CLASSES.index(piece) for piece in "pnbrqk")
+# Counts no legal position exceeds (python-chess's status calls them too many pawns or pieces).
+_COUNT_LIMITS = (
+    ((_PAWN_CLASSES[0],), 8),
+    ((_PAWN_CLASSES[1],), 8),
+    (_WHITE_CLASSES, 16),
+    (_BLACK_CLASSES, 16),
+)
 # CLIP's own pixel statistics; the CNN learns its scale, so plain centring is enough there.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -382,9 +391,10 @@ def to_square_order(values: torch.Tensor, flipped: bool, dim: int = -1) -> torch
 def decode_squares(log_probs: torch.Tensor, *, chess_rules: bool) -> list[int]:
     """Class index per square from `log_probs` (64 x 13, square order).
 
-    With `chess_rules`, the most likely board that has no pawn on rank 1 or 8 and exactly one
-    king of each colour (diagram positions always have both kings), changing as little
-    probability as possible; otherwise the per-square argmax.
+    With `chess_rules`, a board as likely as it can be with no pawn on rank 1 or 8, exactly
+    one king of each colour (diagram positions always have both kings), and no more than 8
+    pawns or 16 pieces of a colour (the least likely beyond the count take their best other
+    class); otherwise the per-square argmax.
     """
     scores = log_probs.detach().clone().float()
     if chess_rules:
@@ -392,9 +402,34 @@ def decode_squares(log_probs: torch.Tensor, *, chess_rules: bool) -> list[int]:
             scores[_BACK_RANK_SQUARES, pawn] = float("-inf")
     classes = scores.argmax(dim=1)
     if chess_rules:
+        for limited, limit in _COUNT_LIMITS:
+            classes = _at_most(scores, classes, limited, limit)
         for king in _KING_CLASSES:
             classes = _one_king(scores, classes, king)
     return classes.tolist()
+
+
+def _at_most(
+    scores: torch.Tensor, classes: torch.Tensor, limited: tuple[int, ...], limit: int
+) -> torch.Tensor:
+    """Keep at most `limit` squares in the `limited` classes: one at a time, the square that
+    loses least by it takes its best class outside them. Kings are never moved (`_one_king`
+    settles them)."""
+    others = torch.ones(scores.shape[1], dtype=torch.bool)
+    others[list(limited)] = False
+    holders = torch.isin(classes, torch.tensor(limited)) & ~torch.isin(
+        classes, torch.tensor(_KING_CLASSES)
+    )
+    excess = int(torch.isin(classes, torch.tensor(limited)).sum()) - limit
+    if excess <= 0:
+        return classes
+    current = scores.gather(1, classes.unsqueeze(1)).squeeze(1)
+    best_other, other_class = scores[:, others].max(dim=1)
+    cost = torch.where(holders, current - best_other, torch.tensor(float("inf")))
+    for square in cost.argsort()[:excess].tolist():
+        if holders[square]:
+            classes[square] = others.nonzero().flatten()[other_class[square]]
+    return classes
 
 
 def _one_king(scores: torch.Tensor, classes: torch.Tensor, king: int) -> torch.Tensor:
