@@ -412,23 +412,23 @@ def decode_squares(log_probs: torch.Tensor, *, chess_rules: bool) -> list[int]:
 def _at_most(
     scores: torch.Tensor, classes: torch.Tensor, limited: tuple[int, ...], limit: int
 ) -> torch.Tensor:
-    """Keep at most `limit` squares in the `limited` classes: one at a time, the square that
-    loses least by it takes its best class outside them. Kings are never moved (`_one_king`
+    """Keep at most `limit` squares in the `limited` classes: the squares beyond it that lose
+    least by it take their best class outside them. Kings count but never move (`_one_king`
     settles them)."""
-    others = torch.ones(scores.shape[1], dtype=torch.bool)
-    others[list(limited)] = False
-    holders = torch.isin(classes, torch.tensor(limited)) & ~torch.isin(
-        classes, torch.tensor(_KING_CLASSES)
-    )
-    excess = int(torch.isin(classes, torch.tensor(limited)).sum()) - limit
+    counted = torch.isin(classes, torch.tensor(limited))
+    excess = int(counted.sum()) - limit
     if excess <= 0:
         return classes
+    movable = counted & ~torch.isin(classes, torch.tensor(_KING_CLASSES))
+    outside = torch.ones(scores.shape[1], dtype=torch.bool)
+    outside[list(limited)] = False
+    outside_classes = outside.nonzero().flatten()
+    best_outside, best_index = scores[:, outside].max(dim=1)
     current = scores.gather(1, classes.unsqueeze(1)).squeeze(1)
-    best_other, other_class = scores[:, others].max(dim=1)
-    cost = torch.where(holders, current - best_other, torch.tensor(float("inf")))
+    cost = torch.where(movable, current - best_outside, torch.tensor(float("inf")))
     for square in cost.argsort()[:excess].tolist():
-        if holders[square]:
-            classes[square] = others.nonzero().flatten()[other_class[square]]
+        if movable[square]:
+            classes[square] = outside_classes[best_index[square]]
     return classes
 
 
