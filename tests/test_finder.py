@@ -15,6 +15,7 @@ from chessvlm.finder import (
     box_iou,
     checkerboard_shades,
     find_boards,
+    fit_grid,
     located_board,
     reading_order,
     to_gray,
@@ -109,6 +110,32 @@ def test_a_pattern_going_on_out_of_step_past_the_squares_is_no_board():
         np.kron(rows, np.ones((30, 30), np.uint8)) * 140 + 90
     )
     assert find_boards(Image.fromarray(image).convert("RGB")) == []
+
+
+def test_two_rows_of_corners_dragged_off_by_pieces_do_not_tilt_the_grid():
+    rows, columns = np.divmod(np.arange(49), 7)
+    truth = np.stack([100 + 30.0 * (columns + 1), 50 + 30.0 * (rows + 1)], axis=1)
+    refined = truth + np.random.default_rng(0).normal(0, 0.3, truth.shape)
+    refined[rows >= 5, 1] -= 3.5  # an eighth of a square up, as a row of pieces pulls them
+    affine, kept = fit_grid(columns, rows, refined, square=30.0)
+    fitted = np.stack([columns, rows, np.ones(49)], axis=1) @ affine.T
+    least_squares, *_ = np.linalg.lstsq(np.stack([columns, rows, np.ones(49)], 1), refined)
+    assert kept == 49
+    assert np.abs(fitted - truth).max() < 0.6
+    # The plain fit the grid used to get: the board's bottom edge a tenth of a square high.
+    assert np.abs(np.stack([columns, rows, np.ones(49)], 1) @ least_squares - truth).max() > 2
+
+
+def test_of_two_placements_with_as_many_corners_seen_the_one_in_place_scores_higher():
+    params = RenderParams(size=320, margin=(40, 40, 80, 40))
+    image = render_board(chess.Board(), params)
+    (found,) = find_boards(image)
+    level = to_gray(image)
+    score, _ = chessvlm.finder.corner_scores(level, 3)
+    one_down = FoundBoard(tuple((x, y + 40) for x, y in found.corners), found.score, 0.0)
+    in_place = chessvlm.finder._corner_response(score, found, 1.0, 3)
+    # Six rows of corners are shared; the grid one square down has its last on the margin.
+    assert in_place > 1.25 * chessvlm.finder._corner_response(score, one_down, 1.0, 3)
 
 
 def test_negative_scenes_give_no_board():

@@ -48,6 +48,11 @@ LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
 CHECK_SIZE = 128
 # The farthest a corner links to its neighbour, in pyramid pixels (1.3 level squares).
 _LINK_REACH = math.ceil(1.3 * LEVEL_SQUARE[1])
+# `fit_grid`'s least-squares fit takes the corners within this many times the median
+# distance from its median fit, or within this share of a square, or the closest 2/3.
+_TIGHT_SPREAD = 3.0
+_TIGHT_FLOOR = 0.05
+_TIGHT_SHARE = 2 / 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +145,23 @@ def find_boards(
     gray = to_gray(image)
     found: list[FoundBoard] = []
     for factor, level in _pyramid(gray, settings):
-        for candidates in _lattices(level, settings):
+        scores = corner_scores(level, settings.quadrant)
+        for candidates in _lattices(scores, settings):
             fitted = [_fit_board(gray, level, factor, grid, settings) for grid in candidates]
             boards = [board for board in fitted if board is not None]
             if boards:
                 # The window with the most corners seen; where two tie (a row of corners
-                # hidden by pieces), the one whose outer squares alternate most clearly.
-                found.append(max(boards, key=lambda board: (board.score, board.contrast)))
+                # hidden by pieces, another row of specks of text beside the board), the
+                # one whose 49 corners look most like X-corners, hidden ones included.
+                found.append(
+                    max(
+                        boards,
+                        key=lambda board: (
+                            board.score,
+                            _corner_response(scores[0], board, factor, settings.quadrant),
+                        ),
+                    )
+                )
     return reading_order(_unique(found))
 
 
@@ -244,10 +259,10 @@ def corner_scores(level: np.ndarray, quadrant: int) -> tuple[np.ndarray, np.ndar
     return cv2.subtract(np.abs(contrast), mismatch), contrast
 
 
-def _peaks(level: np.ndarray, settings: FinderSettings) -> np.ndarray:
-    """Local maxima of the X-corner score: rows of (x, y, sign, score), x and y in level
-    pixel edges, score in grey levels."""
-    score, contrast = corner_scores(level, settings.quadrant)
+def _peaks(scores: tuple[np.ndarray, np.ndarray], settings: FinderSettings) -> np.ndarray:
+    """Local maxima of a level's X-corner score (`corner_scores`): rows of (x, y, sign,
+    score), x and y in level pixel edges, score in grey levels."""
+    score, contrast = scores
     spread = cv2.dilate(score, np.ones((5, 5), np.uint8))
     q = settings.quadrant
     unit = 2 * q * q
@@ -256,14 +271,17 @@ def _peaks(level: np.ndarray, settings: FinderSettings) -> np.ndarray:
     return np.stack([xs + q, ys + q, sign, score[ys, xs] / unit], axis=1).astype(np.float32)
 
 
-def _lattices(level: np.ndarray, settings: FinderSettings) -> list[list[np.ndarray]]:
-    """Per group of linked X-corners, its candidate 7 x 7 grids (`_board_grids`), best
-    first."""
-    points = _peaks(level, settings)
+def _lattices(
+    scores: tuple[np.ndarray, np.ndarray], settings: FinderSettings
+) -> list[list[np.ndarray]]:
+    """Per group of linked X-corners of a level (its `corner_scores`), the group's candidate
+    7 x 7 grids (`_board_grids`), best first."""
+    points = _peaks(scores, settings)
     if len(points) < settings.min_corners:
         return []
     pad = _LINK_REACH
-    height, width = level.shape
+    q = settings.quadrant
+    height, width = (size + 2 * q - 1 for size in scores[0].shape)
     index = np.full((height + 2 * pad, width + 2 * pad), -1, dtype=np.int32)
     index[points[:, 1].astype(np.int64) + pad, points[:, 0].astype(np.int64) + pad] = np.arange(
         len(points)
@@ -278,6 +296,22 @@ def _lattices(level: np.ndarray, settings: FinderSettings) -> list[list[np.ndarr
         if candidates:
             grids.append(candidates)
     return grids
+
+
+def _corner_response(score: np.ndarray, board: FoundBoard, factor: float, quadrant: int) -> float:
+    """The mean X-corner score (`corner_scores`' first array, of the level scaled by
+    `factor`) at the board's 49 inner corners, in grey levels: seen or not, the corners of
+    a board in place score higher than those of a grid one square off, whose last row of
+    corners lies on the margin or a caption."""
+    (x0, y0), (x1, y1), _, (x3, y3) = board.corners
+    steps = np.arange(1, INNER + 1) / 8.0
+    across, down = np.meshgrid(steps, steps)
+    xs = (x0 + across * (x1 - x0) + down * (x3 - x0)) * factor - quadrant
+    ys = (y0 + across * (y1 - y0) + down * (y3 - y0)) * factor - quadrant
+    height, width = score.shape
+    columns = np.clip(np.rint(xs).astype(np.int64), 0, width - 1)
+    rows = np.clip(np.rint(ys).astype(np.int64), 0, height - 1)
+    return float(score[rows, columns].mean()) / (2 * quadrant * quadrant)
 
 
 def _neighbours(points: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
@@ -418,13 +452,10 @@ def _fit_board(
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 0.05)
     refined = cv2.cornerSubPix(gray, centred, (window, window), (-1, -1), criteria)
     refined = refined.reshape(-1, 2).astype(np.float64) + 0.5
-    affine = _fit_affine(columns, rows, refined)
-    predicted = _apply(affine, columns, rows)
-    residual = np.hypot(*(refined - predicted).T) / square
-    keep = residual <= settings.max_residual
-    if keep.sum() < settings.min_corners:
+    fitted = fit_grid(columns, rows, refined, square, settings)
+    if fitted is None:
         return None
-    affine = _fit_affine(columns[keep], rows[keep], refined[keep])
+    affine, kept = fitted
     contrast = _edge_contrast(level, affine * factor, seen)
     if contrast is None:
         return None
@@ -435,7 +466,57 @@ def _fit_board(
     corners_out = tuple(
         (float(np.clip(x, 0, width)), float(np.clip(y, 0, height))) for x, y in outline
     )
-    return FoundBoard(corners_out, float(keep.sum()) / INNER**2, contrast)
+    return FoundBoard(corners_out, kept / INNER**2, contrast)
+
+
+def fit_grid(
+    columns: np.ndarray,
+    rows: np.ndarray,
+    points: np.ndarray,
+    square: float,
+    settings: FinderSettings = FinderSettings(),
+) -> tuple[np.ndarray, int] | None:
+    """The affine map (2 x 3) from inner-corner (column, row, 1) to image (x, y) that fits
+    the refined corners `points` of a grid of `square`-pixel squares, and how many corners
+    lie within `max_residual` of it; None when fewer than `min_corners` do.
+
+    A piece's outline near a corner can drag its refined position a tenth of a square, and
+    a row of such corners would tilt a least-squares fit. So the kept corners are placed
+    again by medians (`_median_affine`), and the final least-squares fit uses only those
+    close to that: within `_TIGHT_SPREAD` times their median distance or `_TIGHT_FLOOR` of a
+    square, and at least the closest `_TIGHT_SHARE` of them, so that a noisy grid (a board
+    enlarged from a low resolution) is not fitted on a few corners at one end."""
+    affine = _fit_affine(columns, rows, points)
+    residual = np.hypot(*(points - _apply(affine, columns, rows)).T) / square
+    keep = residual <= settings.max_residual
+    if keep.sum() < settings.min_corners:
+        return None
+    columns, rows, points = columns[keep], rows[keep], points[keep]
+    residual = np.hypot(*(points - _apply(_median_affine(columns, rows, points), columns, rows)).T)
+    residual /= square
+    limit = max(
+        _TIGHT_SPREAD * np.median(residual), _TIGHT_FLOOR, np.quantile(residual, _TIGHT_SHARE)
+    )
+    close = residual <= limit
+    if close.sum() >= settings.min_corners:
+        columns, rows, points = columns[close], rows[close], points[close]
+    return _fit_affine(columns, rows, points), int(keep.sum())
+
+
+def _median_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The grid's affine map from medians: the step to the next column and to the next row
+    are the medians over neighbouring corners, the origin the median over all corners, so
+    that fewer than half the corners dragged off cannot move it."""
+    grid = np.full((INNER, INNER, 2), np.nan)
+    grid[rows, columns] = points
+    across = (grid[:, 1:] - grid[:, :-1]).reshape(-1, 2)
+    down = (grid[1:] - grid[:-1]).reshape(-1, 2)
+    across, down = across[~np.isnan(across[:, 0])], down[~np.isnan(down[:, 0])]
+    if not len(across) or not len(down):
+        return _fit_affine(columns, rows, points)
+    step_across, step_down = np.median(across, axis=0), np.median(down, axis=0)
+    origin = np.median(points - np.outer(columns, step_across) - np.outer(rows, step_down), axis=0)
+    return np.stack([step_across, step_down, origin], axis=1)
 
 
 RECTIFIED_SQUARE = 16  # pixels a square in the board checked by `_edge_contrast`
