@@ -117,7 +117,8 @@ def test_two_rows_of_corners_dragged_off_by_pieces_do_not_tilt_the_grid():
     truth = np.stack([100 + 30.0 * (columns + 1), 50 + 30.0 * (rows + 1)], axis=1)
     refined = truth + np.random.default_rng(0).normal(0, 0.3, truth.shape)
     refined[rows >= 5, 1] -= 3.5  # an eighth of a square up, as a row of pieces pulls them
-    affine, kept = fit_grid(columns, rows, refined, square=30.0)
+    fit = fit_grid(columns, rows, refined, square=30.0)
+    affine, kept = fit.affine, fit.kept
     fitted = np.stack([columns, rows, np.ones(49)], axis=1) @ affine.T
     least_squares, *_ = np.linalg.lstsq(np.stack([columns, rows, np.ones(49)], 1), refined)
     assert kept == 49

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 INNER = 7  # X-corners per row and column of a chess board
 # Squares at the level the corners are looked for: 8 px up to 8 * sqrt(2) px.
@@ -48,8 +48,9 @@ LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
 CHECK_SIZE = 128
 # The farthest a corner links to its neighbour, in pyramid pixels (1.3 level squares).
 _LINK_REACH = math.ceil(1.3 * LEVEL_SQUARE[1])
-# `fit_grid`'s least-squares fit takes the corners within this many times the median
-# distance from its median fit, or within this share of a square, or the closest 2/3.
+# `fit_grid`: a grid whose corners lie within _TIGHT_FLOOR of a square of its median fit
+# is fitted on the corners within _TIGHT_SPREAD times their median distance or _TIGHT_FLOOR,
+# at least the closest _TIGHT_SHARE.
 _TIGHT_SPREAD = 3.0
 _TIGHT_FLOOR = 0.05
 _TIGHT_SHARE = 2 / 3
@@ -119,10 +120,12 @@ def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
     """An RGB PIL image or H x W x 3 uint8 array as the uint8 shade the finder looks at:
     the darkest of the three channels. Every board theme's light and dark squares differ
     more in it than in luminance (olive: 94 levels against 49; pink: 53 against 36)."""
-    if isinstance(image, Image.Image) and image.mode != "RGB":
-        image = image.convert("RGB")
-    array = np.asarray(image)
-    return cv2.min(cv2.min(array[..., 0], array[..., 1]), array[..., 2])
+    if isinstance(image, Image.Image):
+        # Pillow takes the bands apart and compares them in one pass each, without the
+        # strided copies of the channels an RGB array would need.
+        red, green, blue = image.convert("RGB").split()
+        return np.asarray(ImageChops.darker(ImageChops.darker(red, green), blue))
+    return cv2.min(cv2.min(image[..., 0], image[..., 1]), image[..., 2])
 
 
 Locate = Callable[[Image.Image], Sequence[float]]
@@ -222,16 +225,29 @@ def checkerboard_shades(board: np.ndarray) -> tuple[float, float]:
 
 def _pyramid(gray: np.ndarray, settings: FinderSettings) -> Iterator[tuple[float, np.ndarray]]:
     """(factor, image scaled by factor), factors sqrt(2) apart, from squares of
-    `min_square` px up to one board filling the image. Each level is made from the one
-    before, so the whole pyramid costs about two resizes of the image."""
+    `min_square` px up to one board filling the image. The levels are two chains of exact
+    halvings (2 x 2 box averages, which OpenCV does in a tenth of a millisecond), one from
+    the image and one from the image scaled by 1 / sqrt(2), the one costly resize."""
     height, width = gray.shape
-    level, factor = gray, 1.0
-    while 8 * LEVEL_SQUARE[0] / factor <= min(width, height) * 1.05:
-        if LEVEL_SQUARE[1] / factor >= settings.min_square:
-            yield factor, level
-        factor /= math.sqrt(2.0)
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        level = cv2.resize(level, size, interpolation=cv2.INTER_AREA)
+    scaled = (max(1, round(width / math.sqrt(2.0))), max(1, round(height / math.sqrt(2.0))))
+    smaller = cv2.resize(gray, scaled, interpolation=cv2.INTER_AREA)
+    chains = [(1.0, gray), (1 / math.sqrt(2.0), smaller)]
+    while True:
+        for index, (factor, level) in enumerate(chains):
+            if 8 * LEVEL_SQUARE[0] / factor > min(width, height) * 1.05:
+                return
+            if LEVEL_SQUARE[1] / factor >= settings.min_square:
+                yield factor, level
+            chains[index] = (factor / 2, _halved(level))
+
+
+def _halved(level: np.ndarray) -> np.ndarray:
+    """`level` at half its size, each pixel the mean of a 2 x 2 block (an odd last row or
+    column is dropped, so pixel edges scale by exactly 1/2)."""
+    height, width = level.shape[0] // 2, level.shape[1] // 2
+    return cv2.resize(
+        level[: 2 * height, : 2 * width], (width, height), interpolation=cv2.INTER_AREA
+    )
 
 
 def corner_scores(level: np.ndarray, quadrant: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +282,14 @@ def _peaks(scores: tuple[np.ndarray, np.ndarray], settings: FinderSettings) -> n
     spread = cv2.dilate(score, np.ones((5, 5), np.uint8))
     q = settings.quadrant
     unit = 2 * q * q
-    ys, xs = np.nonzero((score >= spread) & (score > settings.min_score * unit))
+    # OpenCV's comparisons and its list of set pixels are ten times NumPy's on a level.
+    peaks = cv2.compare(score, spread, cv2.CMP_GE) & cv2.compare(
+        score, settings.min_score * unit, cv2.CMP_GT
+    )
+    found = cv2.findNonZero(peaks)
+    if found is None:
+        return np.zeros((0, 4), np.float32)
+    xs, ys = found.reshape(-1, 2).T
     sign = np.sign(contrast[ys, xs])
     return np.stack([xs + q, ys + q, sign, score[ys, xs] / unit], axis=1).astype(np.float32)
 
@@ -446,16 +469,18 @@ def _fit_board(
     square = float(np.hypot(*affine[:, 0]))
     if square < settings.min_square:
         return None
-    window = max(2, min(12, round(square / 6)))
-    # cornerSubPix works in pixel-centre coordinates; ours are pixel edges.
-    centred = (corners - 0.5).reshape(-1, 1, 2)
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 0.05)
-    refined = cv2.cornerSubPix(gray, centred, (window, window), (-1, -1), criteria)
-    refined = refined.reshape(-1, 2).astype(np.float64) + 0.5
-    fitted = fit_grid(columns, rows, refined, square, settings)
+    fitted = fit_grid(columns, rows, _refine_corners(gray, corners, square), square, settings)
     if fitted is None:
         return None
-    affine, kept = fitted
+    if fitted.spread > _TIGHT_FLOOR:
+        # Hatched or pixelated squares pull the refined corners about: refine them again on
+        # the board blurred, where the squares are plain, and take that if it is precise and
+        # keeps as many corners.
+        blurred = _refine_corners(gray, corners, square, blur=True)
+        again = fit_grid(columns, rows, blurred, square, settings)
+        if again is not None and again.spread <= _TIGHT_FLOOR and again.kept >= fitted.kept:
+            fitted = again
+    affine, kept = fitted.affine, fitted.kept
     contrast = _edge_contrast(level, affine * factor, seen)
     if contrast is None:
         return None
@@ -469,23 +494,56 @@ def _fit_board(
     return FoundBoard(corners_out, kept / INNER**2, contrast)
 
 
+def _refine_corners(
+    gray: np.ndarray, corners: np.ndarray, square: float, blur: bool = False
+) -> np.ndarray:
+    """`corners` (N x 2 float32, pixel edges) moved to the X-corners nearby with OpenCV's
+    `cornerSubPix`, on the image itself or (`blur`) on the board's part of it blurred by a
+    twelfth of a square."""
+    window = max(2, min(12, round(square / 6)))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 0.05)
+    # cornerSubPix works in pixel-centre coordinates; ours are pixel edges.
+    offset = np.zeros(2, np.float32)
+    image = gray
+    if blur:
+        margin = 2 * window + 2
+        low = np.maximum(np.floor(corners.min(axis=0)) - margin, 0).astype(int)
+        high = np.ceil(corners.max(axis=0)).astype(int) + margin
+        image = cv2.GaussianBlur(gray[low[1] : high[1], low[0] : high[0]], (0, 0), square / 12)
+        offset = low.astype(np.float32)
+    centred = (corners - 0.5 - offset).reshape(-1, 1, 2)
+    refined = cv2.cornerSubPix(image, centred, (window, window), (-1, -1), criteria)
+    return refined.reshape(-1, 2).astype(np.float64) + 0.5 + offset
+
+
+@dataclasses.dataclass(frozen=True)
+class GridFit:
+    """`fit_grid`'s answer: the affine map (2 x 3) from inner-corner (column, row, 1) to
+    image (x, y), the corners within `max_residual` of it, and `spread`, the median
+    distance of those from a fit by medians, in squares (how noisy the corners are)."""
+
+    affine: np.ndarray
+    kept: int
+    spread: float
+
+
 def fit_grid(
     columns: np.ndarray,
     rows: np.ndarray,
     points: np.ndarray,
     square: float,
     settings: FinderSettings = FinderSettings(),
-) -> tuple[np.ndarray, int] | None:
-    """The affine map (2 x 3) from inner-corner (column, row, 1) to image (x, y) that fits
-    the refined corners `points` of a grid of `square`-pixel squares, and how many corners
-    lie within `max_residual` of it; None when fewer than `min_corners` do.
+) -> GridFit | None:
+    """The grid that fits the refined corners `points` of a grid of `square`-pixel squares
+    (`GridFit`); None when fewer than `min_corners` lie within `max_residual` of it.
 
     A piece's outline near a corner can drag its refined position a tenth of a square, and
     a row of such corners would tilt a least-squares fit. So the kept corners are placed
-    again by medians (`_median_affine`), and the final least-squares fit uses only those
-    close to that: within `_TIGHT_SPREAD` times their median distance or `_TIGHT_FLOOR` of a
-    square, and at least the closest `_TIGHT_SHARE` of them, so that a noisy grid (a board
-    enlarged from a low resolution) is not fitted on a few corners at one end."""
+    again by medians (`_median_affine`). Where most of them lie within `_TIGHT_FLOOR` of a
+    square of that, the final least-squares fit uses only those close to it: within
+    `_TIGHT_SPREAD` times their median distance or `_TIGHT_FLOOR`, and at least the closest
+    `_TIGHT_SHARE` of them. A noisy grid (hatched squares, a board enlarged from a low
+    resolution) is fitted on all its kept corners, which average out."""
     affine = _fit_affine(columns, rows, points)
     residual = np.hypot(*(points - _apply(affine, columns, rows)).T) / square
     keep = residual <= settings.max_residual
@@ -494,13 +552,13 @@ def fit_grid(
     columns, rows, points = columns[keep], rows[keep], points[keep]
     residual = np.hypot(*(points - _apply(_median_affine(columns, rows, points), columns, rows)).T)
     residual /= square
-    limit = max(
-        _TIGHT_SPREAD * np.median(residual), _TIGHT_FLOOR, np.quantile(residual, _TIGHT_SHARE)
-    )
-    close = residual <= limit
-    if close.sum() >= settings.min_corners:
-        columns, rows, points = columns[close], rows[close], points[close]
-    return _fit_affine(columns, rows, points), int(keep.sum())
+    spread = float(_share_of_the_way(residual))
+    if spread <= _TIGHT_FLOOR:
+        limit = max(_TIGHT_SPREAD * spread, _TIGHT_FLOOR, _share_of_the_way(residual, _TIGHT_SHARE))
+        close = residual <= limit
+        if close.sum() >= settings.min_corners:
+            columns, rows, points = columns[close], rows[close], points[close]
+    return GridFit(_fit_affine(columns, rows, points), int(keep.sum()), spread)
 
 
 def _median_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -514,9 +572,17 @@ def _median_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) ->
     across, down = across[~np.isnan(across[:, 0])], down[~np.isnan(down[:, 0])]
     if not len(across) or not len(down):
         return _fit_affine(columns, rows, points)
-    step_across, step_down = np.median(across, axis=0), np.median(down, axis=0)
-    origin = np.median(points - np.outer(columns, step_across) - np.outer(rows, step_down), axis=0)
+    step_across, step_down = _share_of_the_way(across), _share_of_the_way(down)
+    origin = _share_of_the_way(points - np.outer(columns, step_across) - np.outer(rows, step_down))
     return np.stack([step_across, step_down, origin], axis=1)
+
+
+def _share_of_the_way(values: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """The value `share` of the way through `values` sorted along the first axis (0.5: the
+    median, the upper middle one of an even count). One sort: np.median and np.quantile cost
+    ten times as much on the few dozen corners of a grid."""
+    ordered = np.sort(values, axis=0)
+    return ordered[round(share * (len(ordered) - 1) + 0.25)]
 
 
 RECTIFIED_SQUARE = 16  # pixels a square in the board checked by `_edge_contrast`
@@ -646,10 +712,11 @@ def _side_belongs(
 
 
 def _fit_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Least-squares 2 x 3 map from (column, row, 1) to image (x, y)."""
+    """Least-squares 2 x 3 map from (column, row, 1) to image (x, y), by the normal
+    equations: the corners of a grid span at least four rows and columns, so they are never
+    singular, and solving them is a fifth of `lstsq`'s cost."""
     design = np.stack([columns, rows, np.ones_like(columns)], axis=1).astype(np.float64)
-    solution, *_ = np.linalg.lstsq(design, points.astype(np.float64), rcond=None)
-    return solution.T
+    return np.linalg.solve(design.T @ design, design.T @ points.astype(np.float64)).T
 
 
 def _apply(affine: np.ndarray, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
