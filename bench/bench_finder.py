@@ -2,7 +2,7 @@
 scenes drawn only with the designs and looks that training never sees.
 
     OMP_NUM_THREADS=1 python bench/bench_finder.py --work /tmp/finder_bench \
-        [--scenes 400] [--negatives 200] [--speed 100]
+        [--scenes 400] [--negatives 200] [--speed 100] [--against GIT_REV]
 
 Steps, each resumed when its output exists:
 
@@ -14,6 +14,10 @@ Steps, each resumed when its output exists:
 3. Speed on the screenshots (1280 x 800), one thread: finding and reading each board,
    against the baseline of reading the same boards from crops at their labelled corners
    (the reader alone), per wall-clock and per CPU second, and their ratio.
+4. With `--against REV`: the finder of that git revision (`src/chessvlm/finder.py` as it was
+   there) beside today's on the same screenshots, finding only, rounds interleaved so that
+   other jobs slow both alike: CPU ms per screenshot, their ratio, and on how many
+   screenshots both find the same boards (every corner within 0.05 px).
 
 Prints the issue's targets beside the figures and writes WORK/bench.json.
 """
@@ -21,14 +25,21 @@ Prints the issue's targets beside the figures and writes WORK/bench.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import cv2
+import numpy as np
 import torch
 
+import chessvlm.finder
 from chessvlm.detection import SceneEvalConfig, evaluate_scenes
 from chessvlm.finder import FoundBoard, find_boards
 from chessvlm.io import atomic_write_json, read_jsonl
@@ -67,12 +78,61 @@ def speed(scenes_dir: Path, count: int) -> dict:
     return {"screenshots": len(images), **timings}
 
 
+ROUNDS = 3
+
+
+def finder_at(revision: str) -> ModuleType:
+    """`chessvlm.finder` as it was at git `revision`, imported beside today's."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{revision}:src/chessvlm/finder.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "finder_then.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("finder_then", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["finder_then"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(scenes_dir: Path, count: int, revision: str) -> dict:
+    """Step 4: CPU ms per screenshot of the finder at `revision` and today's, interleaved."""
+    reader = load_reader(default_reader())
+    locate = partial(locate_board, reader)
+    shots = [s for s in read_jsonl(scenes_dir / LABELS_FILE) if s["kind"] == "screenshot"]
+    images = [open_image(scenes_dir / s["image_path"]) for s in shots[:count]]
+    finders = {revision: finder_at(revision), "today": chessvlm.finder}
+    found = {name: [f.find_boards(i, locate=locate) for i in images] for name, f in finders.items()}
+    same = sum(
+        len(a) == len(b)
+        and all(
+            np.abs(np.subtract(x.corners, y.corners)).max() <= 0.05
+            for x, y in zip(a, b, strict=True)
+        )
+        for a, b in zip(*found.values(), strict=True)
+    )
+    cpu = {name: [] for name in finders}
+    for _ in range(ROUNDS):
+        for name, finder in finders.items():
+            started = time.process_time()
+            for image in images:
+                finder.find_boards(image, locate=locate)
+            cpu[name].append(1000 * (time.process_time() - started) / len(images))
+    return {"revision": revision, "ms_per_screenshot": cpu, "same_boards": same, "of": len(images)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=400)
     parser.add_argument("--negatives", type=int, default=200)
     parser.add_argument("--speed", type=int, default=100, help="screenshots timed")
+    parser.add_argument("--against", help="a git revision whose finder to time beside today's")
     args = parser.parse_args()
     # The speed target is for one thread: torch follows OMP_NUM_THREADS, OpenCV would
     # otherwise spread its resizes and filters over every core.
@@ -167,6 +227,16 @@ def main() -> None:
         args.work / "bench.json", {"scenes": scenes, "negatives": negatives, "speed": timed}
     )
     print(json.dumps(timed))
+    if args.against:
+        compared = against(args.work / "scenes", args.speed, args.against)
+        then, today = compared["ms_per_screenshot"].values()
+        print(
+            f"\nfinding only, CPU ms per screenshot over {ROUNDS} interleaved rounds: "
+            f"{args.against} {' '.join(f'{t:.1f}' for t in then)}, today "
+            f"{' '.join(f'{t:.1f}' for t in today)}; {args.against} / today "
+            f"{min(then) / min(today):.2f}x (fastest rounds); the same boards on "
+            f"{compared['same_boards']} of {compared['of']} screenshots"
+        )
 
 
 if __name__ == "__main__":
