@@ -127,6 +127,27 @@ def test_two_rows_of_corners_dragged_off_by_pieces_do_not_tilt_the_grid():
     assert np.abs(np.stack([columns, rows, np.ones(49)], 1) @ least_squares - truth).max() > 2
 
 
+@pytest.mark.parametrize(("piece_set", "theme"), [("cburnett", "blue"), ("alpha", "brown")])
+def test_a_hatched_board_enlarged_from_low_resolution_is_found_to_a_twentieth_of_a_square(
+    piece_set, theme
+):
+    # Refined on the image itself, the hatching and the pixel steps pull these corners
+    # 0.1-0.12 square off; refined again on the board blurred, 0.01.
+    params = RenderParams(
+        piece_set=piece_set,
+        theme=theme,
+        size=472,
+        texture="hatch",
+        lowres=20,
+        upscale="nearest",
+        margin=(30, 30, 30, 30),
+    )
+    (found,) = find_boards(render_board(chess.Board(), params))
+    left, top, right, bottom = board_box(params)
+    truth = [(left, top), (right, top), (right, bottom), (left, bottom)]
+    assert corner_error(found, truth) <= 0.05
+
+
 def test_of_two_placements_with_as_many_corners_seen_the_one_in_place_scores_higher():
     params = RenderParams(size=320, margin=(40, 40, 80, 40))
     image = render_board(chess.Board(), params)
