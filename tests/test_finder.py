@@ -118,13 +118,12 @@ def test_two_rows_of_corners_dragged_off_by_pieces_do_not_tilt_the_grid():
     refined = truth + np.random.default_rng(0).normal(0, 0.3, truth.shape)
     refined[rows >= 5, 1] -= 3.5  # an eighth of a square up, as a row of pieces pulls them
     fit = fit_grid(columns, rows, refined, square=30.0)
-    affine, kept = fit.affine, fit.kept
-    fitted = np.stack([columns, rows, np.ones(49)], axis=1) @ affine.T
-    least_squares, *_ = np.linalg.lstsq(np.stack([columns, rows, np.ones(49)], 1), refined)
-    assert kept == 49
-    assert np.abs(fitted - truth).max() < 0.6
+    design = np.stack([columns, rows, np.ones(49)], axis=1)
+    least_squares, *_ = np.linalg.lstsq(design, refined)
+    assert fit.kept == 49
+    assert np.abs(design @ fit.affine.T - truth).max() < 0.6
     # The plain fit the grid used to get: the board's bottom edge a tenth of a square high.
-    assert np.abs(np.stack([columns, rows, np.ones(49)], 1) @ least_squares - truth).max() > 2
+    assert np.abs(design @ least_squares - truth).max() > 2
 
 
 @pytest.mark.parametrize(("piece_set", "theme"), [("cburnett", "blue"), ("alpha", "brown")])

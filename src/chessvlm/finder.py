@@ -544,14 +544,12 @@ def fit_grid(
     `_TIGHT_SPREAD` times their median distance or `_TIGHT_FLOOR`, and at least the closest
     `_TIGHT_SHARE` of them. A noisy grid (hatched squares, a board enlarged from a low
     resolution) is fitted on all its kept corners, which average out."""
-    affine = _fit_affine(columns, rows, points)
-    residual = np.hypot(*(points - _apply(affine, columns, rows)).T) / square
-    keep = residual <= settings.max_residual
+    plain = _off_grid(_fit_affine(columns, rows, points), columns, rows, points, square)
+    keep = plain <= settings.max_residual
     if keep.sum() < settings.min_corners:
         return None
     columns, rows, points = columns[keep], rows[keep], points[keep]
-    residual = np.hypot(*(points - _apply(_median_affine(columns, rows, points), columns, rows)).T)
-    residual /= square
+    residual = _off_grid(_median_affine(columns, rows, points), columns, rows, points, square)
     spread = float(_share_of_the_way(residual))
     if spread <= _TIGHT_FLOOR:
         limit = max(_TIGHT_SPREAD * spread, _TIGHT_FLOOR, _share_of_the_way(residual, _TIGHT_SHARE))
@@ -559,6 +557,13 @@ def fit_grid(
         if close.sum() >= settings.min_corners:
             columns, rows, points = columns[close], rows[close], points[close]
     return GridFit(_fit_affine(columns, rows, points), int(keep.sum()), spread)
+
+
+def _off_grid(
+    affine: np.ndarray, columns: np.ndarray, rows: np.ndarray, points: np.ndarray, square: float
+) -> np.ndarray:
+    """How far each corner lies from where `affine` puts its (column, row), in squares."""
+    return np.hypot(*(points - _apply(affine, columns, rows)).T) / square
 
 
 def _median_affine(columns: np.ndarray, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
