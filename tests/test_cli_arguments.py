@@ -116,3 +116,15 @@ def test_reader_train_names_a_missing_data_folder(tmp_path, capsys):
     argv = ["reader", "train", "--data_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
     assert main(argv) == 2
     assert f"--data_dir: {tmp_path / 'nowhere'}: folder not found" in capsys.readouterr().err
+
+
+def test_reader_widths_are_read_as_a_list_and_a_bad_one_is_named(capsys):
+    from chessvlm.cli.arguments import config_options
+    from chessvlm.reader.train import ReaderTrainConfig
+
+    argv = ["reader", "train", "--data_dir", "d", "--out", "o", "--widths", "16,32,64,128"]
+    config = ReaderTrainConfig(**config_options(build_parser().parse_args(argv), ReaderTrainConfig))
+    assert config.spec().widths == (16, 32, 64, 128)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[:-1], "16,x"])
+    assert "--widths: expected integers separated by commas, got 16,x" in capsys.readouterr().err

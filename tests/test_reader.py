@@ -18,7 +18,13 @@ from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.augment import _redraw_pieces, _stroke_weight, augment_batch, augment_scenes
-from chessvlm.reader.data import BoardSet, image_order_labels, read_split, square_labels
+from chessvlm.reader.data import (
+    BoardSet,
+    image_order_labels,
+    load_board_set,
+    read_split,
+    square_labels,
+)
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 from chessvlm.reader.images import crop_to_box, load_board_image, load_scene
 from chessvlm.reader.model import (
@@ -42,7 +48,14 @@ from chessvlm.reader.read import (
     read_images,
     save_checkpoint,
 )
-from chessvlm.reader.train import LOG_FILE, STATE_FILE, ReaderTrainConfig, _meta_loss, train_reader
+from chessvlm.reader.train import (
+    LOG_FILE,
+    STATE_FILE,
+    ReaderTrainConfig,
+    _meta_loss,
+    _Trainer,
+    train_reader,
+)
 from chessvlm.rendering import RenderParams, render_board
 
 TINY_CLIP = {
@@ -411,6 +424,27 @@ def test_training_resumes_where_it_stopped(tmp_path, dataset, capsys):
     assert [entry["epoch"] for entry in entries] == [1, 2]
     # 8 boards in batches of 4: the second epoch continued the step count
     assert entries[1]["step"] == 4
+
+
+def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset):
+    # Augmenting on a second thread must not change what a step trains on: a run resumed
+    # mid-epoch (batch 1, step 5) draws the same inputs as batches prepared one at a time.
+    config = _train_config(dataset, tmp_path, batch_size=2)
+    train = load_board_set(
+        dataset, read_split(dataset, "train"), TEST_IMAGE_SIZE, workers=1, desc="train"
+    )
+    model = BoardReader(config.spec())
+    progress = {"epoch": 0, "batch": 1, "step": 5, "seconds": 0.0, "best": None}
+    trainer = _Trainer(
+        model, torch.optim.SGD(model.parameters()), 0.1, config, tmp_path, progress, train
+    )
+    batches = torch.arange(len(train)).split(2)
+    prepared = list(trainer.prepared(batches))
+    assert len(prepared) == len(batches) - 1
+    for offset, inputs in enumerate(prepared):
+        alone = trainer.inputs(batches[1 + offset], 5 + offset)
+        assert all(torch.equal(a, b) for a, b in zip(inputs, alone, strict=True))
+    assert not torch.equal(prepared[0].pixels, trainer.inputs(batches[1], 6).pixels)
 
 
 def test_training_loss_falls_on_a_few_boards(tmp_path, dataset):

@@ -141,6 +141,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """Argument type: comma-separated positive integers, e.g. `16,32,64,128`."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        message = f"expected integers separated by commas, got {text}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text}")
+    return values
+
+
 def non_negative_int(text: str) -> int:
     """Argument type: an integer of at least 0."""
     value = int(text)

@@ -15,6 +15,7 @@ from chessvlm.cli.arguments import (
     config_options,
     positive_float,
     positive_int,
+    positive_int_list,
 )
 from chessvlm.io import require_folder
 
@@ -84,6 +85,14 @@ def _register_train(commands) -> None:
         type=positive_int,
         default=TRAIN("image_size"),
         help="board side in px (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=positive_int_list,
+        default=TRAIN("widths"),
+        help="CNN channels, comma-separated: the stem's, then one per stage, each stage "
+        "halving the cells down to one a square, e.g. 16,32,64,128 (4 x 4 px patches at "
+        "256 px) or 32,64,128 (8 x 8 px patches) (default: %(default)s)",
     )
     parser.add_argument("--max_train_samples", type=positive_int, help="use the first N only")
     parser.add_argument(

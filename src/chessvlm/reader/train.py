@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -71,6 +74,8 @@ TO_MOVE_MIN_GAIN = 0.05
 # (primes larger than any epoch or step count) keep the streams of different seeds apart.
 EPOCH_SEED_STRIDE = 7919
 STEP_SEED_STRIDE = 1_000_003
+# Batches augmented ahead of the one training: enough to keep the augmenting thread busy.
+PREPARED_AHEAD = 2
 
 
 @dataclass
@@ -81,6 +86,7 @@ class ReaderTrainConfig:
     out: str
     encoder: str = "cnn"
     image_size: int = 256
+    widths: tuple[int, ...] = ReaderSpec.widths
     epochs: int = 15
     batch_size: int = 32
     learning_rate: float | None = None
@@ -102,6 +108,7 @@ class ReaderTrainConfig:
         return ReaderSpec(
             encoder=self.encoder,
             image_size=self.image_size,
+            widths=tuple(self.widths),
             clip_model=self.clip_model,
             clip_config=dict(self.clip_config),
             freeze_encoder=self.freeze_encoder,
@@ -170,6 +177,14 @@ def _finished(progress: dict, config: ReaderTrainConfig) -> bool:
     return progress["epoch"] >= config.epochs or over_time
 
 
+class _Inputs(NamedTuple):
+    """One training batch as the networks take it: boards, whole images, their board boxes."""
+
+    pixels: torch.Tensor
+    scene_pixels: torch.Tensor
+    boxes: torch.Tensor
+
+
 class _Trainer:
     """The training loop's state, so that each part of it stays small."""
 
@@ -215,8 +230,8 @@ class _Trainer:
                 total=len(batches),
             )
             losses = []
-            for index in bar:
-                losses.append(self.step(batches[index]))
+            for index, inputs in zip(bar, self.prepared(batches), strict=False):
+                losses.append(self.step(batches[index], inputs))
                 self.progress["batch"] = index + 1
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if _finished(self.progress, self.config):
@@ -231,17 +246,36 @@ class _Trainer:
             self.end_of_epoch(val, float(np.mean(losses)) if losses else None, epoch_done)
         self.finish(val)
 
-    def step(self, indices: torch.Tensor) -> float:
-        self.model.train()
-        seed = self.config.seed * STEP_SEED_STRIDE + self.progress["step"]
-        generator = torch.Generator().manual_seed(seed)
+    def prepared(self, batches: tuple[torch.Tensor, ...]) -> Iterator[_Inputs]:
+        """The inputs of the epoch's remaining batches, augmented on a second thread while the
+        network trains on the one before (torch and Pillow release the GIL): on a second free
+        core the two overlap."""
+        first, step = self.progress["batch"], self.progress["step"]
+        upcoming: deque[Future[_Inputs]] = deque()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for offset, index in enumerate(range(first, len(batches))):
+                upcoming.append(pool.submit(self.inputs, batches[index], step + offset))
+                if len(upcoming) > PREPARED_AHEAD:
+                    yield upcoming.popleft().result()
+            while upcoming:
+                yield upcoming.popleft().result()
+
+    def inputs(self, indices: torch.Tensor, step: int) -> _Inputs:
+        """One batch's network inputs, augmented with the generator of its step (a resumed
+        run draws the same)."""
         train = self.train
         images, scenes, boxes = train.images[indices], train.scenes[indices], train.boxes[indices]
-        if self.config.augment:
-            pixels = augment_batch(images, generator)
-            scene_pixels, boxes = augment_scenes(scenes, boxes, generator)
-        else:
-            pixels, scene_pixels = images.float() / 255, scenes.float() / 255
+        if not self.config.augment:
+            return _Inputs(images.float() / 255, scenes.float() / 255, boxes)
+        generator = torch.Generator().manual_seed(self.config.seed * STEP_SEED_STRIDE + step)
+        pixels = augment_batch(images, generator)
+        scene_pixels, boxes = augment_scenes(scenes, boxes, generator)
+        return _Inputs(pixels, scene_pixels, boxes)
+
+    def step(self, indices: torch.Tensor, inputs: _Inputs) -> float:
+        self.model.train()
+        train = self.train
+        pixels, scene_pixels, boxes = inputs
         channels_last = torch.channels_last
         square_logits, meta_logits = self.model(pixels.contiguous(memory_format=channels_last))
         located = self.model.locator(scene_pixels.contiguous(memory_format=channels_last))
