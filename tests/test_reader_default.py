@@ -16,6 +16,7 @@ from chessvlm.errors import ChessVLMError
 from chessvlm.reader.default import DEFAULT_READER, DefaultRecipe, default_reader
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE
+from chessvlm.reader.train import ReaderTrainConfig
 from chessvlm.rendering import RenderParams, render_board
 
 MAX_BYTES = 5_000_000
@@ -31,6 +32,9 @@ def test_the_package_ships_a_small_default_reader():
         "command": "chessvlm reader build-default",
         **dataclasses.asdict(DefaultRecipe()),
     }
+    # The network this code would train: a changed default (widths, context layers) must
+    # come with rebuilt weights.
+    assert config["spec"] == ReaderTrainConfig(data_dir="", out="").spec().to_dict()
 
 
 def test_default_reader_reads_unseen_designs(tmp_path):
