@@ -76,7 +76,7 @@ class ReaderSpec:
 
     encoder: str = "cnn"
     image_size: int = 256
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (16, 32, 64, 128)
     clip_model: str | None = None
     clip_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
@@ -109,9 +109,10 @@ class SquareCNN(nn.Module):
     A non-overlapping stem cuts each square into (2^k)^2 patches, k = len(widths) - 1; each of
     k stages is a centred 3x3 convolution and a 2x2 pool, which ends at one cell per square,
     centred on it (stride-2 convolutions would centre cells on the squares' corners). A last
-    3x3 convolution lets each square see its neighbours. The default stem of 8x8 px patches at
-    256 px costs half the CPU time of a 4x4 stem with one more stage, and keeps 32 px squares,
-    where the small coordinate letters drawn in the edge squares are still legible.
+    3x3 convolution lets each square see its neighbours. The default, 4 x 4 px patches at
+    256 px and three stages, costs 1.13x the training step and 1.17x the reading time of
+    8 x 8 px patches and two stages (`widths` 32, 64, 128), and after 20 minutes of training
+    read 0.4 points more squares of seen designs and 0.6 more of unseen ones (docs/reader.md).
     """
 
     def __init__(self, image_size: int, widths: tuple[int, ...]) -> None:
