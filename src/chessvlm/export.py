@@ -12,6 +12,10 @@ graphs in the output folder:
   N x 4 (`META_OUTPUTS`: black at the bottom, black to move, the orientation the coordinates
   show, coordinates drawn).
 
+A reading's orientation also weighs the position prior (`chessvlm.reader.orientation`) on
+the square probabilities; it is not in the graphs, and `OnnxReader` applies the shipped one
+as `chessvlm.reader.read` does.
+
 `export.json` describes both, with the checkpoint's config and the check against torch:
 `check_export` reads rendered boards with both runtimes and fails unless every probability
 agrees within `TOLERANCE` and every FEN is the same. The board finder, when it lands, adds
@@ -39,6 +43,7 @@ from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.images import crop_board, scene_array, usable_box
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
+from chessvlm.reader.orientation import default_position_prior
 from chessvlm.reader.read import (
     BoardReading,
     Reader,
@@ -193,6 +198,8 @@ class OnnxReader:
         )
         self.config = config
         self.image_size = int(config["spec"]["image_size"])
+        # The prior is not in the graphs: it reads the squares' probabilities, design-free.
+        self.position_prior = default_position_prior()
 
     def locate(self, scenes: np.ndarray) -> np.ndarray:
         """uint8 N x L x L x 3 whole images -> boxes N x 4 (fractions of the image)."""
@@ -231,6 +238,7 @@ class OnnxReader:
             str(self.config.get("decode", "argmax")),
             bool(self.config.get("predicts_to_move")),
             flipped,
+            prior=self.position_prior,
         )
 
 

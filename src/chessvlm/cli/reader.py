@@ -137,7 +137,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _register_build_default(commands) -> None:
-    from chessvlm.reader.default import DEFAULT_READER, DefaultRecipe
+    from chessvlm.reader.default import DEFAULT_POSITION_PRIOR, DEFAULT_READER, DefaultRecipe
 
     recipe = DefaultRecipe()
     parser = commands.add_parser(
@@ -146,8 +146,9 @@ def _register_build_default(commands) -> None:
         description=(
             f"Render {recipe.train_samples:,} training and {recipe.val_samples} validation "
             f"boards in the {recipe.style!r} style (seed {recipe.seed}) into --work, train the "
-            f"reader {recipe.epochs} epochs there, and write its checkpoint to --out. "
-            "Rerunning resumes."
+            f"reader {recipe.epochs} epochs there, and write its checkpoint to --out; then "
+            "train the position prior that weighs every reading's orientation and write it to "
+            "--prior_out. Rerunning resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
@@ -155,6 +156,11 @@ def _register_build_default(commands) -> None:
         OUT,
         default=str(DEFAULT_READER),
         help="where the checkpoint goes (default: the package)",
+    )
+    parser.add_argument(
+        "--prior_out",
+        default=str(DEFAULT_POSITION_PRIOR),
+        help="where the position prior goes (default: the package)",
     )
     parser.add_argument(
         "--workers",
@@ -168,7 +174,8 @@ def _register_build_default(commands) -> None:
 def _run_build_default(args: argparse.Namespace) -> int:
     from chessvlm.reader.default import build_default_reader
 
-    print(f"default reader: {build_default_reader(args.work, args.out, workers=args.workers)}")
+    out = build_default_reader(args.work, args.out, workers=args.workers, prior_out=args.prior_out)
+    print(f"default reader: {out}; position prior: {args.prior_out}")
     return 0
 
 

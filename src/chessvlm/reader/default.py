@@ -4,7 +4,9 @@
 is given. It is trained only on the piece designs and board looks of the `designs-seen`
 style, so its figures on `designs-held-out` are those of designs it never saw.
 `chessvlm reader build-default` renders its data, trains it with `DefaultRecipe` and writes
-the checkpoint into the package (or `--out`).
+the checkpoint into the package (or `--out`), then trains the position prior that every
+reader's orientation weighs (`chessvlm.reader.orientation`, `PriorRecipe`) and writes it into
+the package (or `--prior_out`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chessvlm.errors import ChessVLMError
 from chessvlm.io import atomic_write_json
 
-DEFAULT_READER = Path(__file__).resolve().parent.parent / "weights" / "reader"
+if TYPE_CHECKING:
+    from chessvlm.reader.orientation import PriorRecipe
+
+_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_READER = _WEIGHTS / "reader"
+DEFAULT_POSITION_PRIOR = _WEIGHTS / "position_prior"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +60,14 @@ def build_default_reader(
     out: str | Path = DEFAULT_READER,
     recipe: DefaultRecipe = DefaultRecipe(),
     workers: int = 2,
+    prior_out: str | Path = DEFAULT_POSITION_PRIOR,
+    prior_recipe: PriorRecipe | None = None,
 ) -> Path:
     """Render the recipe's data into `work_dir`, train the reader there (both resume when run
-    again) and copy the finished checkpoint's two files into `out`."""
+    again) and copy the finished checkpoint's two files into `out`; then train the position
+    prior in `work_dir` (kept for reruns) and copy it into `prior_out`."""
     from chessvlm.datasets import synth_json_dataset
+    from chessvlm.reader.orientation import PriorRecipe
     from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader
     from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
@@ -82,4 +94,22 @@ def build_default_reader(
         **dataclasses.asdict(recipe),
     }
     atomic_write_json(out / CONFIG_FILE, checkpoint)
+    prior_recipe = prior_recipe or PriorRecipe()
+    _build_position_prior(work_dir / "position_prior", Path(prior_out), prior_recipe)
     return out
+
+
+def _build_position_prior(work_dir: Path, out: Path, recipe: PriorRecipe) -> None:
+    from chessvlm.reader.orientation import (
+        PRIOR_CONFIG_FILE,
+        PRIOR_WEIGHTS_FILE,
+        save_position_prior,
+        train_position_prior,
+    )
+
+    if not (work_dir / PRIOR_CONFIG_FILE).is_file():
+        prior, accuracy = train_position_prior(recipe)
+        save_position_prior(prior, work_dir, recipe, accuracy)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (PRIOR_WEIGHTS_FILE, PRIOR_CONFIG_FILE):
+        shutil.copyfile(work_dir / name, out / name)

@@ -44,6 +44,11 @@ from chessvlm.reader.model import (
     decode_squares,
     to_square_order,
 )
+from chessvlm.reader.orientation import (
+    PositionPrior,
+    combined_flipped_probability,
+    default_position_prior,
+)
 
 WEIGHTS_FILE = "reader.safetensors"
 CONFIG_FILE = "reader.json"
@@ -86,11 +91,13 @@ class BoardReading:
 
 @dataclass
 class Reader:
-    """A loaded reader checkpoint, ready to read boards."""
+    """A loaded reader checkpoint, ready to read boards; `position_prior` joins the meta head
+    in saying which side is at the bottom (`chessvlm.reader.orientation`)."""
 
     model: BoardReader
     config: dict[str, Any]
     path: Path
+    position_prior: PositionPrior | None = None
 
     @property
     def image_size(self) -> int:
@@ -154,7 +161,7 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
     model.eval()
     if fold:
         model.fold_for_inference()
-    return Reader(model=model, config=config, path=path)
+    return Reader(model=model, config=config, path=path, position_prior=default_position_prior())
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -191,7 +198,12 @@ def read_arrays(
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     log_probs, meta = run_network(reader.model, batch)
     return decode_outputs(
-        log_probs, meta, decode or reader.decode, reader.predicts_to_move, flipped
+        log_probs,
+        meta,
+        decode or reader.decode,
+        reader.predicts_to_move,
+        flipped,
+        prior=reader.position_prior,
     )
 
 
@@ -300,11 +312,19 @@ def decode_outputs(
     decode: str,
     with_to_move: bool,
     known_flips: Sequence[bool | None] | None = None,
+    *,
+    prior: PositionPrior | None = None,
 ) -> list[BoardReading]:
+    """The network's outputs (`run_network`) as readings: each board turned to the standard
+    square order by its known orientation, or else by the meta head's, joined by `prior`'s
+    evidence from the squares read where one is given."""
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
     known_flips = known_flips or [None] * len(log_probs)
+    meta = meta.clone()
+    head = META_OUTPUTS.index("flipped")
+    meta[:, head] = combined_flipped_probability(meta[:, head], prior, log_probs)
     outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
     for cells, meta_probabilities, known in outputs:
         named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))

@@ -1,0 +1,136 @@
+"""The position prior: it learns from synthetic games which side is at the bottom, the shipped
+one is reproducible by its recipe and right on fresh positions, and a reading's orientation
+weighs it beside the meta head."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import chess
+import pytest
+import torch
+
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.reader.default import (
+    DEFAULT_POSITION_PRIOR,
+    DEFAULT_READER,
+    DefaultRecipe,
+    build_default_reader,
+)
+from chessvlm.reader.model import META_OUTPUTS, NUM_CLASSES
+from chessvlm.reader.orientation import (
+    PRIOR_CONFIG_FILE,
+    PRIOR_WEIGHTS_FILE,
+    PositionPrior,
+    PriorRecipe,
+    combined_flipped_probability,
+    default_position_prior,
+    load_position_prior,
+    position_classes,
+    prior_accuracy,
+    save_position_prior,
+    shown_as_images,
+    train_position_prior,
+)
+from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, decode_outputs, is_reader_checkpoint
+
+TINY = PriorRecipe(hidden=(16,), positions=2000, held_out=500, epochs=3, batch_size=128)
+MAX_SHIPPED_BYTES = 5_000_000
+
+
+def _shown(fen: str, flipped: bool) -> torch.Tensor:
+    """The board of `fen` as an image shows it: one-hot square classes, image order, 1 x 64 x 13."""
+    from chessvlm.reader.data import square_labels
+
+    return shown_as_images(torch.tensor([square_labels(fen)]), torch.tensor([flipped]))
+
+
+def test_a_small_prior_learns_which_side_is_at_the_bottom(tmp_path):
+    prior, accuracy = train_position_prior(TINY)
+    # Chance is 0.5; this recipe gets 0.884 (the shipped one, 0.948).
+    assert accuracy >= 0.8
+    _, same = train_position_prior(TINY)
+    assert same == accuracy  # deterministic for a recipe
+    save_position_prior(prior, tmp_path, TINY, accuracy)
+    loaded = load_position_prior(tmp_path)
+    shown = torch.cat([_shown(chess.STARTING_FEN, True), _shown(chess.STARTING_FEN, False)])
+    assert loaded(shown).shape == (2,)
+    assert torch.equal(loaded(shown), prior(shown))
+    assert json.loads((tmp_path / PRIOR_CONFIG_FILE).read_text())["held_out_accuracy"] == accuracy
+
+
+def test_the_shipped_prior_is_small_made_by_its_recipe_and_right_on_fresh_positions():
+    config = json.loads((DEFAULT_POSITION_PRIOR / PRIOR_CONFIG_FILE).read_text())
+    assert config["recipe"] == PriorRecipe().to_dict()
+    shipped = [DEFAULT_READER / CONFIG_FILE, DEFAULT_READER / WEIGHTS_FILE]
+    shipped += [
+        DEFAULT_POSITION_PRIOR / PRIOR_CONFIG_FILE,
+        DEFAULT_POSITION_PRIOR / PRIOR_WEIGHTS_FILE,
+    ]
+    assert sum(path.stat().st_size for path in shipped) <= MAX_SHIPPED_BYTES
+    # Positions of games the prior never learnt from, each shown both ways up.
+    fresh = position_classes(400, "test-fresh-positions")
+    assert prior_accuracy(default_position_prior(), fresh) >= 0.93
+
+
+def test_an_unsure_head_follows_the_position_and_a_sure_one_keeps_a_say():
+    opening = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
+    prior = default_position_prior()
+    log_probs = _shown(opening, True).clamp_min(1e-4).log()
+    unsure = combined_flipped_probability(torch.tensor([0.5]), prior, log_probs)
+    assert unsure.item() > 0.99
+    # A saturated head (its sigmoid rounds to 0) is clamped, so the position still counts.
+    sure = combined_flipped_probability(torch.tensor([0.0]), prior, log_probs)
+    assert 0.0 < sure.item() < unsure.item()
+    head = torch.tensor([0.3])
+    assert torch.equal(combined_flipped_probability(head, None, log_probs), head)
+
+
+def test_decoding_weighs_the_prior_and_a_known_orientation_overrides_both():
+    opening = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
+    log_probs = _shown(opening, True).clamp_min(1e-4).log()
+    meta = torch.full((1, len(META_OUTPUTS)), 0.5)
+    prior = default_position_prior()
+    (with_prior,) = decode_outputs(log_probs, meta, "argmax", False, prior=prior)
+    assert with_prior.flipped and with_prior.flipped_probability > 0.99
+    assert with_prior.board.board_fen() == chess.Board(opening).board_fen()
+    (head_alone,) = decode_outputs(log_probs, meta, "argmax", False)
+    assert head_alone.flipped_probability == 0.5 and not head_alone.flipped
+    (known,) = decode_outputs(
+        log_probs, meta, "argmax", False, [False], prior=default_position_prior()
+    )
+    assert not known.flipped
+
+
+def test_a_missing_or_broken_prior_is_a_clear_error(tmp_path):
+    with pytest.raises(ChessVLMError, match=r"no position prior.*build-default"):
+        load_position_prior(tmp_path)
+    save_position_prior(PositionPrior((8,)), tmp_path, TINY, 0.5)
+    with pytest.raises(InputError, match=r"prior\.safetensors.*do not fit"):
+        load_position_prior(tmp_path)  # the config says 16 hidden units, the weights 8
+    (tmp_path / PRIOR_CONFIG_FILE).write_text("{not json")
+    with pytest.raises(InputError, match=r"prior\.json.*not a position prior"):
+        load_position_prior(tmp_path)
+
+
+def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
+    recipe = DefaultRecipe(train_samples=16, val_samples=8, epochs=1, batch_size=8)
+    reader_out, prior_out = tmp_path / "reader", tmp_path / "prior"
+    build = partial(
+        build_default_reader,
+        tmp_path / "work",
+        reader_out,
+        recipe,
+        workers=1,
+        prior_out=prior_out,
+        prior_recipe=TINY,
+    )
+    build()
+    assert is_reader_checkpoint(reader_out)
+    first = (prior_out / PRIOR_WEIGHTS_FILE).read_bytes()
+    assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == TINY.to_dict()
+    # A rerun finds both finished in the work folder and copies the same files again.
+    build()
+    assert (prior_out / PRIOR_WEIGHTS_FILE).read_bytes() == first
+    assert load_position_prior(prior_out)(torch.rand(1, 64, NUM_CLASSES)).shape == (1,)
