@@ -1,13 +1,13 @@
 """Which side is at the bottom, from the position a board shows: a prior over positions.
 
 A reader's meta head learns the orientation from what its training boards look like, and on
-piece designs it never saw it is wrong more often, and sure of itself when wrong. The position itself
-says a lot: white pawns stand below black ones and never on the last rank, kings castle on
-their own side, pieces start on their side. `PositionPrior` is a small network over the 64
-squares, in image order, that gives the log-odds of black being at the bottom. It learns
-from synthetic games alone, so it knows no piece design, and reads the reader's square
-probabilities for any design: the reading's orientation weighs its log-odds with the meta
-head's (`combined_flipped_probability`).
+piece designs it never saw it is wrong more often, and sure of itself when wrong. The
+position itself says a lot: white pawns stand below black ones and never on the last rank,
+kings castle on their own side, pieces start on their side. `PositionPrior` is a small
+network over the 64 squares, in image order, that gives the log-odds of black being at the
+bottom. It learns from synthetic games alone, so it knows no piece design, and reads the
+reader's square probabilities for any design: the reading's orientation weighs its log-odds
+with the meta head's (`combined_flipped_probability`).
 
 Positions alone cannot always tell: with one or two pawns and no coordinates both
 orientations are legal and often both plausible. On held-out synthetic positions the prior
