@@ -4,6 +4,7 @@ weighs it beside the meta head."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 
@@ -133,4 +134,8 @@ def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
     # A rerun finds both finished in the work folder and copies the same files again.
     build()
     assert (prior_out / PRIOR_WEIGHTS_FILE).read_bytes() == first
+    # Another prior recipe is trained anew, not taken from the work folder.
+    other = dataclasses.replace(TINY, hidden=(8,))
+    build(prior_recipe=other)
+    assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == other.to_dict()
     assert load_position_prior(prior_out)(torch.rand(1, 64, NUM_CLASSES)).shape == (1,)

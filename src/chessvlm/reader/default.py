@@ -12,6 +12,7 @@ the package (or `--prior_out`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,7 +66,8 @@ def build_default_reader(
 ) -> Path:
     """Render the recipe's data into `work_dir`, train the reader there (both resume when run
     again) and copy the finished checkpoint's two files into `out`; then train the position
-    prior in `work_dir` (kept for reruns) and copy it into `prior_out`."""
+    prior in `work_dir` (kept for reruns of the same `prior_recipe`) and copy it into
+    `prior_out`."""
     from chessvlm.datasets import synth_json_dataset
     from chessvlm.reader.orientation import PriorRecipe
     from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader
@@ -107,7 +109,9 @@ def _build_position_prior(work_dir: Path, out: Path, recipe: PriorRecipe) -> Non
         train_position_prior,
     )
 
-    if not (work_dir / PRIOR_CONFIG_FILE).is_file():
+    config = work_dir / PRIOR_CONFIG_FILE
+    made = config.is_file() and json.loads(config.read_text(encoding="utf-8"))["recipe"]
+    if made != recipe.to_dict():
         prior, accuracy = train_position_prior(recipe)
         save_position_prior(prior, work_dir, recipe, accuracy)
     out.mkdir(parents=True, exist_ok=True)
