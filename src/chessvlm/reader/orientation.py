@@ -122,10 +122,12 @@ def train_position_prior(recipe: PriorRecipe = PriorRecipe()) -> tuple[PositionP
     bottom; returns it (eval mode) and its accuracy on `held_out` further positions, both
     orientations of each. Deterministic for a recipe on one thread."""
     generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
     classes = position_classes(recipe.positions + recipe.held_out, recipe.seed)
     train, held_out = classes[: recipe.positions], classes[recipe.positions :]
-    prior = PositionPrior(recipe.hidden)
+    # Seeded weights, without resetting the caller's global generator.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        prior = PositionPrior(recipe.hidden)
     optimiser = torch.optim.AdamW(prior.parameters(), lr=recipe.learning_rate)
     steps = range(0, len(train), recipe.batch_size)
     for _ in tqdm(range(recipe.epochs), desc="position prior", leave=False):
