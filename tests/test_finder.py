@@ -10,6 +10,7 @@ from PIL import Image
 
 import chessvlm.finder
 from chessvlm.finder import (
+    FinderSettings,
     FoundBoard,
     board_pixels,
     box_iou,
@@ -124,6 +125,24 @@ def test_two_rows_of_corners_dragged_off_by_pieces_do_not_tilt_the_grid():
     assert np.abs(design @ fit.affine.T - truth).max() < 0.6
     # The plain fit the grid used to get: the board's bottom edge a tenth of a square high.
     assert np.abs(design @ least_squares - truth).max() > 2
+
+
+def test_a_chunk_of_corners_numbered_a_square_off_does_not_lose_the_grid():
+    # Arrows and pieces on a small board can break the links between corners, so that a
+    # part of the grid is numbered one column off: a least-squares fit through them keeps
+    # too few corners, the fit by medians keeps the rest.
+    rows, columns = np.divmod(np.arange(49), 7)
+    truth = np.stack([100 + 12.0 * (columns + 1), 50 + 12.0 * (rows + 1)], axis=1)
+    refined = truth + np.random.default_rng(1).normal(0, 0.3, truth.shape)
+    slipped = (columns >= 3) & (rows <= 2)
+    refined[slipped, 0] += 12.0
+    design = np.stack([columns, rows, np.ones(49)], axis=1)
+    least_squares, *_ = np.linalg.lstsq(design, refined)
+    close = np.hypot(*(design @ least_squares - refined).T) / 12.0 <= 0.2
+    assert close.sum() < FinderSettings().min_corners  # the plain fit alone would give up
+    fit = fit_grid(columns, rows, refined, square=12.0)
+    assert fit.kept == 49 - slipped.sum()
+    assert np.abs(design @ fit.affine.T - truth).max() < 0.6
 
 
 @pytest.mark.parametrize(("piece_set", "theme"), [("cburnett", "blue"), ("alpha", "brown")])

@@ -535,7 +535,10 @@ def fit_grid(
     settings: FinderSettings = FinderSettings(),
 ) -> GridFit | None:
     """The grid that fits the refined corners `points` of a grid of `square`-pixel squares
-    (`GridFit`); None when fewer than `min_corners` lie within `max_residual` of it.
+    (`GridFit`); None when fewer than `min_corners` lie within `max_residual` of it, placed
+    by least squares or, where that keeps too few, by medians (arrows or pieces can break
+    the links so that a part of the grid is numbered a square off, and pull a least-squares
+    fit away from every corner).
 
     A piece's outline near a corner can drag its refined position a tenth of a square, and
     a row of such corners would tilt a least-squares fit. So the kept corners are placed
@@ -544,9 +547,12 @@ def fit_grid(
     `_TIGHT_SPREAD` times their median distance or `_TIGHT_FLOOR`, and at least the closest
     `_TIGHT_SHARE` of them. A noisy grid (hatched squares, a board enlarged from a low
     resolution) is fitted on all its kept corners, which average out."""
-    plain = _off_grid(_fit_affine(columns, rows, points), columns, rows, points, square)
-    keep = plain <= settings.max_residual
-    if keep.sum() < settings.min_corners:
+    for place in (_fit_affine, _median_affine):
+        residual = _off_grid(place(columns, rows, points), columns, rows, points, square)
+        keep = residual <= settings.max_residual
+        if keep.sum() >= settings.min_corners:
+            break
+    else:
         return None
     columns, rows, points = columns[keep], rows[keep], points[keep]
     residual = _off_grid(_median_affine(columns, rows, points), columns, rows, points, square)
