@@ -535,10 +535,10 @@ def fit_grid(
     settings: FinderSettings = FinderSettings(),
 ) -> GridFit | None:
     """The grid that fits the refined corners `points` of a grid of `square`-pixel squares
-    (`GridFit`); None when fewer than `min_corners` lie within `max_residual` of it, placed
-    by least squares or, where that keeps too few, by medians (arrows or pieces can break
-    the links so that a part of the grid is numbered a square off, and pull a least-squares
-    fit away from every corner).
+    (`GridFit`); None when fewer than `min_corners` lie within `max_residual` of a first
+    fit: by least squares or, where that keeps too few, by medians (arrows or pieces can
+    break the links so that a part of the grid is numbered a square off, which pulls a
+    least-squares fit away from every corner).
 
     A piece's outline near a corner can drag its refined position a tenth of a square, and
     a row of such corners would tilt a least-squares fit. So the kept corners are placed
