@@ -328,6 +328,14 @@ def test_specs_written_before_the_context_layers_have_none():
     assert ReaderSpec.from_dict(spec.to_dict()) == spec
 
 
+def test_the_coordinates_view_has_the_specs_width_and_older_specs_keep_sixteen():
+    spec = ReaderSpec(image_size=TEST_IMAGE_SIZE, edge_channels=4)
+    assert BoardReader(spec).edges.out_features == 2 * 4 * 8
+    old = {key: value for key, value in spec.to_dict().items() if key != "edge_channels"}
+    assert BoardReader(ReaderSpec.from_dict(old)).edges.out_features == 2 * 16 * 8
+    assert ReaderSpec.from_dict(spec.to_dict()) == spec
+
+
 def test_scene_augmentation_moves_the_box_with_the_board():
     # A white board on black: after augmentation the box must frame the white pixels.
     scenes = torch.zeros(16, 3, 64, 64, dtype=torch.uint8)

@@ -94,6 +94,12 @@ def _register_train(commands) -> None:
         "halving the cells down to one a square, e.g. 16,32,64,128 (4 x 4 px patches at "
         "256 px) or 32,64,128 (8 x 8 px patches) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--edge_channels",
+        type=positive_int,
+        default=TRAIN("edge_channels"),
+        help="channels of the coordinates view over the edge squares (default: %(default)s)",
+    )
     parser.add_argument("--max_train_samples", type=positive_int, help="use the first N only")
     parser.add_argument(
         "--max_val_samples",

@@ -40,7 +40,7 @@ class DefaultRecipe:
     train_samples: int = 20_000
     val_samples: int = 500
     seed: int = 0
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 32
 
 

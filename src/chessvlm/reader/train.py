@@ -100,6 +100,7 @@ class ReaderTrainConfig:
     clip_config: dict[str, Any] = field(default_factory=dict)
     freeze_encoder: bool = False
     context_layers: int = CONTEXT_LAYERS
+    edge_channels: int = ReaderSpec.edge_channels
     workers: int = 2
     save_every_minutes: float = 2.0
 
@@ -113,6 +114,7 @@ class ReaderTrainConfig:
             clip_config=dict(self.clip_config),
             freeze_encoder=self.freeze_encoder,
             context_layers=self.context_layers,
+            edge_channels=self.edge_channels,
         )
 
 
