@@ -166,6 +166,40 @@ def test_a_hatched_board_enlarged_from_low_resolution_is_found_to_a_twentieth_of
     assert corner_error(found, truth) <= 0.05
 
 
+# A crowded middlegame under three arrows on a hatched board, with text all round it.
+CROWDED = chess.Board("r2qk1nr/pbpp1p1p/1pn1p1p1/8/4PP2/PPN2N1P/2PPB1P1/b1BQ1K1R w - - 0 1")
+ARROWS = ((chess.A7, chess.H6, "blue"), (chess.C1, chess.D4, "red"), (chess.E5, chess.G1, "green"))
+
+
+def crowded_hatched_page(theme: str) -> tuple[Image.Image, list[tuple[float, float]]]:
+    params = RenderParams(
+        theme=theme, size=216, texture="hatch", arrows=ARROWS, background="page", margin=(40,) * 4
+    )
+    left, top, right, bottom = board_box(params)
+    return render_board(CROWDED, params), [
+        (left, top),
+        (right, top),
+        (right, bottom),
+        (left, bottom),
+    ]
+
+
+def test_a_crowded_hatched_board_is_told_from_the_text_by_its_bare_squares(monkeypatch):
+    # Pieces of both colours on most squares pull the mean contrast of the squares down to
+    # the text's; the bare squares' shades still differ by tens of grey levels.
+    image, truth = crowded_hatched_page("pink")
+    (found,) = find_boards(image)
+    assert corner_error(found, truth) <= CORNER_TOLERANCE
+    monkeypatch.setattr(chessvlm.finder, "_bare_contrast", lambda shades: 0.0)
+    assert find_boards(image) == []
+
+
+def test_corners_no_grid_fits_under_hatching_are_refined_again_on_the_board_blurred():
+    image, truth = crowded_hatched_page("blue")
+    (found,) = find_boards(image)
+    assert corner_error(found, truth) <= CORNER_TOLERANCE
+
+
 def test_of_two_placements_with_as_many_corners_seen_the_one_in_place_scores_higher():
     params = RenderParams(size=320, margin=(40, 40, 80, 40))
     image = render_board(chess.Board(), params)

@@ -470,16 +470,20 @@ def _fit_board(
     if square < settings.min_square:
         return None
     fitted = fit_grid(columns, rows, _refine_corners(gray, corners, square), square, settings)
-    if fitted is None:
-        return None
-    if fitted.spread > _TIGHT_FLOOR:
-        # Hatched or pixelated squares pull the refined corners about: refine them again on
-        # the board blurred, where the squares are plain, and take that if it is precise and
-        # keeps as many corners.
+    if fitted is None or fitted.spread > _TIGHT_FLOOR:
+        # Hatched or pixelated squares pull the refined corners about, so far that no grid
+        # fits them under arrows: refine them again on the board blurred, where the squares
+        # are plain, and take that if it is precise and keeps as many corners.
         blurred = _refine_corners(gray, corners, square, blur=True)
         again = fit_grid(columns, rows, blurred, square, settings)
-        if again is not None and again.spread <= _TIGHT_FLOOR and again.kept >= fitted.kept:
+        if (
+            again is not None
+            and again.spread <= _TIGHT_FLOOR
+            and (fitted is None or again.kept >= fitted.kept)
+        ):
             fitted = again
+    if fitted is None:
+        return None
     affine, kept = fitted.affine, fitted.kept
     contrast = _edge_contrast(level, affine * factor, seen)
     if contrast is None:
@@ -664,7 +668,12 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     parity = np.where(np.add.outer(np.arange(10), np.arange(10)) % 2 == 0, 1.0, -1.0)
     signed = shades * parity
     overall = signed[1:-1, 1:-1].mean() * 2
-    if abs(overall) < MIN_CONTRAST:
+    # Pieces on many squares of both colours pull the mean towards nothing (a crowded
+    # hatched diagram: 10 grey levels by the mean, 43 between its bare squares); the bare
+    # squares keep the board's contrast where they agree on which colour is lighter.
+    bare = _bare_contrast(shades[1:-1, 1:-1])
+    contrast = bare if bare * overall > 0 and abs(bare) > abs(overall) else overall
+    if abs(contrast) < MIN_CONTRAST:
         return None
     signed *= np.sign(overall)
     inside = (signed[1, 1:-1], signed[-2, 1:-1], signed[1:-1, 1], signed[1:-1, -2])
@@ -683,15 +692,45 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
     # checkered pattern all along, in step with the board's squares or, where the image
     # goes on past the side, against them (a grid of corners placed one square off a
     # hatched board). Past the image's edge the warp repeats the ring, which is against.
+    # A pattern going on also varies about as much as the board's squares do; a line of
+    # text beside a crowded board, whose mean contrast is as low as the text's steps, does
+    # not.
     limit = 0.6 * abs(overall)
-    for line, in_image in zip(outside, _sides_in_image(affine, gray.shape), strict=True):
+    for side, (line, in_image) in enumerate(
+        zip(outside, _sides_in_image(affine, gray.shape), strict=True)
+    ):
         step = float(np.median(line[1:] + line[:-1]))
-        if step > limit or (in_image and -step > limit):
+        varies = np.std(shades_along(side)[1]) >= 0.25 * abs(contrast)
+        if varies and (step > limit or (in_image and -step > limit)):
             return None
     for side in range(4):
         if not _side_belongs(ring[side], corners_along[side], shades_along(side), overall):
             return None
     return float(np.mean(ring))
+
+
+# Bare squares of one colour share their shade within this many grey levels, and a colour
+# has a bare shade when at least this share of its 32 squares share it.
+_BARE_SPREAD = 4.0
+_BARE_SHARE = 0.25
+
+
+def _bare_contrast(shades: np.ndarray) -> float:
+    """The shade of a board's bare squares of one colour (those whose row and column have
+    an even sum) minus that of the other, from its 8 x 8 square shades; 0 when a colour
+    has no shade that a quarter of its squares share. A colour's bare shade is the one most
+    of its squares lie near: pieces make every other shade, each its own."""
+    even = np.add.outer(np.arange(8), np.arange(8)) % 2 == 0
+    bare = [_commonest_shade(shades[colour]) for colour in (even, ~even)]
+    return 0.0 if None in bare else bare[0] - bare[1]
+
+
+def _commonest_shade(values: np.ndarray) -> float | None:
+    near = np.abs(values[:, None] - values[None, :]) <= _BARE_SPREAD
+    counts = near.sum(axis=1)
+    if counts.max() < _BARE_SHARE * len(values):
+        return None
+    return float(np.median(values[near[counts.argmax()]]))
 
 
 def _sides_in_image(affine: np.ndarray, shape: tuple[int, ...]) -> list[bool]:
