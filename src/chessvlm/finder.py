@@ -713,6 +713,8 @@ def _edge_contrast(gray: np.ndarray, affine: np.ndarray, seen: np.ndarray) -> fl
 # has a bare shade when at least this share of its 32 squares share it.
 _BARE_SPREAD = 4.0
 _BARE_SHARE = 0.25
+# The squares of an 8 x 8 board whose row and column have an even sum.
+_EVEN_SQUARES = np.add.outer(np.arange(8), np.arange(8)) % 2 == 0
 
 
 def _bare_contrast(shades: np.ndarray) -> float:
@@ -720,8 +722,7 @@ def _bare_contrast(shades: np.ndarray) -> float:
     an even sum) minus that of the other, from its 8 x 8 square shades; 0 when a colour
     has no shade that a quarter of its squares share. A colour's bare shade is the one most
     of its squares lie near: pieces make every other shade, each its own."""
-    even = np.add.outer(np.arange(8), np.arange(8)) % 2 == 0
-    bare = [_commonest_shade(shades[colour]) for colour in (even, ~even)]
+    bare = [_commonest_shade(shades[colour]) for colour in (_EVEN_SQUARES, ~_EVEN_SQUARES)]
     return 0.0 if None in bare else bare[0] - bare[1]
 
 
