@@ -17,7 +17,13 @@ from torch import nn
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader.augment import _redraw_pieces, _stroke_weight, augment_batch, augment_scenes
+from chessvlm.reader.augment import (
+    _clutter,
+    _redraw_pieces,
+    _stroke_weight,
+    augment_batch,
+    augment_scenes,
+)
 from chessvlm.reader.data import (
     BoardSet,
     image_order_labels,
@@ -349,6 +355,15 @@ def test_scene_augmentation_moves_the_box_with_the_board():
         # Recolouring changes the white, but the board stays the brightest part of the scene.
         brightness = scene.mean(dim=0)
         assert inside.mean(dim=0).min() >= brightness.max() * 0.7
+
+
+def test_scene_clutter_is_painted_in_the_margins_never_on_the_board():
+    scenes = torch.full((64, 3, 64, 64), 0.5)
+    boxes = torch.tensor([[0.25, 0.25, 0.75, 0.75]]).repeat(64, 1)
+    cluttered = _clutter(scenes, boxes, torch.Generator().manual_seed(0))
+    assert torch.equal(cluttered[:, :, 16:48, 16:48], scenes[:, :, 16:48, 16:48])
+    changed = (cluttered != scenes).flatten(1).any(dim=1)
+    assert 16 < changed.sum() < 48  # about half the scenes, by CLUTTER_CHANCE
 
 
 def test_reading_a_whole_image_crops_at_the_located_box(tmp_path):

@@ -32,6 +32,10 @@ PIECE_ASPECT_RANGE = (0.9, 1.1)
 PIECE_TURN = 0.07
 PIECE_SHIFT = 0.08
 JPEG_QUALITY = (25, 95)
+# Scenes: the share given clutter in their margins, and the least margin (a fraction of the
+# image) that gets any.
+CLUTTER_CHANCE = 0.5
+MIN_CLUTTER_ROOM = 0.05
 
 
 def _uniform(generator: torch.Generator, size: int, low: float, high: float) -> torch.Tensor:
@@ -80,9 +84,61 @@ def augment_scenes(
         x[chosen] = _warp(x[chosen], theta, generator)
         moved = (2 * boxes[chosen].view(n, 2, 2) - 1 - shift.view(n, 1, 2)) / scale.view(n, 1, 2)
         boxes[chosen] = ((moved + 1) / 2).view(n, 4)
+    x = _clutter(x, boxes, generator)
     x = _lower_resolution(x, generator)
     x = _recolour(x, generator)
     return x.clamp_(0.0, 1.0), boxes.clamp_(0.0, 1.0)
+
+
+def _clutter(x: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Paint in some scenes' margins what programs and sites put beside a board: a panel of
+    grey bars (a move list, names, buttons) on the roomier side, a bar along the top (a
+    title bar) and one above or below the board (a player's name and clock). The locator
+    must not take them for squares; nothing is painted inside the board's box."""
+    x = x.clone()
+    for index in _chance(generator, len(x), CLUTTER_CHANCE).nonzero().flatten().tolist():
+        scene, box = x[index], boxes[index].tolist()
+        draw = torch.rand(7, generator=generator).tolist()
+        shade = 0.3 + 0.65 * draw[0]
+        _side_panel(scene, box, shade, generator)
+        left, top, right, bottom = box
+        if draw[1] < 0.4 and top >= MIN_CLUTTER_ROOM:
+            _paint(scene, (0.0, 0.0, 1.0, min(top, 0.02 + 0.04 * draw[2])), 0.5 * draw[3])
+        room = max(top, 1.0 - bottom)
+        if draw[4] < 0.3 and room >= MIN_CLUTTER_ROOM:
+            y0 = top - 0.8 * room if top >= 1.0 - bottom else bottom + 0.2 * room
+            _paint(scene, (left, y0, right, y0 + 0.5 * room), shade - 0.2 * draw[5])
+    return x
+
+
+def _side_panel(
+    scene: torch.Tensor, box: list[float], shade: float, generator: torch.Generator
+) -> None:
+    """Rows of bars of one shade beside the board, on its roomier side, if it has room."""
+    left, _, right, _ = box
+    room, on_left = max((left, True), (1.0 - right, False))
+    if room < MIN_CLUTTER_ROOM:
+        return
+    gap, contrast, count = torch.rand(3, generator=generator).tolist()
+    gap = 0.005 + 0.025 * gap
+    panel = room - gap
+    x0 = left - gap - panel if on_left else right + gap
+    level = shade + (0.05 + 0.25 * contrast) * (1 if shade < 0.6 else -1)
+    for _ in range(int(3 + 10 * count)):
+        bar_height, bar_width, y0 = torch.rand(3, generator=generator).tolist()
+        bar_height = 0.015 + 0.025 * bar_height
+        y0 *= 1.0 - bar_height
+        _paint(scene, (x0, y0, x0 + panel * (0.3 + 0.7 * bar_width), y0 + bar_height), level)
+
+
+def _paint(scene: torch.Tensor, box: tuple[float, float, float, float], level: float) -> None:
+    """Fill `box` (fractions of the image: left, top, right, bottom) of a C x H x W image
+    with one grey `level`, in place."""
+    height, width = scene.shape[-2:]
+    left, top, right, bottom = box
+    rows = slice(round(top * height), round(bottom * height))
+    columns = slice(round(left * width), round(right * width))
+    scene[:, rows, columns] = min(1.0, max(0.0, level))
 
 
 def _redraw_pieces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
