@@ -23,7 +23,13 @@ from collections.abc import Callable
 
 import torch
 
-from chessvlm.reader.model import LOCATOR_SIZE, BoardReader, EdgeReader, ReaderSpec
+from chessvlm.reader.model import (
+    LOCATOR_SIZE,
+    BoardReader,
+    EdgeReader,
+    ReaderEnsemble,
+    ReaderSpec,
+)
 from chessvlm.reader.read import load_reader, prepare_for_cpu
 
 
@@ -92,6 +98,9 @@ def main() -> None:
     torch.manual_seed(0)
     if args.reader:
         model = load_reader(args.reader, fold=False).model
+        if isinstance(model, ReaderEnsemble):
+            # The parts are one reader's; an ensemble runs each member's in turn.
+            model = model.members[0]
     else:
         model = BoardReader(ReaderSpec(image_size=args.image_size))
         prepare_for_cpu(model)

@@ -129,6 +129,8 @@ def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
     )
     build()
     assert is_reader_checkpoint(reader_out)
+    # The recipe's readers, one per seed, shipped as one ensemble checkpoint.
+    assert json.loads((reader_out / "reader.json").read_text())["members"] == recipe.members == 2
     first = (prior_out / PRIOR_WEIGHTS_FILE).read_bytes()
     assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == TINY.to_dict()
     # A rerun finds both finished in the work folder and copies the same files again.

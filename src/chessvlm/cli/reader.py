@@ -1,4 +1,5 @@
-"""`chessvlm reader train|evaluate` (the fast board reader) and `chessvlm predict`."""
+"""`chessvlm reader train|evaluate|combine|build-default` (the fast board reader) and
+`chessvlm predict`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
     commands = reader.add_subparsers(dest="reader_command", required=True, metavar="COMMAND")
     _register_train(commands)
     _register_evaluate(commands)
+    _register_combine(commands)
     _register_build_default(commands)
     _register_predict(subparsers)
 
@@ -151,10 +153,11 @@ def _register_build_default(commands) -> None:
         help="rebuild the default reader shipped in the package",
         description=(
             f"Render {recipe.train_samples:,} training and {recipe.val_samples} validation "
-            f"boards in the {recipe.style!r} style (seed {recipe.seed}) into --work, train the "
-            f"reader {recipe.epochs} epochs there, and write its checkpoint to --out; then "
-            "train the position prior that weighs every reading's orientation and write it to "
-            "--prior_out. Rerunning resumes."
+            f"boards in the {recipe.style!r} style (seed {recipe.seed}) into --work, train "
+            f"{recipe.members} readers {recipe.epochs} epochs each there (seeds {recipe.seed} "
+            f"to {recipe.seed + recipe.members - 1}), and write their ensemble's checkpoint to "
+            "--out; then train the position prior that weighs every reading's orientation and "
+            "write it to --prior_out. Rerunning resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
@@ -182,6 +185,41 @@ def _run_build_default(args: argparse.Namespace) -> int:
 
     out = build_default_reader(args.work, args.out, workers=args.workers, prior_out=args.prior_out)
     print(f"default reader: {out}; position prior: {args.prior_out}")
+    return 0
+
+
+def _register_combine(commands) -> None:
+    parser = commands.add_parser(
+        "combine",
+        help="join reader checkpoints into one ensemble checkpoint",
+        description=(
+            "Write one checkpoint that reads with every --model (readers of one spec, "
+            "trained from other seeds): the mean of their square log-probabilities, "
+            "orientation and boxes. With --data_dir its validation split scores the ensemble "
+            "and chooses its decoding."
+        ),
+    )
+    parser.add_argument(
+        MODEL,
+        dest="models",
+        action="append",
+        required=True,
+        help="a reader checkpoint folder (give two or more)",
+    )
+    parser.add_argument(OUT, required=True, help="ensemble checkpoint folder to write")
+    parser.add_argument("--data_dir", help="JSON dataset folder whose val split scores it")
+    parser.set_defaults(func=_run_combine)
+
+
+def _run_combine(args: argparse.Namespace) -> int:
+    for model in args.models:
+        require_folder(MODEL.lstrip("-"), model)
+    if args.data_dir:
+        require_folder("data_dir", args.data_dir)
+    from chessvlm.reader.ensemble import combine_readers
+
+    out = combine_readers(args.models, args.out, data_dir=args.data_dir)
+    print(f"ensemble checkpoint: {out}")
     return 0
 
 

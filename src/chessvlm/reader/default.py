@@ -3,10 +3,10 @@
 `chessvlm predict board.png` reads with the checkpoint in `DEFAULT_READER` when no `--model`
 is given. It is trained only on the piece designs and board looks of the `designs-seen`
 style, so its figures on `designs-held-out` are those of designs it never saw.
-`chessvlm reader build-default` renders its data, trains it with `DefaultRecipe` and writes
-the checkpoint into the package (or `--out`), then trains the position prior that every
-reader's orientation weighs (`chessvlm.reader.orientation`, `PriorRecipe`) and writes it into
-the package (or `--prior_out`).
+`chessvlm reader build-default` renders its data, trains its readers with `DefaultRecipe`
+and writes their ensemble's checkpoint into the package (or `--out`), then trains the
+position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
+`PriorRecipe`) and writes it into the package (or `--prior_out`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chessvlm.errors import ChessVLMError
-from chessvlm.io import atomic_write_json
 
 if TYPE_CHECKING:
     from chessvlm.reader.orientation import PriorRecipe
@@ -30,10 +29,11 @@ DEFAULT_POSITION_PRIOR = _WEIGHTS / "position_prior"
 
 @dataclasses.dataclass(frozen=True)
 class DefaultRecipe:
-    """How the shipped reader is made: data, style, seed and training length.
+    """How the shipped reader is made: data, style, seeds and training length.
 
     Training is bounded by epochs, not minutes, so the same command makes the same number of
-    steps on any machine.
+    steps on any machine. `members` readers train on the same boards from the seeds `seed`,
+    `seed + 1`, ...; the shipped checkpoint is their ensemble (`chessvlm.reader.ensemble`).
     """
 
     style: str = "designs-seen"
@@ -42,6 +42,7 @@ class DefaultRecipe:
     seed: int = 0
     epochs: int = 12
     batch_size: int = 32
+    members: int = 2
 
 
 def default_reader() -> Path:
@@ -64,38 +65,37 @@ def build_default_reader(
     prior_out: str | Path = DEFAULT_POSITION_PRIOR,
     prior_recipe: PriorRecipe | None = None,
 ) -> Path:
-    """Render the recipe's data into `work_dir`, train the reader there (both resume when run
-    again) and copy the finished checkpoint's two files into `out`; then train the position
-    prior in `work_dir` (kept for reruns of the same `prior_recipe`) and copy it into
-    `prior_out`."""
+    """Render the recipe's data into `work_dir`, train the recipe's readers there (all resume
+    when run again) and write their ensemble, scored on the recipe's validation boards, into
+    `out`; then train the position prior in `work_dir` (kept for reruns of the same
+    `prior_recipe`) and copy it into `prior_out`."""
     from chessvlm.datasets import synth_json_dataset
+    from chessvlm.reader.ensemble import combine_readers
     from chessvlm.reader.orientation import PriorRecipe
-    from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader
     from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
     work_dir, out = Path(work_dir), Path(out)
     data_dir = work_dir / "data"
     counts = {"train": recipe.train_samples, "val": recipe.val_samples}
     synth_json_dataset(data_dir, counts, seed=recipe.seed, style=recipe.style, workers=workers)
-    config = ReaderTrainConfig(
-        data_dir=str(data_dir),
-        out=str(work_dir / "reader"),
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        workers=workers,
+    seeds = range(recipe.seed, recipe.seed + recipe.members)
+    members = [
+        train_reader(
+            ReaderTrainConfig(
+                data_dir=str(data_dir),
+                out=str(work_dir / "readers" / f"seed{seed}"),
+                epochs=recipe.epochs,
+                batch_size=recipe.batch_size,
+                seed=seed,
+                workers=workers,
+            )
+        )
+        for seed in seeds
+    ]
+    built_by = {"command": "chessvlm reader build-default", **dataclasses.asdict(recipe)}
+    combine_readers(
+        members, out, data_dir=data_dir, workers=workers, extra_config={"built_by": built_by}
     )
-    trained = train_reader(config)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trained / WEIGHTS_FILE, out / WEIGHTS_FILE)
-    checkpoint = load_reader(trained).config
-    # The data folder was a scratch one: record how it was made instead.
-    del checkpoint["data_dir"]
-    checkpoint["built_by"] = {
-        "command": "chessvlm reader build-default",
-        **dataclasses.asdict(recipe),
-    }
-    atomic_write_json(out / CONFIG_FILE, checkpoint)
     prior_recipe = prior_recipe or PriorRecipe()
     _build_position_prior(work_dir / "position_prior", Path(prior_out), prior_recipe)
     return out

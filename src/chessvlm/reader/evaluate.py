@@ -115,12 +115,18 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
 def describe_reader_recipe(config: dict[str, Any]) -> str:
     """One line on how a reader was trained, from its checkpoint config."""
     spec = config["spec"]
+    members = config.get("member_checkpoints", [])
+    trained = members[0] if members else config
     parts = [f"{spec['encoder'].upper()} encoder" + (", frozen" if spec["freeze_encoder"] else "")]
-    if "batch_size" in config:
-        parts.append(f"batch {config['batch_size']}, lr {config['learning_rate']:g}")
-        parts.append("augmented images" if config["augment"] else "no augmentation")
+    if "batch_size" in trained:
+        parts.append(f"batch {trained['batch_size']}, lr {trained['learning_rate']:g}")
+        parts.append("augmented images" if trained["augment"] else "no augmentation")
     parts.append(f"{spec['image_size']} px")
-    parts.append(f"kept the best epoch by val exact boards (epoch {config['epoch']})")
+    if members:
+        epochs = ", ".join(str(member.get("epoch", "?")) for member in members)
+        parts.append(f"the mean of {len(members)} readers (best epochs by val: {epochs})")
+    else:
+        parts.append(f"kept the best epoch by val exact boards (epoch {config['epoch']})")
     parts.append(f"{config.get('decode', 'argmax')} decoding")
     return "; ".join(parts)
 

@@ -19,6 +19,7 @@ orientation (`image_cell_squares`), so a flipped board is read rotated, never mi
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -347,6 +348,59 @@ class BoardReader(nn.Module):
             for name, tensor in self.state_dict().items()
             if not (skip_encoder and name.startswith("encoder."))
         }
+
+
+class ReaderEnsemble(nn.Module):
+    """Readers of one spec trained apart (other seeds), read as one network: each square's
+    log-probabilities and each meta logit are the members' mean, and the board's box is the
+    mean of their locators' boxes. On piece designs none of them saw, their mistakes differ,
+    so the mean reads more boards right than any one of them (docs/reader.md)."""
+
+    def __init__(self, members: list[BoardReader]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ChessVLMError("an ensemble needs at least two readers")
+        if len({json.dumps(member.spec.to_dict(), sort_keys=True) for member in members}) > 1:
+            raise ChessVLMError("an ensemble's readers must share one spec (encoder and sizes)")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def spec(self) -> ReaderSpec:
+        """The members' common spec."""
+        return self.members[0].spec
+
+    @property
+    def locator(self) -> nn.Module:
+        """A module whose box is the mean of the members' locators' boxes."""
+        return _MeanLocator([member.locator for member in self.members])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `BoardReader.forward`; the square outputs are log-probabilities (valid logits)."""
+        outputs = [member(images) for member in self.members]
+        squares = torch.stack([square_logits.log_softmax(-1) for square_logits, _ in outputs])
+        return squares.mean(0), torch.stack([meta_logits for _, meta_logits in outputs]).mean(0)
+
+    def fold_for_inference(self) -> None:
+        """Fold each member (`BoardReader.fold_for_inference`)."""
+        for member in self.members:
+            member.fold_for_inference()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Each member's checkpoint weights, under `members.<index>.`."""
+        return {
+            f"members.{index}.{name}": tensor
+            for index, member in enumerate(self.members)
+            for name, tensor in member.trainable_state_dict().items()
+        }
+
+
+class _MeanLocator(nn.Module):
+    def __init__(self, locators: list[nn.Module]) -> None:
+        super().__init__()
+        self.locators = nn.ModuleList(locators)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([locator(images) for locator in self.locators]).mean(0)
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
 """Reader checkpoints and batched reading.
 
 A reader checkpoint is a folder with `reader.json` (what was built, how it decodes, what it
-scored on validation) and `reader.safetensors` (the weights). Reading locates each board in
-its image, cuts out its squares and decodes the network's outputs into positions.
+scored on validation) and `reader.safetensors` (the weights); an ensemble's (`members` in
+`reader.json`, `chessvlm.reader.ensemble`) holds its readers' weights under `members.<i>.`.
+Reading locates each board in its image, cuts out its squares and decodes the network's
+outputs into positions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
     BoardReader,
+    ReaderEnsemble,
     ReaderSpec,
     decode_squares,
     to_square_order,
@@ -94,7 +97,7 @@ class Reader:
     """A loaded reader checkpoint, ready to read boards; `position_prior` joins the meta head
     in saying which side is at the bottom (`chessvlm.reader.orientation`)."""
 
-    model: BoardReader
+    model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
     path: Path
     position_prior: PositionPrior | None = None
@@ -118,10 +121,22 @@ class Reader:
 # --------------------------------------------------------------------------- data
 
 
-def save_checkpoint(model: BoardReader, out: Path, config: dict[str, Any]) -> None:
+def save_checkpoint(
+    model: BoardReader | ReaderEnsemble,
+    out: Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write `reader.safetensors` then `reader.json` (stamped with `CHECKPOINT_FORMAT`), each
-    atomically."""
-    tensors = {name: t.detach().contiguous() for name, t in model.trainable_state_dict().items()}
+    atomically; floating-point weights stored as `dtype` where one is given (loading turns
+    them back into float32)."""
+    tensors = {
+        name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+        .detach()
+        .contiguous()
+        for name, t in model.trainable_state_dict().items()
+    }
     atomic_write_bytes(out / WEIGHTS_FILE, save_safetensors(tensors))
     atomic_write_json(out / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, **config})
 
@@ -148,10 +163,7 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
             f"chessvlm (this one reads format {CHECKPOINT_FORMAT}: with a board locator); "
             "train it again with `chessvlm reader train`"
         )
-    spec = ReaderSpec.from_dict(config["spec"])
-    # Weights in the file replace the encoder's, so a pretrained ViT is fetched only when the
-    # checkpoint left it out (frozen).
-    model = BoardReader(spec, pretrained=spec.freeze_encoder and spec.clip_model is not None)
+    model = _network(config, path)
     tensors = load_safetensors((path / WEIGHTS_FILE).read_bytes())
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if name in model.trainable_state_dict()]
@@ -162,6 +174,20 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
     if fold:
         model.fold_for_inference()
     return Reader(model=model, config=config, path=path, position_prior=default_position_prior())
+
+
+def _network(config: dict[str, Any], path: Path) -> BoardReader | ReaderEnsemble:
+    """The untrained network `config` describes: one reader, or an ensemble of `members`."""
+    spec = ReaderSpec.from_dict(config["spec"])
+    # Weights in the file replace the encoder's, so a pretrained ViT is fetched only when the
+    # checkpoint left it out (frozen).
+    pretrained = spec.freeze_encoder and spec.clip_model is not None
+    members = config.get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise InputError(str(path / CONFIG_FILE), f"'members' must be a count >= 1: {members!r}")
+    if members == 1:
+        return BoardReader(spec, pretrained=pretrained)
+    return ReaderEnsemble([BoardReader(spec, pretrained=pretrained) for _ in range(members)])
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -292,14 +318,16 @@ def locate_boards(
 
 
 @torch.inference_mode()
-def locate(model: BoardReader, scenes: torch.Tensor) -> torch.Tensor:
+def locate(model: BoardReader | ReaderEnsemble, scenes: torch.Tensor) -> torch.Tensor:
     """uint8 whole images N x 3 x L x L -> the boards' boxes N x 4 (fractions of the image)."""
     pixels = scenes.float().div_(255.0).contiguous(memory_format=torch.channels_last)
     return model.locator(pixels)
 
 
 @torch.inference_mode()
-def run_network(model: BoardReader, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def run_network(
+    model: BoardReader | ReaderEnsemble, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 boards -> (square log-probabilities B x 64 x 13 in image order, meta probabilities)."""
     images = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
     square_logits, meta_logits = model(images)

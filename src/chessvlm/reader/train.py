@@ -40,6 +40,7 @@ from chessvlm.reader.model import (
     CONTEXT_LAYERS,
     META_OUTPUTS,
     BoardReader,
+    ReaderEnsemble,
     ReaderSpec,
     box_error_in_squares,
     square_loss,
@@ -331,14 +332,12 @@ class _Trainer:
         )
 
     def checkpoint_config(self, scores: dict[str, float]) -> dict[str, Any]:
-        to_move_gain = scores["to_move"] - scores["to_move_majority"]
         return {
             "kind": "reader",
             "spec": self.model.spec.to_dict(),
             "classes": list(SQUARE_CLASSES),
             "decode": "argmax",
-            "predicts_to_move": scores["to_move"] >= TO_MOVE_MIN_ACCURACY
-            and to_move_gain >= TO_MOVE_MIN_GAIN,
+            "predicts_to_move": reads_side_to_move(scores),
             "val": scores,
             "epoch": self.progress["epoch"],
             "train_minutes": round(self.progress["seconds"] / 60, 2),
@@ -354,8 +353,7 @@ class _Trainer:
     def finish(self, val: BoardSet) -> None:
         """Choose the decoding of the best checkpoint on validation and record both scores."""
         reader = load_reader(self.out)
-        by_decode = {decode: validate(reader.model, val, decode=decode) for decode in DECODERS}
-        best = max(DECODERS, key=lambda d: (by_decode[d]["exact_boards"], d == "argmax"))
+        best, by_decode = score_decodings(reader.model, val)
         config = {**reader.config, "decode": best, "val_by_decode": by_decode}
         config["train_minutes"] = round(self.progress["seconds"] / 60, 2)
         config["train_cpu_minutes"] = round(self.progress["cpu_seconds"] / 60, 2)
@@ -415,8 +413,29 @@ def _schedule(fraction: float) -> float:
     return 0.02 + 0.98 * cosine
 
 
+def reads_side_to_move(scores: dict[str, float]) -> bool:
+    """Whether validation `scores` show the side to move read well enough, and well enough
+    above always guessing the commoner side, for readings to report it."""
+    gain = scores["to_move"] - scores["to_move_majority"]
+    return scores["to_move"] >= TO_MOVE_MIN_ACCURACY and gain >= TO_MOVE_MIN_GAIN
+
+
+def score_decodings(
+    model: BoardReader | ReaderEnsemble, val: BoardSet
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """`validate` with each decoding, and the one with the most exact boards (argmax on a
+    tie: it is the cheaper)."""
+    by_decode = {decode: validate(model, val, decode=decode) for decode in DECODERS}
+    best = max(DECODERS, key=lambda d: (by_decode[d]["exact_boards"], d == "argmax"))
+    return best, by_decode
+
+
 def validate(
-    model: BoardReader, boards: BoardSet, *, decode: str = "argmax", batch_size: int = 128
+    model: BoardReader | ReaderEnsemble,
+    boards: BoardSet,
+    *,
+    decode: str = "argmax",
+    batch_size: int = 128,
 ) -> dict[str, float]:
     """Per-square accuracy, exact boards, orientation and side-to-move accuracy on a split."""
     was_training = model.training

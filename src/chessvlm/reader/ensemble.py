@@ -1,0 +1,116 @@
+"""Readers trained apart, combined into one checkpoint that reads with all of them.
+
+Readers of one spec trained from other seeds make different mistakes on piece designs none of
+them saw; the mean of their square log-probabilities reads more of those boards right than
+any one of them (`ReaderEnsemble`; docs/reader.md has the figures). `combine_readers` writes
+such a checkpoint, scored and given its decoding on a validation split as `chessvlm reader
+train` does for one reader; `load_reader` reads it like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chessvlm.errors import ChessVLMError
+from chessvlm.positions import SQUARE_CLASSES
+from chessvlm.reader.model import BoardReader, ReaderEnsemble
+from chessvlm.reader.read import Reader, load_reader, save_checkpoint
+
+# Half precision halves the file (the shipped default must stay small); loading turns the
+# weights back into float32, and the readings agree with float32 weights' to rounding.
+STORED_DTYPE = torch.float16
+# What each member's own checkpoint said, kept in the ensemble's config as its provenance.
+_MEMBER_FIELDS = (
+    *("val", "epoch", "train_minutes", "train_cpu_minutes", "train_samples"),
+    *("batch_size", "learning_rate", "augment", "built_by"),
+)
+
+
+def combine_readers(
+    members: Sequence[str | Path],
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    workers: int = 2,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write the reader checkpoints `members` as one ensemble checkpoint into `out` (a single
+    member is written as one reader, in the same form).
+
+    With `data_dir`, its `val` split scores the ensemble with each decoding and chooses the
+    decoding and whether to report the side to move, as training does; without it, the first
+    member's choices are kept. `extra_config` is merged into the written `reader.json`.
+    """
+    readers = [load_reader(member, fold=False) for member in members]
+    _check_compatible(readers)
+    models = [reader.model for reader in readers]
+    model = ReaderEnsemble(models) if len(models) > 1 else models[0]
+    config = _ensemble_config(readers)
+    if data_dir is not None:
+        config |= _validation_choices(model, data_dir, readers[0].image_size, workers)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out, config | (extra_config or {}), dtype=STORED_DTYPE)
+    return out
+
+
+def _ensemble_config(readers: Sequence[Reader]) -> dict[str, Any]:
+    """The ensemble's `reader.json`, before validation: the spec, the first member's
+    decoding and each member's provenance."""
+    first = readers[0].config
+    config: dict[str, Any] = {
+        "kind": "reader",
+        "spec": first["spec"],
+        "classes": list(SQUARE_CLASSES),
+        "members": len(readers),
+        "decode": first.get("decode", "argmax"),
+        "predicts_to_move": all(reader.predicts_to_move for reader in readers),
+        "member_checkpoints": [_member_summary(reader) for reader in readers],
+    }
+    minutes = [reader.config.get("train_minutes") for reader in readers]
+    if None not in minutes:
+        config["train_minutes"] = round(sum(minutes), 2)
+    if len({reader.config.get("train_samples") for reader in readers}) == 1:
+        config["train_samples"] = first.get("train_samples")
+    return config
+
+
+def _validation_choices(
+    model: BoardReader | ReaderEnsemble, data_dir: str | Path, image_size: int, workers: int
+) -> dict[str, Any]:
+    """Scores on `data_dir`'s val split with each decoding, and what they choose."""
+    from chessvlm.reader.data import load_board_set, read_split
+    from chessvlm.reader.train import reads_side_to_move, score_decodings
+
+    records = read_split(data_dir, "val")
+    val = load_board_set(data_dir, records, image_size, workers=workers, desc="decoding val")
+    best, by_decode = score_decodings(model, val)
+    return {
+        "decode": best,
+        "val": by_decode[best],
+        "val_by_decode": by_decode,
+        "predicts_to_move": reads_side_to_move(by_decode[best]),
+    }
+
+
+def _check_compatible(readers: Sequence[Reader]) -> None:
+    if not readers:
+        raise ChessVLMError("no reader checkpoints to combine")
+    for reader in readers:
+        if reader.config.get("members", 1) != 1:
+            raise ChessVLMError(f"{reader.path} is an ensemble already: give its members")
+        if reader.config["spec"] != readers[0].config["spec"]:
+            raise ChessVLMError(
+                f"{reader.path} and {readers[0].path} are readers of different specs "
+                "(encoder, sizes): an ensemble's readers must share one"
+            )
+
+
+def _member_summary(reader: Reader) -> dict[str, Any]:
+    return {"path": str(reader.path)} | {
+        name: reader.config[name] for name in _MEMBER_FIELDS if name in reader.config
+    }

@@ -1,0 +1,119 @@
+"""Reader ensembles: the mean of the members' outputs, stored in one checkpoint that loads,
+reads and validates like a single reader's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
+from safetensors import safe_open
+
+from chessvlm.cli import main
+from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.reader.ensemble import STORED_DTYPE, combine_readers
+from chessvlm.reader.model import BoardReader, ReaderEnsemble, ReaderSpec
+from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader, save_checkpoint
+
+SPEC = ReaderSpec(image_size=TEST_IMAGE_SIZE)
+
+
+def _random_reader(seed: int, spec: ReaderSpec = SPEC) -> BoardReader:
+    torch.manual_seed(seed)
+    model = BoardReader(spec)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+def _saved_reader(folder: Path, seed: int, spec: ReaderSpec = SPEC) -> Path:
+    config = {"spec": spec.to_dict(), "decode": "argmax", "epoch": seed + 1}
+    folder.mkdir(parents=True)
+    save_checkpoint(_random_reader(seed, spec), folder, config)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), {"val": 4})
+
+
+def test_an_ensemble_reads_the_mean_of_its_members():
+    members = [_random_reader(0), _random_reader(1)]
+    ensemble = ReaderEnsemble(members).eval()
+    images = torch.rand(2, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    scenes = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        squares, meta = ensemble(images)
+        outputs = [member(images) for member in members]
+        boxes = ensemble.locator(scenes)
+        member_boxes = [member.locator(scenes) for member in members]
+    mean_log_probs = (outputs[0][0].log_softmax(-1) + outputs[1][0].log_softmax(-1)) / 2
+    assert torch.allclose(squares, mean_log_probs, atol=1e-6)
+    assert torch.allclose(meta, (outputs[0][1] + outputs[1][1]) / 2, atol=1e-6)
+    assert torch.allclose(boxes, (member_boxes[0] + member_boxes[1]) / 2, atol=1e-6)
+
+
+def test_an_ensemble_needs_two_readers_of_one_spec():
+    with pytest.raises(ChessVLMError, match="at least two"):
+        ReaderEnsemble([_random_reader(0)])
+    other = ReaderSpec(image_size=TEST_IMAGE_SIZE, edge_channels=4)
+    with pytest.raises(ChessVLMError, match="share one spec"):
+        ReaderEnsemble([_random_reader(0), _random_reader(1, other)])
+
+
+def test_combined_checkpoint_loads_reads_and_is_validated(tmp_path, val_data):
+    members = [_saved_reader(tmp_path / f"seed{seed}", seed) for seed in (0, 1)]
+    out = combine_readers(members, tmp_path / "ensemble", data_dir=val_data, workers=1)
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["members"] == 2
+    assert [member["epoch"] for member in config["member_checkpoints"]] == [1, 2]
+    assert config["val"]["n"] == 4 and set(config["val_by_decode"]) == {"argmax", "chess_rules"}
+    with safe_open(out / WEIGHTS_FILE, framework="pt") as weights:
+        names = list(weights.keys())
+        dtypes = {weights.get_tensor(name).dtype for name in names}
+    assert {name.split(".")[1] for name in names} == {"0", "1"}
+    assert STORED_DTYPE in dtypes and torch.float32 not in dtypes
+    reader = load_reader(out)
+    assert isinstance(reader.model, ReaderEnsemble)
+    # Half-precision storage reads as the members' float32 weights do, to rounding.
+    expected = ReaderEnsemble([load_reader(member, fold=False).model for member in members])
+    images = torch.rand(3, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    with torch.no_grad():
+        (squares, meta), (want_squares, want_meta) = reader.model(images), expected.eval()(images)
+    assert torch.allclose(squares.exp(), want_squares.exp(), atol=1e-2)
+    assert torch.allclose(meta.sigmoid(), want_meta.sigmoid(), atol=1e-2)
+
+
+def test_combining_refuses_mixed_specs_and_nested_ensembles(tmp_path):
+    first = _saved_reader(tmp_path / "a", 0)
+    other_spec = _saved_reader(tmp_path / "b", 1, ReaderSpec(image_size=TEST_IMAGE_SIZE * 2))
+    with pytest.raises(ChessVLMError, match=r"b and .*a are readers of different specs"):
+        combine_readers([first, other_spec], tmp_path / "out")
+    nested = combine_readers([first, _saved_reader(tmp_path / "c", 2)], tmp_path / "pair")
+    with pytest.raises(ChessVLMError, match=r"pair is an ensemble already"):
+        combine_readers([first, nested], tmp_path / "out")
+
+
+def test_a_bad_member_count_names_the_config(tmp_path):
+    folder = _saved_reader(tmp_path / "reader", 0)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "members": "two"}))
+    with pytest.raises(InputError, match=r"reader\.json.*'members'"):
+        load_reader(folder)
+
+
+def test_combine_command_writes_a_checkpoint_predict_reads(tmp_path, val_data, capsys):
+    members = [str(_saved_reader(tmp_path / f"seed{seed}", seed)) for seed in (0, 1)]
+    out = tmp_path / "ensemble"
+    args = ["reader", "combine", "--model", members[0], "--model", members[1], "--out", str(out)]
+    assert main([*args, "--data_dir", str(val_data)]) == 0
+    assert f"ensemble checkpoint: {out}" in capsys.readouterr().out
+    board = val_data / "images" / "val_0000.png"
+    assert main(["predict", str(board), "--model", str(out), "--no-detect", "--format", "fen"]) == 0
+    (fen,) = capsys.readouterr().out.splitlines()
+    assert len(fen.split()) == 6  # a whole FEN, whatever these random weights read
+    assert main(["reader", "combine", "--model", str(tmp_path / "none"), "--out", str(out)]) == 2
