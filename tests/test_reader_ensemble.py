@@ -71,6 +71,9 @@ def test_combined_checkpoint_loads_reads_and_is_validated(tmp_path, val_data):
     config = json.loads((out / CONFIG_FILE).read_text())
     assert config["members"] == 2
     assert [member["epoch"] for member in config["member_checkpoints"]] == [1, 2]
+    assert [member["path"] for member in config["member_checkpoints"]] == [
+        str(member) for member in members
+    ]
     assert config["val"]["n"] == 4 and set(config["val_by_decode"]) == {"argmax", "chess_rules"}
     with safe_open(out / WEIGHTS_FILE, framework="pt") as weights:
         names = list(weights.keys())

@@ -130,7 +130,11 @@ def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
     build()
     assert is_reader_checkpoint(reader_out)
     # The recipe's readers, one per seed, shipped as one ensemble checkpoint.
-    assert json.loads((reader_out / "reader.json").read_text())["members"] == recipe.members == 2
+    config = json.loads((reader_out / "reader.json").read_text())
+    assert config["members"] == recipe.members == 2
+    # Where the scratch work folder was says nothing: members are named inside it.
+    paths = [member["path"] for member in config["member_checkpoints"]]
+    assert paths == ["readers/seed0", "readers/seed1"]
     first = (prior_out / PRIOR_WEIGHTS_FILE).read_bytes()
     assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == TINY.to_dict()
     # A rerun finds both finished in the work folder and copies the same files again.

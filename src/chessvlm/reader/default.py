@@ -94,7 +94,12 @@ def build_default_reader(
     ]
     built_by = {"command": "chessvlm reader build-default", **dataclasses.asdict(recipe)}
     combine_readers(
-        members, out, data_dir=data_dir, workers=workers, extra_config={"built_by": built_by}
+        members,
+        out,
+        data_dir=data_dir,
+        workers=workers,
+        extra_config={"built_by": built_by},
+        paths_relative_to=work_dir,
     )
     prior_recipe = prior_recipe or PriorRecipe()
     _build_position_prior(work_dir / "position_prior", Path(prior_out), prior_recipe)

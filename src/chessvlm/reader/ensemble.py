@@ -37,19 +37,22 @@ def combine_readers(
     data_dir: str | Path | None = None,
     workers: int = 2,
     extra_config: dict[str, Any] | None = None,
+    paths_relative_to: str | Path | None = None,
 ) -> Path:
     """Write the reader checkpoints `members` as one ensemble checkpoint into `out` (a single
     member is written as one reader, in the same form).
 
     With `data_dir`, its `val` split scores the ensemble with each decoding and chooses the
     decoding and whether to report the side to move, as training does; without it, the first
-    member's choices are kept. `extra_config` is merged into the written `reader.json`.
+    member's choices are kept. `extra_config` is merged into the written `reader.json`, which
+    records each member's folder relative to `paths_relative_to` where one is given (a scratch
+    folder whose place says nothing).
     """
     readers = [load_reader(member, fold=False) for member in members]
     _check_compatible(readers)
     models = [reader.model for reader in readers]
     model = ReaderEnsemble(models) if len(models) > 1 else models[0]
-    config = _ensemble_config(readers)
+    config = _ensemble_config(readers, paths_relative_to)
     if data_dir is not None:
         config |= _validation_choices(model, data_dir, readers[0].image_size, workers)
     out = Path(out)
@@ -58,7 +61,9 @@ def combine_readers(
     return out
 
 
-def _ensemble_config(readers: Sequence[Reader]) -> dict[str, Any]:
+def _ensemble_config(
+    readers: Sequence[Reader], paths_relative_to: str | Path | None
+) -> dict[str, Any]:
     """The ensemble's `reader.json`, before validation: the spec, the first member's
     decoding and each member's provenance."""
     first = readers[0].config
@@ -69,7 +74,7 @@ def _ensemble_config(readers: Sequence[Reader]) -> dict[str, Any]:
         "members": len(readers),
         "decode": first.get("decode", "argmax"),
         "predicts_to_move": all(reader.predicts_to_move for reader in readers),
-        "member_checkpoints": [_member_summary(reader) for reader in readers],
+        "member_checkpoints": [_member_summary(reader, paths_relative_to) for reader in readers],
     }
     minutes = [reader.config.get("train_minutes") for reader in readers]
     if None not in minutes:
@@ -110,7 +115,8 @@ def _check_compatible(readers: Sequence[Reader]) -> None:
             )
 
 
-def _member_summary(reader: Reader) -> dict[str, Any]:
-    return {"path": str(reader.path)} | {
+def _member_summary(reader: Reader, paths_relative_to: str | Path | None) -> dict[str, Any]:
+    path = reader.path if paths_relative_to is None else reader.path.relative_to(paths_relative_to)
+    return {"path": path.as_posix()} | {
         name: reader.config[name] for name in _MEMBER_FIELDS if name in reader.config
     }
