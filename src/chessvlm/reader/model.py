@@ -19,7 +19,6 @@ orientation (`image_cell_squares`), so a flipped board is read rotated, never mi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -360,7 +359,7 @@ class ReaderEnsemble(nn.Module):
         super().__init__()
         if len(members) < 2:
             raise ChessVLMError("an ensemble needs at least two readers")
-        if len({json.dumps(member.spec.to_dict(), sort_keys=True) for member in members}) > 1:
+        if any(member.spec != members[0].spec for member in members):
             raise ChessVLMError("an ensemble's readers must share one spec (encoder and sizes)")
         self.members = nn.ModuleList(members)
 
