@@ -75,17 +75,36 @@ def test_the_shipped_prior_is_small_made_by_its_recipe_and_right_on_fresh_positi
     assert prior_accuracy(default_position_prior(), fresh) >= 0.93
 
 
+def _meta(flipped: float, by_coordinates: float = 0.5, coordinates: float = 0.0) -> torch.Tensor:
+    named = {"flipped": flipped, "black_to_move": 0.5}
+    named |= {"flipped_by_coordinates": by_coordinates, "coordinates": coordinates}
+    return torch.tensor([[named[name] for name in META_OUTPUTS]])
+
+
 def test_an_unsure_head_follows_the_position_and_a_sure_one_keeps_a_say():
     opening = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
     prior = default_position_prior()
     log_probs = _shown(opening, True).clamp_min(1e-4).log()
-    unsure = combined_flipped_probability(torch.tensor([0.5]), prior, log_probs)
+    unsure = combined_flipped_probability(_meta(0.5), prior, log_probs)
     assert unsure.item() > 0.99
     # A saturated head (its sigmoid rounds to 0) is clamped, so the position still counts.
-    sure = combined_flipped_probability(torch.tensor([0.0]), prior, log_probs)
+    sure = combined_flipped_probability(_meta(0.0), prior, log_probs)
     assert 0.0 < sure.item() < unsure.item()
-    head = torch.tensor([0.3])
-    assert torch.equal(combined_flipped_probability(head, None, log_probs), head)
+    assert combined_flipped_probability(_meta(0.3), None, log_probs).item() == pytest.approx(0.3)
+
+
+def test_printed_coordinates_outweigh_a_position_that_points_the_other_way():
+    # An ending shown from black's side, on a board whose letters say white is at the bottom.
+    ending = "8/8/4k3/8/3P4/8/3K4/8 w - - 0 1"
+    prior = default_position_prior()
+    log_probs = _shown(ending, True).clamp_min(1e-4).log()
+    position_only = combined_flipped_probability(_meta(0.5), prior, log_probs).item()
+    assert position_only > 0.5
+    letters = _meta(0.5, by_coordinates=1e-4, coordinates=1.0)
+    assert combined_flipped_probability(letters, prior, log_probs).item() < 0.1
+    # Without coordinates on the board, what the coordinates view guesses does not count.
+    guess = _meta(0.5, by_coordinates=1e-4, coordinates=0.0)
+    assert combined_flipped_probability(guess, prior, log_probs).item() == position_only
 
 
 def test_decoding_weighs_the_prior_and_a_known_orientation_overrides_both():

@@ -345,14 +345,15 @@ def decode_outputs(
 ) -> list[BoardReading]:
     """The network's outputs (`run_network`) as readings: each board turned to the standard
     square order by its known orientation, or else by the meta head's, joined by `prior`'s
-    evidence from the squares read where one is given."""
+    evidence from the squares read and the coordinates view's where a prior is given
+    (`combined_flipped_probability`)."""
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
     known_flips = known_flips or [None] * len(log_probs)
     meta = meta.clone()
     head = META_OUTPUTS.index("flipped")
-    meta[:, head] = combined_flipped_probability(meta[:, head], prior, log_probs)
+    meta[:, head] = combined_flipped_probability(meta, prior, log_probs)
     outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
     for cells, meta_probabilities, known in outputs:
         named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))
