@@ -1,4 +1,5 @@
 import functools
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,37 @@ def test_malformed_art_names_set_and_file(tmp_path: Path, monkeypatch: pytest.Mo
         piece_images.cache_clear()
         with pytest.raises(ChessVLMError, match=r"'staunty'.*'K'.*malformed"):
             piece_images("staunty")
+    finally:
+        piece_images.cache_clear()
+
+
+def test_knights_theme_without_a_piece_or_not_gzip_names_set_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fresh_images(monkeypatch, tmp_path)
+    root = tmp_path / pieces.ART_PACKAGES["knights"].folder
+    folder = root / "usr/share/knights/themes"
+    folder.mkdir(parents=True)
+    (root / ".complete").write_text("test\n")
+    theme = folder / PIECE_SETS["knights-knights"].folder
+    # Every piece but the kings, each a small grey square.
+    elements = "".join(
+        f'<rect id="{colour}{name}" x="{10 * i}" y="0" width="8" height="8" fill="#888"/>'
+        for i, (colour, name) in enumerate(
+            (c, n)
+            for c in ("White", "Black")
+            for n in ("Pawn", "Knight", "Bishop", "Rook", "Queen")
+        )
+    )
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="20">{elements}</svg>'
+    theme.write_bytes(gzip.compress(svg.encode()))
+    try:
+        with pytest.raises(ChessVLMError, match=r"'knights-knights'.*knights\.svgz.*WhiteKing"):
+            piece_images("knights-knights")
+        theme.write_bytes(svg.encode())  # not gzip-compressed
+        piece_images.cache_clear()
+        with pytest.raises(ChessVLMError, match=r"'knights-knights'.*knights\.svgz.*malformed"):
+            piece_images("knights-knights")
     finally:
         piece_images.cache_clear()
 

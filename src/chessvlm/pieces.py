@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import gzip
 import importlib.util
 import io
 import json
@@ -31,6 +32,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
 
 import chess
 import chess.svg
@@ -64,6 +66,12 @@ class ArtPackage:
         return f"{self.registry}/{self.name}-{self.version}"
 
 
+# KDE Knights themes (SVG documents, one element per piece) -> (design, kind, author).
+_KNIGHTS_THEMES = {
+    "knights": ("knights-3d", "3d", "Troy Corbin"),
+    "east_west": ("east-west", "fantasy", "Eugene Trounev"),
+}
+
 ART_PACKAGES: dict[str, ArtPackage] = {
     p.name: p
     for p in (
@@ -72,6 +80,18 @@ ART_PACKAGES: dict[str, ArtPackage] = {
         ArtPackage("debian", "tagua-data", "1.0~alpha2-16-g618c6a0-3"),
         ArtPackage("debian", "eboard", "1.1.3-0.4"),
         ArtPackage("debian", "scid-data", "1:4.7.4+dfsg1-2"),
+        # Only the two themes with designs of their own: `plain` and `gray` draw Cburnett's
+        # pieces, and `xboard2` is a variation of a reserved package's art (never fetched).
+        ArtPackage(
+            "debian",
+            "knights",
+            "22.12.3-1",
+            keep=(
+                "usr/share/knights/themes/knights.svgz",
+                "usr/share/knights/themes/east_west.svgz",
+                "usr/share/doc/",
+            ),
+        ),
         ArtPackage("debian", "fonts-freefont-ttf", "20120503-10"),
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
         ArtPackage(
@@ -328,6 +348,23 @@ def _scid(path: str, design: str, kind: str, author: str) -> PieceSet:
     )
 
 
+def _knights(theme: str) -> PieceSet:
+    pkg = ART_PACKAGES["knights"]
+    design, kind, author = _KNIGHTS_THEMES[theme]
+    return PieceSet(
+        pkg.name,
+        f"{theme}.svgz",
+        "GPL-2.0-or-later (knights)",
+        design,
+        kind,
+        author,
+        "fetched",
+        pkg.version,
+        "png",
+        "knights",
+    )
+
+
 def _font(package: str, path: str, design: str, author: str, licence: str) -> PieceSet:
     pkg = ART_PACKAGES.get(package)
     return PieceSet(
@@ -447,6 +484,7 @@ PIECE_SETS: dict[str, PieceSet] = {
         "Google",
         "OFL-1.1",
     ),
+    **{f"knights-{theme.replace('_', '-')}": _knights(theme) for theme in _KNIGHTS_THEMES},
 }
 
 
@@ -774,6 +812,70 @@ def _load_scid(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]
 
 
 _FONT_PX = 128  # size of the PNGs drawn here from fonts and SVGs
+# The tallest piece of a Knights theme fills this share of its square, the others keep their
+# size relative to it (the themes draw each piece in a cell of its own size).
+_KNIGHTS_FILL = 0.9
+
+
+def _load_knights(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
+    """A KDE Knights theme: one SVG document whose elements `WhitePawn` ... `BlackKing` are the
+    pieces. Each is drawn alone (the rest of the document pruned) and cut to its pixels; all
+    twelve share one scale, standing at the bottom centre of a square."""
+    path = _fetched_root(source.package) / "usr/share/knights/themes" / source.folder
+    try:
+        document = gzip.decompress(_read(piece_set, path))
+        drawn = {s: _draw_svg_element(document, _knights_id(s)) for s in PIECE_SYMBOLS}
+    except (OSError, ValueError, ElementTree.ParseError) as error:
+        raise ChessVLMError(
+            f"piece set {piece_set!r}: {path} is malformed ({error}); "
+            f"fetch it again with `{FETCH_HINT}`"
+        ) from None
+    side = max(max(image.size) for image in drawn.values()) / _KNIGHTS_FILL
+    scale = _FONT_PX / side
+    images = {}
+    for s, image in drawn.items():
+        width, height = (max(1, round(n * scale)) for n in image.size)
+        square = Image.new("RGBA", (_FONT_PX, _FONT_PX), (0, 0, 0, 0))
+        square.alpha_composite(
+            image.resize((width, height), Image.Resampling.LANCZOS),
+            ((_FONT_PX - width) // 2, _FONT_PX - height - round(_FONT_PX * 0.03)),
+        )
+        images[s] = ("png", _png(square))
+    return images
+
+
+def _knights_id(symbol: str) -> str:
+    return ("White" if symbol.isupper() else "Black") + _NAMES[symbol.upper()].capitalize()
+
+
+def _draw_svg_element(document: bytes, element_id: str) -> Image.Image:
+    """The element `element_id` of an SVG document drawn alone at the document's size (its
+    ancestors' transforms and the document's definitions kept), cut to its visible pixels."""
+    root = ElementTree.fromstring(document)
+
+    def keep_only_target(parent: ElementTree.Element) -> bool:
+        holds_target = False
+        for child in list(parent):
+            if child.get("id") == element_id:
+                holds_target = True
+            elif child.tag.rsplit("}", 1)[-1] == "defs":
+                continue
+            elif keep_only_target(child):
+                holds_target = True
+            else:
+                parent.remove(child)
+        return holds_target
+
+    if not keep_only_target(root):
+        raise ValueError(f"no element with id {element_id!r}")
+    import cairosvg
+
+    drawn = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=ElementTree.tostring(root))))
+    drawn = drawn.convert("RGBA")
+    box = drawn.getchannel("A").getbbox()
+    if box is None:
+        raise ValueError(f"the element {element_id!r} draws nothing")
+    return drawn.crop(box)
 
 
 def _load_font(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
@@ -822,6 +924,7 @@ _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
     "eboard": _load_eboard,
     "scid": _load_scid,
     "font": _load_font,
+    "knights": _load_knights,
 }
 
 
