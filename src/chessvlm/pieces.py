@@ -244,36 +244,24 @@ _PGN2WEB = {
 }
 
 
-def _pgn2web(folder: str) -> PieceSet:
-    pkg = ART_PACKAGES["pgn2web"]
+def _fetched(
+    package: str, folder: str, licence: str, design: str, kind: str, author: str, loader: str
+) -> PieceSet:
+    """A set whose pieces come from the fetched art `package`, cut out by `loader` as PNGs."""
+    pkg = ART_PACKAGES[package]
     return PieceSet(
-        pkg.name,
-        folder,
-        "GPL-3.0-or-later (Debian package); font designs freeware",
-        folder,
-        "low-res",
-        _PGN2WEB[folder],
-        "fetched",
-        pkg.version,
-        "png",
-        "pgn2web",
+        pkg.name, folder, licence, design, kind, author, "fetched", pkg.version, "png", loader
     )
+
+
+def _pgn2web(folder: str) -> PieceSet:
+    licence = "GPL-3.0-or-later (Debian package); font designs freeware"
+    return _fetched("pgn2web", folder, licence, folder, "low-res", _PGN2WEB[folder], "pgn2web")
 
 
 def _tagua(folder: str, design: str, kind: str) -> PieceSet:
-    pkg = ART_PACKAGES["tagua-data"]
-    return PieceSet(
-        pkg.name,
-        folder,
-        "GPL-2.0-or-later",
-        design,
-        kind,
-        "Maurizio Monge (tagua)",
-        "fetched",
-        pkg.version,
-        "png",
-        "tagua",
-    )
+    author = "Maurizio Monge (tagua)"
+    return _fetched("tagua-data", folder, "GPL-2.0-or-later", design, kind, author, "tagua")
 
 
 # eboard's sprite sheets (/usr/share/games/eboard/<file>.png): 7 columns (R N B Q K P, then a
@@ -314,55 +302,22 @@ _EBOARD = {
 
 
 def _eboard(file: str) -> PieceSet:
-    pkg = ART_PACKAGES["eboard"]
     design, kind = _EBOARD[file]
-    return PieceSet(
-        pkg.name,
-        f"{file}.png",
-        "GPL-2.0-or-later (eboard; eboard-extras piece themes)",
-        design,
-        kind,
-        "Felipe Bergo and eboard-extras contributors",
-        "fetched",
-        pkg.version,
-        "png",
-        "eboard",
-    )
+    licence = "GPL-2.0-or-later (eboard; eboard-extras piece themes)"
+    author = "Felipe Bergo and eboard-extras contributors"
+    return _fetched("eboard", f"{file}.png", licence, design, kind, author, "eboard")
 
 
 def _scid(path: str, design: str, kind: str, author: str) -> PieceSet:
     """A Scid strip (/usr/share/scid/img/pieces/<path>): 12 square cells, P N B R Q K white,
     then black, on transparency."""
-    pkg = ART_PACKAGES["scid-data"]
-    return PieceSet(
-        pkg.name,
-        path,
-        "GPL-2.0 (scid-data)",
-        design,
-        kind,
-        author,
-        "fetched",
-        pkg.version,
-        "png",
-        "scid",
-    )
+    return _fetched("scid-data", path, "GPL-2.0 (scid-data)", design, kind, author, "scid")
 
 
 def _knights(theme: str) -> PieceSet:
-    pkg = ART_PACKAGES["knights"]
     design, kind, author = _KNIGHTS_THEMES[theme]
-    return PieceSet(
-        pkg.name,
-        f"{theme}.svgz",
-        "GPL-2.0-or-later (knights)",
-        design,
-        kind,
-        author,
-        "fetched",
-        pkg.version,
-        "png",
-        "knights",
-    )
+    licence = "GPL-2.0-or-later (knights)"
+    return _fetched("knights", f"{theme}.svgz", licence, design, kind, author, "knights")
 
 
 def _font(package: str, path: str, design: str, author: str, licence: str) -> PieceSet:
