@@ -81,7 +81,7 @@ ART_PACKAGES: dict[str, ArtPackage] = {
         ArtPackage("debian", "eboard", "1.1.3-0.4"),
         ArtPackage("debian", "scid-data", "1:4.7.4+dfsg1-2"),
         # Only the two themes with designs of their own: `plain` and `gray` draw Cburnett's
-        # pieces, and `xboard2` is a variation of a reserved package's art (never fetched).
+        # pieces, and `xboard2` is a variation of a reserved package's art (never kept).
         ArtPackage(
             "debian",
             "knights",
@@ -770,6 +770,8 @@ _FONT_PX = 128  # size of the PNGs drawn here from fonts and SVGs
 # The tallest piece of a Knights theme fills this share of its square, the others keep their
 # size relative to it (the themes draw each piece in a cell of its own size).
 _KNIGHTS_FILL = 0.9
+# Below each piece's foot, as boards draw pieces standing a little above a square's edge.
+_KNIGHTS_FOOT_GAP = 0.03
 
 
 def _load_knights(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
@@ -793,7 +795,7 @@ def _load_knights(piece_set: str, source: PieceSet) -> dict[str, tuple[str, byte
         square = Image.new("RGBA", (_FONT_PX, _FONT_PX), (0, 0, 0, 0))
         square.alpha_composite(
             image.resize((width, height), Image.Resampling.LANCZOS),
-            ((_FONT_PX - width) // 2, _FONT_PX - height - round(_FONT_PX * 0.03)),
+            ((_FONT_PX - width) // 2, _FONT_PX - height - round(_FONT_PX * _KNIGHTS_FOOT_GAP)),
         )
         images[s] = ("png", _png(square))
     return images
@@ -823,10 +825,7 @@ def _draw_svg_element(document: bytes, element_id: str) -> Image.Image:
 
     if not keep_only_target(root):
         raise ValueError(f"no element with id {element_id!r}")
-    import cairosvg
-
-    drawn = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=ElementTree.tostring(root))))
-    drawn = drawn.convert("RGBA")
+    drawn = rasterize_svg(ElementTree.tostring(root))
     box = drawn.getchannel("A").getbbox()
     if box is None:
         raise ValueError(f"the element {element_id!r} draws nothing")
@@ -883,7 +882,8 @@ _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
 }
 
 
-def rasterize_svg(svg: bytes, width: int, height: int) -> Image.Image:
+def rasterize_svg(svg: bytes, width: int | None = None, height: int | None = None) -> Image.Image:
+    """`svg` drawn as RGBA, `width` x `height` px (by default the document's own size)."""
     # Imported here: loading cairo takes most of a second, and the fast path only needs it
     # when a piece bitmap is first drawn, so `import chessvlm.rendering` stays cheap.
     import cairosvg
