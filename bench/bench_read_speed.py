@@ -8,7 +8,8 @@ Each reader is read three ways: as `chessvlm predict` reads today (`predict_boar
 normalisation and the batch norms folded into the convolutions, each batch cut out on its own
 thread while the network reads the batch before), then the same model one batch after the
 other (`read_images` per batch of decoded files), then that with the model as trained
-(unfolded), as before both changes. Torch
+(unfolded), as before both changes; and as `predict` reads, without the margin reader
+(`chessvlm.reader.margin`: coordinates outside the board), to show what it costs. Torch
 runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
 boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
 the ratio to the first is printed per round, with the process's CPU time per board.
@@ -17,6 +18,7 @@ the ratio to the first is printed per round, with the process's CPU time per boa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from functools import partial
 from itertools import islice
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from chessvlm.reader.images import crop_board, iter_loaded, load_scene
+from chessvlm.reader.margin import cut_margins, margin_evidence
 from chessvlm.reader.model import LOCATOR_SIZE
 from chessvlm.reader.read import (
     Reader,
@@ -56,6 +59,13 @@ def parts_ms(reader: Reader, paths: list[Path]) -> dict[str, float]:
         for view, box in zip(views, boxes.tolist(), strict=True)
     ]
     timings["crop"] = time.perf_counter() - started
+    if reader.margin_reader is not None:
+        started = time.perf_counter()
+        images = [view[0] for view in views]
+        for i in range(0, n, 64):
+            strips = cut_margins(images[i : i + 64], boxes[i : i + 64].tolist())
+            margin_evidence(reader.margin_reader, strips)
+        timings["margins"] = time.perf_counter() - started
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
     started = time.perf_counter()
     outputs = [run_network(reader.model, batch[i : i + 64]) for i in range(0, n, 64)]
@@ -99,6 +109,10 @@ def main() -> None:
         folded, unfolded = (load_reader(path, fold=fold) for fold in (True, False))
         variants[f"{path}: predict_boards (folded, crops on their own thread)"] = (
             folded,
+            pipelined,
+        )
+        variants[f"{path}: predict_boards without the margin reader"] = (
+            dataclasses.replace(folded, margin_reader=None),
             pipelined,
         )
         variants[f"{path}: folded, one batch after another"] = (folded, one_batch_after_another)

@@ -198,6 +198,24 @@ def test_orientation_a_board_cannot_show_is_called_a_guess(monkeypatch):
     assert _orientation_note(reading, given=False) == "black at the bottom (probability 0.700)"
 
 
+@pytest.mark.parametrize("flipped", [False, True])
+def test_coordinates_outside_a_board_without_pawns_show_its_orientation(flipped, tmp_path, capsys):
+    # Kings and knights mid-board: the position is as likely from either side, and the
+    # letters are printed in a band outside the squares, where the reader's network never
+    # looks.
+    ending = chess.Board("8/8/2kn4/8/8/4NK2/8/8 w - - 0 1")
+    params = RenderParams(
+        piece_set="merida", size=320, flipped=flipped, coordinates=True, coordinate_place="outside"
+    )
+    path = tmp_path / "ending.png"
+    render_board(ending, params).save(path)
+    assert main(["predict", str(path), "--format", "json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    side = "black" if flipped else "white"
+    assert line["notes"]["orientation"].startswith(f"{side} at the bottom (probability")
+    assert line["orientation_probability"] > 0.999
+
+
 def test_predict_fen_for_one_image_with_flags(checkpoint, boards, capsys):
     args = ["predict", str(boards / "board0.png"), "--model", str(checkpoint), "--format", "fen"]
     assert main([*args, "--to-move", "b", "--castling", "-"]) == 0

@@ -14,11 +14,13 @@ import torch
 
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.reader.default import (
+    DEFAULT_MARGIN_READER,
     DEFAULT_POSITION_PRIOR,
     DEFAULT_READER,
     DefaultRecipe,
     build_default_reader,
 )
+from chessvlm.reader.margin import MARGIN_CONFIG_FILE, MARGIN_WEIGHTS_FILE, MarginRecipe
 from chessvlm.reader.model import META_OUTPUTS, NUM_CLASSES
 from chessvlm.reader.orientation import (
     PRIOR_CONFIG_FILE,
@@ -68,6 +70,8 @@ def test_the_shipped_prior_is_small_made_by_its_recipe_and_right_on_fresh_positi
     shipped += [
         DEFAULT_POSITION_PRIOR / PRIOR_CONFIG_FILE,
         DEFAULT_POSITION_PRIOR / PRIOR_WEIGHTS_FILE,
+        DEFAULT_MARGIN_READER / MARGIN_CONFIG_FILE,
+        DEFAULT_MARGIN_READER / MARGIN_WEIGHTS_FILE,
     ]
     assert sum(path.stat().st_size for path in shipped) <= MAX_SHIPPED_BYTES
     # Positions of games the prior never learnt from, each shown both ways up.
@@ -134,9 +138,11 @@ def test_a_missing_or_broken_prior_is_a_clear_error(tmp_path):
         load_position_prior(tmp_path)
 
 
-def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
+def test_build_default_writes_the_reader_its_prior_and_margin_reader_and_resumes(tmp_path):
     recipe = DefaultRecipe(train_samples=16, val_samples=8, epochs=1, batch_size=8)
     reader_out, prior_out = tmp_path / "reader", tmp_path / "prior"
+    margin_out = tmp_path / "margin"
+    margin_recipe = MarginRecipe(widths=(4,), hidden=4, scenes=2, epochs=1)
     build = partial(
         build_default_reader,
         tmp_path / "work",
@@ -145,6 +151,8 @@ def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
         workers=1,
         prior_out=prior_out,
         prior_recipe=TINY,
+        margin_out=margin_out,
+        margin_recipe=margin_recipe,
     )
     build()
     assert is_reader_checkpoint(reader_out)
@@ -156,9 +164,15 @@ def test_build_default_writes_the_reader_and_its_prior_and_resumes(tmp_path):
     assert paths == ["readers/seed0", "readers/seed1"]
     first = (prior_out / PRIOR_WEIGHTS_FILE).read_bytes()
     assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == TINY.to_dict()
-    # A rerun finds both finished in the work folder and copies the same files again.
+    # The margin reader learnt from the recipe's training boards.
+    margin_config = json.loads((margin_out / MARGIN_CONFIG_FILE).read_text())
+    assert margin_config["recipe"] == margin_recipe.to_dict()
+    assert margin_config["validation"]["boards"] == recipe.val_samples
+    first_margin = (margin_out / MARGIN_WEIGHTS_FILE).read_bytes()
+    # A rerun finds all finished in the work folder and copies the same files again.
     build()
     assert (prior_out / PRIOR_WEIGHTS_FILE).read_bytes() == first
+    assert (margin_out / MARGIN_WEIGHTS_FILE).read_bytes() == first_margin
     # Another prior recipe is trained anew, not taken from the work folder.
     other = dataclasses.replace(TINY, hidden=(8,))
     build(prior_recipe=other)

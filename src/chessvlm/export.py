@@ -13,8 +13,9 @@ graphs in the output folder:
   show, coordinates drawn).
 
 A reading's orientation also weighs the position prior (`chessvlm.reader.orientation`) on
-the square probabilities; it is not in the graphs, and `OnnxReader` applies the shipped one
-as `chessvlm.reader.read` does.
+the square probabilities, and the margin reader on coordinates printed outside the board
+(`chessvlm.reader.margin`); they are not in the graphs, and `OnnxReader` applies the shipped
+ones as `chessvlm.reader.read` does.
 
 `export.json` describes both, with the checkpoint's config and the check against torch:
 `check_export` reads rendered boards with both runtimes and fails unless every probability
@@ -42,15 +43,17 @@ from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.images import crop_board, scene_array, usable_box
+from chessvlm.reader.margin import default_margin_reader
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
 from chessvlm.reader.orientation import default_position_prior
 from chessvlm.reader.read import (
     BoardReading,
     Reader,
-    cut_boards,
+    cut_views,
     decode_outputs,
     load_reader,
     locate,
+    read_margins,
     with_image_boxes,
 )
 
@@ -198,8 +201,10 @@ class OnnxReader:
         )
         self.config = config
         self.image_size = int(config["spec"]["image_size"])
-        # The prior is not in the graphs: it reads the squares' probabilities, design-free.
+        # The prior and the margin reader are not in the graphs: the prior reads the squares'
+        # probabilities, design-free, and the margin reader what lies outside the squares.
         self.position_prior = default_position_prior()
+        self.margin_reader = default_margin_reader()
 
     def locate(self, scenes: np.ndarray) -> np.ndarray:
         """uint8 N x L x L x 3 whole images -> boxes N x 4 (fractions of the image)."""
@@ -223,14 +228,17 @@ class OnnxReader:
             scenes = [scene_array(image, LOCATOR_SIZE) for image in images]
         located = self.locate(np.stack(scenes)).tolist()
         boxes = [usable_box(box, image) for image, box in zip(images, located, strict=True)]
-        crops = cut_boards(images, boxes, self.image_size)
-        return with_image_boxes(self.read_arrays(crops, flipped), images, boxes)
+        crops, margins = cut_views(images, boxes, self.image_size)
+        return with_image_boxes(self.read_arrays(crops, flipped, margins), images, boxes)
 
     def read_arrays(
-        self, crops: Sequence[np.ndarray], flipped: Sequence[bool | None] | None = None
+        self,
+        crops: Sequence[np.ndarray],
+        flipped: Sequence[bool | None] | None = None,
+        margins: np.ndarray | None = None,
     ) -> list[BoardReading]:
-        """Read boards already cut to their squares (S x S x 3 uint8 each), as
-        `chessvlm.reader.read.read_arrays` does."""
+        """Read boards already cut to their squares (S x S x 3 uint8 each), and their margins
+        where given, as `chessvlm.reader.read.read_arrays` does."""
         squares, meta = self.probabilities(np.stack(crops))
         return decode_outputs(
             torch.from_numpy(squares).log(),
@@ -239,6 +247,7 @@ class OnnxReader:
             bool(self.config.get("predicts_to_move")),
             flipped,
             prior=self.position_prior,
+            margin=read_margins(self.margin_reader, margins),
         )
 
 

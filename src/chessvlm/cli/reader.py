@@ -145,7 +145,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _register_build_default(commands) -> None:
-    from chessvlm.reader.default import DEFAULT_POSITION_PRIOR, DEFAULT_READER, DefaultRecipe
+    from chessvlm.reader.default import (
+        DEFAULT_MARGIN_READER,
+        DEFAULT_POSITION_PRIOR,
+        DEFAULT_READER,
+        DefaultRecipe,
+    )
 
     recipe = DefaultRecipe()
     parser = commands.add_parser(
@@ -157,7 +162,9 @@ def _register_build_default(commands) -> None:
             f"{recipe.members} readers {recipe.epochs} epochs each there (seeds {recipe.seed} "
             f"to {recipe.seed + recipe.members - 1}), and write their ensemble's checkpoint to "
             "--out; then train the position prior that weighs every reading's orientation and "
-            "write it to --prior_out. Rerunning resumes."
+            "write it to --prior_out, and the margin reader that reads coordinates printed "
+            "outside the board, on the same boards, and write it to --margin_out. Rerunning "
+            "resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
@@ -172,6 +179,11 @@ def _register_build_default(commands) -> None:
         help="where the position prior goes (default: the package)",
     )
     parser.add_argument(
+        "--margin_out",
+        default=str(DEFAULT_MARGIN_READER),
+        help="where the margin reader goes (default: the package)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=2,
@@ -183,8 +195,16 @@ def _register_build_default(commands) -> None:
 def _run_build_default(args: argparse.Namespace) -> int:
     from chessvlm.reader.default import build_default_reader
 
-    out = build_default_reader(args.work, args.out, workers=args.workers, prior_out=args.prior_out)
-    print(f"default reader: {out}; position prior: {args.prior_out}")
+    out = build_default_reader(
+        args.work,
+        args.out,
+        workers=args.workers,
+        prior_out=args.prior_out,
+        margin_out=args.margin_out,
+    )
+    print(
+        f"default reader: {out}; position prior: {args.prior_out}; margin reader: {args.margin_out}"
+    )
     return 0
 
 

@@ -6,7 +6,9 @@ style, so its figures on `designs-held-out` are those of designs it never saw.
 `chessvlm reader build-default` renders its data, trains its readers with `DefaultRecipe`
 and writes their ensemble's checkpoint into the package (or `--out`), then trains the
 position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
-`PriorRecipe`) and writes it into the package (or `--prior_out`).
+`PriorRecipe`) and the margin reader that reads coordinates printed outside the board
+(`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards), and writes them
+into the package (or `--prior_out`, `--margin_out`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chessvlm.errors import ChessVLMError
 
 if TYPE_CHECKING:
+    from chessvlm.reader.margin import MarginRecipe
     from chessvlm.reader.orientation import PriorRecipe
 
 _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_READER = _WEIGHTS / "reader"
 DEFAULT_POSITION_PRIOR = _WEIGHTS / "position_prior"
+DEFAULT_MARGIN_READER = _WEIGHTS / "margin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +69,17 @@ def build_default_reader(
     workers: int = 2,
     prior_out: str | Path = DEFAULT_POSITION_PRIOR,
     prior_recipe: PriorRecipe | None = None,
+    margin_out: str | Path = DEFAULT_MARGIN_READER,
+    margin_recipe: MarginRecipe | None = None,
 ) -> Path:
     """Render the recipe's data into `work_dir`, train the recipe's readers there (all resume
     when run again) and write their ensemble, scored on the recipe's validation boards, into
-    `out`; then train the position prior in `work_dir` (kept for reruns of the same
-    `prior_recipe`) and copy it into `prior_out`."""
+    `out`; then train the position prior and the margin reader in `work_dir` (each kept for
+    reruns of the same `prior_recipe`, `margin_recipe`) and copy them into `prior_out` and
+    `margin_out`."""
     from chessvlm.datasets import synth_json_dataset
     from chessvlm.reader.ensemble import combine_readers
+    from chessvlm.reader.margin import MarginRecipe
     from chessvlm.reader.orientation import PriorRecipe
     from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
@@ -101,8 +110,12 @@ def build_default_reader(
         extra_config={"built_by": built_by},
         paths_relative_to=work_dir,
     )
-    prior_recipe = prior_recipe or PriorRecipe()
-    _build_position_prior(work_dir / "position_prior", Path(prior_out), prior_recipe)
+    _build_position_prior(
+        work_dir / "position_prior", Path(prior_out), prior_recipe or PriorRecipe()
+    )
+    _build_margin_reader(
+        data_dir, work_dir / "margin", Path(margin_out), margin_recipe or MarginRecipe()
+    )
     return out
 
 
@@ -114,11 +127,44 @@ def _build_position_prior(work_dir: Path, out: Path, recipe: PriorRecipe) -> Non
         train_position_prior,
     )
 
-    config = work_dir / PRIOR_CONFIG_FILE
-    made = config.is_file() and json.loads(config.read_text(encoding="utf-8"))["recipe"]
-    if made != recipe.to_dict():
+    def make() -> None:
         prior, accuracy = train_position_prior(recipe)
         save_position_prior(prior, work_dir, recipe, accuracy)
+
+    made_by = {"recipe": recipe.to_dict()}
+    _made_once(work_dir, out, (PRIOR_WEIGHTS_FILE, PRIOR_CONFIG_FILE), made_by, make)
+
+
+def _build_margin_reader(data_dir: Path, work_dir: Path, out: Path, recipe: MarginRecipe) -> None:
+    from chessvlm.reader.margin import (
+        MARGIN_CONFIG_FILE,
+        MARGIN_WEIGHTS_FILE,
+        STRIPS,
+        save_margin_reader,
+        train_margin_reader,
+    )
+    from chessvlm.scenes import write_scenes
+
+    def make() -> None:
+        scenes = work_dir / "scenes"
+        write_scenes(scenes, recipe.scenes, seed=recipe.seed, designs="seen")
+        reader, figures = train_margin_reader(data_dir, recipe, scenes)
+        save_margin_reader(reader, work_dir, recipe, figures)
+
+    made_by = {"recipe": recipe.to_dict(), "strips": STRIPS}
+    _made_once(work_dir, out, (MARGIN_WEIGHTS_FILE, MARGIN_CONFIG_FILE), made_by, make)
+
+
+def _made_once(
+    work_dir: Path, out: Path, files: tuple[str, str], made_by: dict, make: Callable[[], None]
+) -> None:
+    """`make` the weights and config `files` in `work_dir` unless the config there holds
+    every entry of `made_by` already (the recipe, and what else decides the weights), then
+    copy them into `out`."""
+    config_file = work_dir / files[1]
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if any(config.get(key) != value for key, value in made_by.items()):
+        make()
     out.mkdir(parents=True, exist_ok=True)
-    for name in (PRIOR_WEIGHTS_FILE, PRIOR_CONFIG_FILE):
+    for name in files:
         shutil.copyfile(work_dir / name, out / name)

@@ -55,6 +55,11 @@ PRIOR_WEIGHT = 0.75
 # of them. Chosen on the same 500 validation boards: the lowest log-loss of a grid from 0 to 6,
 # with no board wrong at 99% or more (docs/reader.md).
 COORDINATES_WEIGHT = 2.0
+# Coordinates printed outside the board (`chessvlm.reader.margin`) join with this weight times
+# the probability that they are there: outside the squares, the reader's experts never see
+# them, and where they are read they settle the orientation. Chosen on the same 500
+# validation boards (docs/reader.md).
+MARGIN_WEIGHT = 3.0
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,18 @@ class PositionPrior(nn.Module):
 
 
 def combined_flipped_probability(
-    meta: torch.Tensor, prior: PositionPrior | None, log_probs: torch.Tensor
+    meta: torch.Tensor,
+    prior: PositionPrior | None,
+    log_probs: torch.Tensor,
+    margin: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The probabilities that black is at the bottom (B), from the meta probabilities (B x
     `META_OUTPUTS`) and the squares read (`log_probs` B x 64 x 13, image order): the meta
     head's log-odds, the prior's and the coordinates view's, weighted (`HEAD_WEIGHT`,
-    `PRIOR_WEIGHT`, `COORDINATES_WEIGHT` times the probability of coordinates). The head's
-    alone where `prior` is None."""
+    `PRIOR_WEIGHT`, `COORDINATES_WEIGHT` times the probability of coordinates), and where
+    `margin` is given (`chessvlm.reader.margin.margin_evidence`: the probability of
+    coordinates outside the board, and their log-odds) those outside, `MARGIN_WEIGHT` times
+    their probability. The head's alone where `prior` is None."""
     head = meta[:, META_OUTPUTS.index("flipped")]
     if prior is None:
         return head
@@ -108,11 +118,15 @@ def combined_flipped_probability(
         evidence = prior(log_probs.exp())
     by_coordinates = _log_odds(meta[:, META_OUTPUTS.index("flipped_by_coordinates")])
     shows_coordinates = meta[:, META_OUTPUTS.index("coordinates")]
-    return torch.sigmoid(
+    log_odds = (
         HEAD_WEIGHT * _log_odds(head)
         + PRIOR_WEIGHT * evidence
         + COORDINATES_WEIGHT * shows_coordinates * by_coordinates
     )
+    if margin is not None:
+        shown_outside, by_outside = margin
+        log_odds = log_odds + MARGIN_WEIGHT * shown_outside * by_outside
+    return torch.sigmoid(log_odds)
 
 
 def _log_odds(probabilities: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from chessvlm.reader.images import (
     scene_array,
     usable_box,
 )
+from chessvlm.reader.margin import MarginReader, cut_margins, default_margin_reader, margin_evidence
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
@@ -68,7 +69,9 @@ class BoardReading:
     `board` holds the placement in standard orientation only (white to move, no castling):
     metadata is not in the image and is the caller's to add. `black_to_move_probability` is
     None unless the checkpoint learned the side to move (`Reader.predicts_to_move`).
-    `coordinates_probability` is that of coordinates drawn in the edge squares; `box` is where
+    `coordinates_probability` is that of coordinates drawn in the edge squares,
+    `outside_coordinates_probability` that of coordinates printed outside them (0 where the
+    margin was not read: boards read without their image); `box` is where
     the squares are in the image, in its pixels (left, top, right, bottom), when it was located.
     `square_probabilities` gives, per square (python-chess order, a1 first), the probability
     of the piece (or emptiness) read there.
@@ -82,25 +85,29 @@ class BoardReading:
     coordinates_probability: float
     box: tuple[float, float, float, float] | None = None
     square_probabilities: tuple[float, ...] = ()
+    outside_coordinates_probability: float = 0.0
 
     @property
     def orientation_shown(self) -> bool:
         """Whether the board shows which side is at the bottom: pawns (which way they stand,
-        and where) or coordinates. Without either, a board from black's side is the exact
-        picture of the mirrored position from white's, and the orientation is a guess."""
-        pawns = self.board.pawns
-        return bool(pawns) or self.coordinates_probability > 0.5
+        and where) or coordinates, on the squares or outside them. Without either, a board
+        from black's side is the exact picture of the mirrored position from white's, and the
+        orientation is a guess."""
+        coordinates = max(self.coordinates_probability, self.outside_coordinates_probability)
+        return bool(self.board.pawns) or coordinates > 0.5
 
 
 @dataclass
 class Reader:
     """A loaded reader checkpoint, ready to read boards; `position_prior` joins the meta head
-    in saying which side is at the bottom (`chessvlm.reader.orientation`)."""
+    in saying which side is at the bottom (`chessvlm.reader.orientation`), and so does
+    `margin_reader` where the board's image is at hand (`chessvlm.reader.margin`)."""
 
     model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
     path: Path
     position_prior: PositionPrior | None = None
+    margin_reader: MarginReader | None = None
 
     @property
     def image_size(self) -> int:
@@ -173,7 +180,13 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
     model.eval()
     if fold:
         model.fold_for_inference()
-    return Reader(model=model, config=config, path=path, position_prior=default_position_prior())
+    return Reader(
+        model=model,
+        config=config,
+        path=path,
+        position_prior=default_position_prior(),
+        margin_reader=default_margin_reader(),
+    )
 
 
 def _network(config: dict[str, Any], path: Path) -> BoardReader | ReaderEnsemble:
@@ -211,12 +224,14 @@ def read_arrays(
     arrays: Sequence[np.ndarray] | torch.Tensor,
     decode: str | None = None,
     flipped: Sequence[bool | None] | None = None,
+    margins: np.ndarray | None = None,
 ) -> list[BoardReading]:
     """Read a batch of boards already cut to their squares (`load_board_image` arrays, or
     uint8 N x 3 x S x S).
 
     `flipped` gives, per board, a known orientation (True: black at the bottom) that replaces
-    the predicted one, or None to use the prediction.
+    the predicted one, or None to use the prediction. `margins` (`cut_margins`, aligned with
+    the boards) lets coordinates printed outside the boards weigh in on their orientation.
     """
     if isinstance(arrays, torch.Tensor):
         batch = arrays
@@ -230,7 +245,17 @@ def read_arrays(
         reader.predicts_to_move,
         flipped,
         prior=reader.position_prior,
+        margin=read_margins(reader.margin_reader, margins),
     )
+
+
+def read_margins(
+    margin_reader: MarginReader | None, margins: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`margin_evidence` of the boards' margins, or None where either is missing."""
+    if margin_reader is None or margins is None:
+        return None
+    return margin_evidence(margin_reader, margins)
 
 
 def read_images(
@@ -243,8 +268,9 @@ def read_images(
     """Read whole images (`load_scene`'s image and scene): locate each board, cut out its
     squares, read them. Each reading's `box` is in the image file's pixels."""
     boxes = locate_in_images(reader, images, scenes)
-    crops = cut_boards(images, boxes, reader.image_size)
-    return with_image_boxes(read_arrays(reader, crops, decode, flipped), images, boxes)
+    crops, margins = cut_views(images, boxes, reader.image_size)
+    readings = read_arrays(reader, crops, decode, flipped, margins)
+    return with_image_boxes(readings, images, boxes)
 
 
 def locate_in_images(
@@ -260,6 +286,14 @@ def cut_boards(
 ) -> list[np.ndarray]:
     """Each image's box resampled to `size` x `size` (`crop_board`)."""
     return [crop_board(image, box, size) for image, box in zip(images, boxes, strict=True)]
+
+
+def cut_views(
+    images: Sequence[Image.Image], boxes: Sequence[Sequence[float]], size: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """What is read of each image at its box: the squares (`cut_boards`) and the margins
+    outside them (`cut_margins`)."""
+    return cut_boards(images, boxes, size), cut_margins(images, boxes)
 
 
 def with_image_boxes(
@@ -293,10 +327,17 @@ def read_found_boards(
     if not found:
         return []
     crops = [board_pixels(image, board, reader.image_size) for board in found]
-    readings = read_arrays(reader, crops, decode, [flipped] * len(crops))
+    margins = cut_margins([image] * len(found), [fraction_box(image, board.box) for board in found])
+    readings = read_arrays(reader, crops, decode, [flipped] * len(crops), margins)
     for reading, board in zip(readings, found, strict=True):
         reading.box = board.box
     return readings
+
+
+def fraction_box(image: Image.Image, box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box in `image`'s file pixels as fractions of the image (`image_pixel_box` undone)."""
+    width, height = image.info.get(SOURCE_SIZE, image.size)
+    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
 
 
 def locate_board(reader: Reader, image: Image.Image) -> tuple[float, float, float, float]:
@@ -342,20 +383,22 @@ def decode_outputs(
     known_flips: Sequence[bool | None] | None = None,
     *,
     prior: PositionPrior | None = None,
+    margin: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[BoardReading]:
     """The network's outputs (`run_network`) as readings: each board turned to the standard
     square order by its known orientation, or else by the meta head's, joined by `prior`'s
-    evidence from the squares read and the coordinates view's where a prior is given
-    (`combined_flipped_probability`)."""
+    evidence from the squares read and the coordinates view's where a prior is given, and by
+    the coordinates outside the board where `margin` is (`combined_flipped_probability`)."""
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
     known_flips = known_flips or [None] * len(log_probs)
     meta = meta.clone()
     head = META_OUTPUTS.index("flipped")
-    meta[:, head] = combined_flipped_probability(meta, prior, log_probs)
-    outputs = zip(log_probs, meta.tolist(), known_flips, strict=True)
-    for cells, meta_probabilities, known in outputs:
+    meta[:, head] = combined_flipped_probability(meta, prior, log_probs, margin)
+    outside = margin[0].tolist() if margin is not None else [0.0] * len(log_probs)
+    outputs = zip(log_probs, meta.tolist(), known_flips, outside, strict=True)
+    for cells, meta_probabilities, known, shown_outside in outputs:
         named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))
         flipped = named["flipped"] > 0.5 if known is None else known
         in_squares = to_square_order(cells, flipped, dim=0)
@@ -370,6 +413,7 @@ def decode_outputs(
                 min_square_confidence=float(chosen.min().exp()),
                 coordinates_probability=named["coordinates"],
                 square_probabilities=tuple(chosen.squeeze(1).exp().tolist()),
+                outside_coordinates_probability=shown_outside,
             )
         )
     return readings
@@ -393,7 +437,7 @@ class _LocatedBatch:
     pending: list[_Pending]
     images: list[Image.Image]
     boxes: list[tuple[float, float, float, float]]
-    crops: Future[list[np.ndarray]] | None
+    views: Future[tuple[list[np.ndarray], np.ndarray]] | None
 
 
 def predict_boards(
@@ -451,17 +495,18 @@ def _locate_batch(
     if not images:
         return _LocatedBatch(pending, [], [], None)
     boxes = locate_in_images(reader, images, [scene for _, scene in views])
-    crops = cropper.submit(cut_boards, images, boxes, reader.image_size)
-    return _LocatedBatch(pending, images, boxes, crops)
+    views = cropper.submit(cut_views, images, boxes, reader.image_size)
+    return _LocatedBatch(pending, images, boxes, views)
 
 
 def _read_batch(
     reader: Reader, batch: _LocatedBatch, decode: str | None
 ) -> Iterator[tuple[str | Path, BoardReading | None, InputError | None]]:
     readings: Iterator[BoardReading] = iter([])
-    if batch.crops is not None:
+    if batch.views is not None:
         flips = [known for _, views, _, known in batch.pending if views is not None]
-        read = read_arrays(reader, batch.crops.result(), decode, flips)
+        crops, margins = batch.views.result()
+        read = read_arrays(reader, crops, decode, flips, margins)
         readings = iter(with_image_boxes(read, batch.images, batch.boxes))
     for source, views, error, _ in batch.pending:
         yield source, (next(readings) if views is not None else None), error

@@ -52,8 +52,16 @@ from chessvlm.predict import (
     result_record,
 )
 from chessvlm.reader.images import crop_board, load_scene, open_image, scene_array, usable_box
+from chessvlm.reader.margin import margin_strips
 from chessvlm.reader.model import LOCATOR_SIZE
-from chessvlm.reader.read import BoardReading, image_pixel_box, load_reader, locate, read_arrays
+from chessvlm.reader.read import (
+    BoardReading,
+    fraction_box,
+    image_pixel_box,
+    load_reader,
+    locate,
+    read_arrays,
+)
 from chessvlm.serve.batching import MicroBatcher
 from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
 
@@ -94,19 +102,22 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class BoardInput:
-    """One board to read in a model batch: cut out to its squares, and its known
-    orientation (None: read it)."""
+    """One board to read in a model batch: cut out to its squares, its margins
+    (`chessvlm.reader.margin.margin_strips`) and its known orientation (None: read it)."""
 
     crop: np.ndarray
+    margins: np.ndarray
     flipped: bool | None
 
 
 @dataclass(frozen=True)
 class CutBoard:
-    """A board cut out of an upload: its pixels at the network's size and where it was, in
-    the image's pixels (box: left, top, right, bottom; corners from the finder only)."""
+    """A board cut out of an upload: its pixels at the network's size, the margins outside
+    them, and where it was, in the image's pixels (box: left, top, right, bottom; corners
+    from the finder only)."""
 
     crop: np.ndarray
+    margins: np.ndarray
     box: tuple[float, float, float, float]
     corners: tuple[tuple[float, float], ...] | None = None
 
@@ -115,15 +126,19 @@ class CutBoard:
 class ServedModel:
     """What the app reads with: the board side its network reads at, its board locator
     (uint8 scenes N x L x L x 3 -> boxes N x 4, fractions of the image) and its network
-    (crops and known orientations -> readings)."""
+    (crops, known orientations and margins -> readings)."""
 
     image_size: int
     locate: Callable[[np.ndarray], np.ndarray]
-    read_crops: Callable[[Sequence[np.ndarray], Sequence[bool | None]], list[BoardReading]]
+    read_crops: Callable[
+        [Sequence[np.ndarray], Sequence[bool | None], np.ndarray], list[BoardReading]
+    ]
 
     def read_batch(self, items: Sequence[BoardInput]) -> list[BoardReading]:
         """Read a model batch, the results in the items' order."""
-        return self.read_crops([item.crop for item in items], [item.flipped for item in items])
+        crops = [item.crop for item in items]
+        margins = np.stack([item.margins for item in items])
+        return self.read_crops(crops, [item.flipped for item in items], margins)
 
     def cut_boards(self, data: bytes, name: str, detect: bool) -> list[CutBoard]:
         """The boards of an uploaded picture, cut out: every board the finder sees, a picture
@@ -138,12 +153,18 @@ class ServedModel:
                 raise NoBoardFound(name, "no board found")
             size = self.image_size
             return [
-                CutBoard(board_pixels(image, board, size), board.box, board.corners)
+                CutBoard(
+                    board_pixels(image, board, size),
+                    margin_strips(image, fraction_box(image, board.box)),
+                    board.box,
+                    board.corners,
+                )
                 for board in found
             ]
         image, scene = load_scene(data, self.image_size, LOCATOR_SIZE)
         box = usable_box(self.locate(scene[np.newaxis])[0], image)
-        return [CutBoard(crop_board(image, box, self.image_size), image_pixel_box(image, box))]
+        crop = crop_board(image, box, self.image_size)
+        return [CutBoard(crop, margin_strips(image, box), image_pixel_box(image, box))]
 
     def locate_board(self, image: Image.Image) -> tuple[float, float, float, float]:
         """Where the locator puts the squares of `image`'s board (fractions; `usable_box`)."""
@@ -210,7 +231,9 @@ def load_model(model: str) -> ServedModel:
     return ServedModel(
         reader.image_size,
         locate_scenes,
-        lambda crops, flipped: read_arrays(reader, crops, flipped=flipped),
+        lambda crops, flipped, margins: read_arrays(
+            reader, crops, flipped=flipped, margins=margins
+        ),
     )
 
 
@@ -337,7 +360,7 @@ def _add_api(
         except InputError as error:
             raise type(error)(upload.name, error.problem) from None
         readings = await asyncio.gather(
-            *(batcher.submit(BoardInput(board.crop, flipped)) for board in boards)
+            *(batcher.submit(BoardInput(board.crop, board.margins, flipped)) for board in boards)
         )
         results = [
             _result(upload.name, number, reading, board, flags, model, flipped)
