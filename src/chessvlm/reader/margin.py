@@ -18,7 +18,6 @@ log-odds join the reading's orientation
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -28,19 +27,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.io import atomic_write_bytes, atomic_write_json, read_jsonl
+from chessvlm.errors import InputError
+from chessvlm.io import read_jsonl
 from chessvlm.reader.default import DEFAULT_MARGIN_READER
 from chessvlm.reader.images import open_board_image
+from chessvlm.reader.shipped import load_weights, network_config, save_network
 
 MARGIN_WEIGHTS_FILE = "margin.safetensors"
 MARGIN_CONFIG_FILE = "margin.json"
+MARGIN_FILES = (MARGIN_WEIGHTS_FILE, MARGIN_CONFIG_FILE)
 # Pixels per square in the strips: outside coordinates are about half a square tall, so a
 # label gets 10-12 px, enough to tell its letter.
 CELL = 16
@@ -290,43 +289,27 @@ def save_margin_reader(
 ) -> Path:
     """Write `margin.safetensors` and `margin.json` (recipe and validation figures) into
     `out`, each atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous() for name, t in reader.state_dict().items()}
-    atomic_write_bytes(out / MARGIN_WEIGHTS_FILE, save_safetensors(tensors))
     config = {"recipe": recipe.to_dict(), "strips": STRIPS, "validation": figures}
-    atomic_write_json(out / MARGIN_CONFIG_FILE, config)
-    return out
+    return save_network(reader, out, MARGIN_FILES, config)
 
 
 def load_margin_reader(path: str | Path = DEFAULT_MARGIN_READER) -> MarginReader:
     """A saved margin reader, in eval mode; a clear error naming the folder when it is
     missing or does not fit its config."""
-    path = Path(path)
-    config_file, weights_file = path / MARGIN_CONFIG_FILE, path / MARGIN_WEIGHTS_FILE
-    if not config_file.is_file() or not weights_file.is_file():
-        raise ChessVLMError(
-            f"{path}: no margin reader ({MARGIN_CONFIG_FILE} and {MARGIN_WEIGHTS_FILE}); "
-            "make it with `chessvlm reader build-default`"
-        )
+    config = network_config(path, MARGIN_FILES, "margin reader")
+    config_file = str(Path(path) / MARGIN_CONFIG_FILE)
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
         recipe, strips = config["recipe"], config["strips"]
         widths, hidden = tuple(int(w) for w in recipe["widths"]), int(recipe["hidden"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(str(config_file), f"not a margin reader config ({error})") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(config_file, f"not a margin reader config ({error})") from None
     if strips != STRIPS:
         raise InputError(
-            str(config_file),
+            config_file,
             f"made for strips {strips}, and this code cuts {STRIPS}: rebuild it with "
             "`chessvlm reader build-default`",
         )
-    reader = MarginReader(widths, hidden)
-    try:
-        reader.load_state_dict(load_safetensors(weights_file.read_bytes()))
-    except (RuntimeError, OSError):
-        raise InputError(str(weights_file), f"weights do not fit {MARGIN_CONFIG_FILE}") from None
-    reader.eval()
+    reader = load_weights(MarginReader(widths, hidden), path, MARGIN_FILES)
     reader.fold_for_inference()
     return reader
 

@@ -16,7 +16,6 @@ is right on 95-96% of boards (`docs/reader.md`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from functools import cache
 from itertools import islice
@@ -25,19 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm import tqdm
 
-from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.io import atomic_write_bytes, atomic_write_json
+from chessvlm.errors import InputError
 from chessvlm.reader.data import image_order_labels, square_labels
 from chessvlm.reader.default import DEFAULT_POSITION_PRIOR
 from chessvlm.reader.model import GRID, META_OUTPUTS, NUM_CLASSES
+from chessvlm.reader.shipped import load_weights, network_config, save_network
 
 PRIOR_WEIGHTS_FILE = "prior.safetensors"
 PRIOR_CONFIG_FILE = "prior.json"
+PRIOR_FILES = (PRIOR_WEIGHTS_FILE, PRIOR_CONFIG_FILE)
 # Probabilities this close to 0 or 1 are clamped before taking log-odds, so that a saturated
 # meta output (its sigmoid rounds to 1.0) still leaves the others a say.
 _PROBABILITY_FLOOR = 1e-6
@@ -192,36 +190,20 @@ def save_position_prior(
 ) -> Path:
     """Write `prior.safetensors` and `prior.json` (recipe and held-out accuracy) into `out`,
     each atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous() for name, t in prior.state_dict().items()}
-    atomic_write_bytes(out / PRIOR_WEIGHTS_FILE, save_safetensors(tensors))
     config = {"recipe": recipe.to_dict(), "held_out_accuracy": accuracy}
-    atomic_write_json(out / PRIOR_CONFIG_FILE, config)
-    return out
+    return save_network(prior, out, PRIOR_FILES, config)
 
 
 def load_position_prior(path: str | Path = DEFAULT_POSITION_PRIOR) -> PositionPrior:
     """A saved prior, in eval mode; a clear error naming the folder when it is missing or
     does not fit its config."""
-    path = Path(path)
-    config_file, weights_file = path / PRIOR_CONFIG_FILE, path / PRIOR_WEIGHTS_FILE
-    if not config_file.is_file() or not weights_file.is_file():
-        raise ChessVLMError(
-            f"{path}: no position prior ({PRIOR_CONFIG_FILE} and {PRIOR_WEIGHTS_FILE}); "
-            "make it with `chessvlm reader build-default`"
-        )
+    config = network_config(path, PRIOR_FILES, "position prior")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
         hidden = tuple(int(size) for size in config["recipe"]["hidden"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(str(config_file), f"not a position prior config ({error})") from None
-    prior = PositionPrior(hidden)
-    try:
-        prior.load_state_dict(load_safetensors(weights_file.read_bytes()))
-    except (RuntimeError, OSError):
-        raise InputError(str(weights_file), f"weights do not fit {PRIOR_CONFIG_FILE}") from None
-    return prior.eval()
+    except (ValueError, KeyError, TypeError) as error:
+        config_file = str(Path(path) / PRIOR_CONFIG_FILE)
+        raise InputError(config_file, f"not a position prior config ({error})") from None
+    return load_weights(PositionPrior(hidden), path, PRIOR_FILES)
 
 
 @cache
