@@ -534,6 +534,17 @@ def test_evaluate_writes_predictions_metrics_and_run(tmp_path, dataset, checkpoi
     assert run["recipe"].startswith("CNN encoder; batch 4, lr ")
     assert "epoch 1" in run["recipe"]
     assert metrics["reader"]["model_load_seconds"] < 2
+    # The orientation per place of the coordinates, over the boards that print them there
+    # (this dataset's records name them in the style only, as before the "coordinates" field).
+    records = {r["id"]: r for r in read_jsonl(dataset / "test.jsonl")}
+    rights: dict[str, list[bool]] = {}
+    for prediction in predictions:
+        record = records[prediction["id"]]
+        place = "inside" if "coords" in record["style"].split("/") else "none"
+        rights.setdefault(place, []).append(prediction["flipped_pred"] == record["flipped"])
+    assert metrics["reader"]["orientation_accuracy_by_coordinates"] == {
+        place: sum(right) / len(right) for place, right in sorted(rights.items())
+    }
 
 
 def test_evaluate_with_given_orientation_keeps_the_models_guess(tmp_path, dataset, checkpoint):

@@ -307,10 +307,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         f"{metrics['exact_board_match']:.4f}, boards/s {metrics['boards_per_second'] or 0:.1f} "
         f"({Path(args.output) / 'metrics.json'})"
     )
+    by_place = ", ".join(
+        f"{place} {_figure(accuracy)}"
+        for place, accuracy in reader["orientation_accuracy_by_coordinates"].items()
+    )
     print(
         f"orientation {_figure(reader['orientation_accuracy'])} (boards with 4+ pawns and no "
-        f"coordinates: {_figure(reader['orientation_accuracy_pawns_no_coordinates'])}), board "
-        f"box error {_figure(reader['box_error_squares'])} squares"
+        f"coordinates: {_figure(reader['orientation_accuracy_pawns_no_coordinates'])}; by "
+        f"where coordinates are printed: {by_place}), board box error "
+        f"{_figure(reader['box_error_squares'])} squares"
     )
     if args.detect:
         print(

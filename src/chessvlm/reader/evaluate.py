@@ -233,6 +233,11 @@ def _reader_figures(
         for r, p in read
         if not _draws_coordinates(r) and _pawns(str(r["fen"])) >= 4
     ]
+    # Where the coordinates are printed says which part of the reading can see them: inside
+    # the squares (the network), outside (the margin reader) or nowhere (the position alone).
+    by_place: dict[str, list[bool]] = {}
+    for (record, _), right in zip(read, oriented, strict=True):
+        by_place.setdefault(_coordinates_place(record), []).append(right)
     box_errors = [
         float(box_error_in_squares(torch.tensor([p["box"]]), torch.tensor([r["board_box"]])))
         for r, p in read
@@ -253,6 +258,9 @@ def _reader_figures(
         "orientation_accuracy": _mean(oriented),
         "orientation_accuracy_pawns_no_coordinates": _mean(by_pawns),
         "boards_pawns_no_coordinates": len(by_pawns),
+        "orientation_accuracy_by_coordinates": {
+            place: _mean(rights) for place, rights in sorted(by_place.items())
+        },
         "box_error_squares": _mean(box_errors),
         "box_within_eighth_square": _mean([error <= 0.125 for error in box_errors]),
         "model_load_seconds": round(load_seconds, 3),
@@ -265,9 +273,16 @@ def _pawns(fen: str) -> int:
     return chess.popcount(board_from_fen(fen).pawns)
 
 
+def _coordinates_place(record: dict) -> str:
+    """Where the record's image prints coordinates: "inside", "outside" or "none"."""
+    if "coordinates" in record:
+        return str(record["coordinates"])
+    return "inside" if shows_coordinates(record) else "none"
+
+
 def _draws_coordinates(record: dict) -> bool:
     """Coordinates anywhere in the image: inside the squares or outside them."""
-    return record.get("coordinates", "none") != "none" or shows_coordinates(record)
+    return _coordinates_place(record) != "none"
 
 
 def _mean(values: Sequence[float]) -> float | None:
