@@ -54,10 +54,22 @@ def test_a_raw_image_body_is_read(client, fen):
     assert {entry["square"] for entry in board["uncertain_squares"]} <= set(chess.SQUARE_NAMES)
 
 
+# A board from black's side whose position looks alike from either side, its coordinates
+# printed outside the squares: only the margin reader can tell which side is at the bottom.
+OUTSIDE_COORDINATES = {
+    "fen": "8/8/2kn4/8/8/4NK2/8/8 w - - 0 1",
+    "size": 320,
+    "flipped": True,
+    "coordinates": True,
+    "coordinate_place": "outside",
+}
+
+
+@pytest.mark.parametrize("look", [{"fen": FENS[1]}, OUTSIDE_COORDINATES], ids=["plain", "outside"])
 @pytest.mark.parametrize("detect", [True, False])
-def test_the_api_returns_what_predict_prints(client, tmp_path, capsys, detect):
+def test_the_api_returns_what_predict_prints(client, tmp_path, capsys, detect, look):
     path = tmp_path / "board.png"
-    path.write_bytes(board_png(FENS[1]))
+    path.write_bytes(board_png(**look))
     flags = [] if detect else ["--no-detect"]
     assert main(["predict", str(path), "--to-move", "b", *flags]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -71,6 +83,9 @@ def test_the_api_returns_what_predict_prints(client, tmp_path, capsys, detect):
     assert ("corners" in served) is detect  # the finder's; the locator gives a box only
     printed["image"] = "board.png"
     assert served == printed
+    if look.get("flipped"):
+        assert served["notes"]["orientation"].startswith("black at the bottom (probability")
+        assert served["orientation_probability"] > 0.999
 
 
 def test_every_board_of_a_screenshot_is_read_in_reading_order(client):
