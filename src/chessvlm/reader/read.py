@@ -495,8 +495,8 @@ def _locate_batch(
     if not images:
         return _LocatedBatch(pending, [], [], None)
     boxes = locate_in_images(reader, images, [scene for _, scene in views])
-    views = cropper.submit(cut_views, images, boxes, reader.image_size)
-    return _LocatedBatch(pending, images, boxes, views)
+    cut = cropper.submit(cut_views, images, boxes, reader.image_size)
+    return _LocatedBatch(pending, images, boxes, cut)
 
 
 def _read_batch(
