@@ -18,7 +18,7 @@ log-odds join the reading's orientation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -166,23 +166,27 @@ def _jittered(
     return tuple(float(value) for value in np.array(box) + moves)
 
 
+# An image, its board's box (fractions), and whether it prints coordinates outside the board
+# and shows black at the bottom.
+_LabelledBoard = tuple[Image.Image, tuple[float, float, float, float], bool, bool]
+
+
 def margin_examples(
     data_dir: str | Path, split: str, cuts_per_board: int, jitter: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's boards as strips (`cuts_per_board` jittered cuts each; the first unjittered
-    when `jitter` is 0) and their labels (N x 2: outside coordinates, flipped)."""
+    """A split's boards as strips (`cuts_per_board` cuts each, at the labelled box moved by up
+    to `jitter` of a square) and their labels (N x 2: outside coordinates, flipped)."""
     data_dir = Path(data_dir)
-    records = list(read_jsonl(data_dir / f"{split}.jsonl"))
-    rng = np.random.default_rng(seed)
-    strips, labels = [], []
-    for record in tqdm(records, desc=f"margins {split}", leave=False):
-        image = open_board_image(data_dir / str(record["image_path"]))
-        box = _board_box(record, image.size)
-        outside = record.get("coordinates") == "outside"
-        for _ in range(cuts_per_board):
-            strips.append(margin_strips(image, _jittered(box, jitter, rng)))
-            labels.append((float(outside), float(bool(record.get("flipped")))))
-    return torch.from_numpy(np.stack(strips)), torch.tensor(labels)
+
+    def boards() -> Iterator[_LabelledBoard]:
+        for record in tqdm(
+            read_jsonl(data_dir / f"{split}.jsonl"), desc=f"margins {split}", leave=False
+        ):
+            image = open_board_image(data_dir / str(record["image_path"]))
+            outside = record.get("coordinates") == "outside"
+            yield image, _board_box(record, image.size), outside, bool(record.get("flipped"))
+
+    return _cut_examples(boards(), cuts_per_board, jitter, seed)
 
 
 def scene_margin_examples(
@@ -190,27 +194,39 @@ def scene_margin_examples(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`margin_examples` for the boards of a scenes folder (`chessvlm.scenes`), each cut at
     the box around its labelled corners."""
+    from chessvlm.detection import corners_box
     from chessvlm.scenes import LABELS_FILE
 
     scenes_dir = Path(scenes_dir)
+
+    def boards() -> Iterator[_LabelledBoard]:
+        for scene in tqdm(read_jsonl(scenes_dir / LABELS_FILE), desc="margins scenes", leave=False):
+            if not scene["boards"]:
+                continue
+            image = open_board_image(scenes_dir / str(scene["image_path"]))
+            for board in scene["boards"]:
+                left, top, right, bottom = corners_box(board["corners"])
+                box = (
+                    left / image.width,
+                    top / image.height,
+                    right / image.width,
+                    bottom / image.height,
+                )
+                outside = _prints_outside_coordinates(board["look"])
+                yield image, box, outside, bool(board["flipped"])
+
+    return _cut_examples(boards(), cuts_per_board, jitter, seed)
+
+
+def _cut_examples(
+    boards: Iterable[_LabelledBoard], cuts_per_board: int, jitter: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     strips, labels = [], []
-    for scene in tqdm(read_jsonl(scenes_dir / LABELS_FILE), desc="margins scenes", leave=False):
-        if not scene["boards"]:
-            continue
-        image = open_board_image(scenes_dir / str(scene["image_path"]))
-        for board in scene["boards"]:
-            xs, ys = zip(*board["corners"], strict=True)
-            box = (
-                min(xs) / image.width,
-                min(ys) / image.height,
-                max(xs) / image.width,
-                max(ys) / image.height,
-            )
-            outside = _prints_outside_coordinates(board["look"])
-            for _ in range(cuts_per_board):
-                strips.append(margin_strips(image, _jittered(box, jitter, rng)))
-                labels.append((float(outside), float(board["flipped"])))
+    for image, box, outside, flipped in boards:
+        for _ in range(cuts_per_board):
+            strips.append(margin_strips(image, _jittered(box, jitter, rng)))
+            labels.append((float(outside), float(flipped)))
     return torch.from_numpy(np.stack(strips)), torch.tensor(labels)
 
 
