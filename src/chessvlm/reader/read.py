@@ -99,9 +99,9 @@ class BoardReading:
 
 @dataclass
 class Reader:
-    """A loaded reader checkpoint, ready to read boards; `position_prior` joins the meta head
-    in saying which side is at the bottom (`chessvlm.reader.orientation`), and so does
-    `margin_reader` where the board's image is at hand (`chessvlm.reader.margin`)."""
+    """A loaded reader checkpoint, ready to read boards; `position_prior` says which side is
+    at the bottom in place of the meta head (`chessvlm.reader.orientation`), and
+    `margin_reader` joins it where the board's image is at hand (`chessvlm.reader.margin`)."""
 
     model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
@@ -386,9 +386,10 @@ def decode_outputs(
     margin: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[BoardReading]:
     """The network's outputs (`run_network`) as readings: each board turned to the standard
-    square order by its known orientation, or else by the meta head's, joined by `prior`'s
-    evidence from the squares read and the coordinates view's where a prior is given, and by
-    the coordinates outside the board where `margin` is (`combined_flipped_probability`)."""
+    square order by its known orientation, or else, where a prior is given, by `prior`'s
+    evidence from the squares read joined by the coordinates view's, and by the coordinates
+    outside the board where `margin` is (`combined_flipped_probability`); by the meta head's
+    where none is."""
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
