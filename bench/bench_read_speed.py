@@ -9,7 +9,8 @@ normalisation and the batch norms folded into the convolutions, each batch cut o
 thread while the network reads the batch before), then the same model one batch after the
 other (`read_images` per batch of decoded files), then that with the model as trained
 (unfolded), as before both changes; and as `predict` reads, without the margin reader
-(`chessvlm.reader.margin`: coordinates outside the board), to show what it costs. Torch
+(`chessvlm.reader.margin`: coordinates outside the board) and without the square context
+(`chessvlm.reader.context`, part of decoding), to show what each costs. Torch
 runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
 boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
 the ratio to the first is printed per round, with the process's CPU time per board.
@@ -113,6 +114,10 @@ def main() -> None:
         )
         variants[f"{path}: predict_boards without the margin reader"] = (
             dataclasses.replace(folded, margin_reader=None),
+            pipelined,
+        )
+        variants[f"{path}: predict_boards without the square context"] = (
+            dataclasses.replace(folded, square_context=None),
             pipelined,
         )
         variants[f"{path}: folded, one batch after another"] = (folded, one_batch_after_another)

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.reader.context import CONTEXT_CONFIG_FILE, CONTEXT_WEIGHTS_FILE, ContextRecipe
 from chessvlm.reader.default import (
     DEFAULT_MARGIN_READER,
     DEFAULT_POSITION_PRIOR,
     DEFAULT_READER,
+    DEFAULT_SQUARE_CONTEXT,
     DefaultRecipe,
     build_default_reader,
 )
@@ -40,7 +42,6 @@ from chessvlm.reader.orientation import (
 from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, decode_outputs, is_reader_checkpoint
 
 TINY = PriorRecipe(hidden=(16,), positions=2000, held_out=500, epochs=3, batch_size=128)
-TINY_CLEAN = dataclasses.replace(TINY, misread_rate=0.0)
 MAX_SHIPPED_BYTES = 5_000_000
 
 
@@ -74,6 +75,8 @@ def test_the_shipped_prior_is_small_made_by_its_recipe_and_right_on_fresh_positi
         DEFAULT_POSITION_PRIOR / PRIOR_WEIGHTS_FILE,
         DEFAULT_MARGIN_READER / MARGIN_CONFIG_FILE,
         DEFAULT_MARGIN_READER / MARGIN_WEIGHTS_FILE,
+        DEFAULT_SQUARE_CONTEXT / CONTEXT_CONFIG_FILE,
+        DEFAULT_SQUARE_CONTEXT / CONTEXT_WEIGHTS_FILE,
     ]
     assert sum(path.stat().st_size for path in shipped) <= MAX_SHIPPED_BYTES
     # Positions of games the prior never learnt from, each shown both ways up.
@@ -102,8 +105,8 @@ def test_with_a_prior_the_position_decides_and_the_head_alone_without_one():
 def test_training_positions_are_misread_at_the_recipes_rate():
     classes = position_classes(500, "test-misread")
     generator = torch.Generator().manual_seed(0)
-    assert torch.equal(misread(classes, TINY_CLEAN, generator), classes)
-    changed = (misread(classes, TINY, generator) != classes).float().mean().item()
+    assert torch.equal(misread(classes, 0.0, generator), classes)
+    changed = (misread(classes, TINY.misread_rate, generator) != classes).float().mean().item()
     # A random class is the true one a 13th of the time.
     assert changed == pytest.approx(TINY.misread_rate * 12 / 13, abs=0.003)
 
@@ -149,11 +152,13 @@ def test_a_missing_or_broken_prior_is_a_clear_error(tmp_path):
         load_position_prior(tmp_path)
 
 
-def test_build_default_writes_the_reader_its_prior_and_margin_reader_and_resumes(tmp_path):
+def test_build_default_writes_the_reader_prior_margin_reader_and_context_and_resumes(tmp_path):
     recipe = DefaultRecipe(train_samples=16, val_samples=8, epochs=1, batch_size=8)
     reader_out, prior_out = tmp_path / "reader", tmp_path / "prior"
     margin_out = tmp_path / "margin"
     margin_recipe = MarginRecipe(widths=(4,), hidden=4, scenes=2, epochs=1)
+    context_out = tmp_path / "context"
+    context_recipe = ContextRecipe(hidden=4, positions=200, held_out=50, epochs=1)
     build = partial(
         build_default_reader,
         tmp_path / "work",
@@ -164,6 +169,8 @@ def test_build_default_writes_the_reader_its_prior_and_margin_reader_and_resumes
         prior_recipe=TINY,
         margin_out=margin_out,
         margin_recipe=margin_recipe,
+        context_out=context_out,
+        context_recipe=context_recipe,
     )
     build()
     assert is_reader_checkpoint(reader_out)
@@ -180,10 +187,14 @@ def test_build_default_writes_the_reader_its_prior_and_margin_reader_and_resumes
     assert margin_config["recipe"] == margin_recipe.to_dict()
     assert margin_config["validation"]["boards"] == recipe.val_samples
     first_margin = (margin_out / MARGIN_WEIGHTS_FILE).read_bytes()
+    context_config = json.loads((context_out / CONTEXT_CONFIG_FILE).read_text())
+    assert context_config["recipe"] == context_recipe.to_dict()
+    first_context = (context_out / CONTEXT_WEIGHTS_FILE).read_bytes()
     # A rerun finds all finished in the work folder and copies the same files again.
     build()
     assert (prior_out / PRIOR_WEIGHTS_FILE).read_bytes() == first
     assert (margin_out / MARGIN_WEIGHTS_FILE).read_bytes() == first_margin
+    assert (context_out / CONTEXT_WEIGHTS_FILE).read_bytes() == first_context
     # Another prior recipe is trained anew, not taken from the work folder.
     other = dataclasses.replace(TINY, hidden=(8,))
     build(prior_recipe=other)

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import atomic_write_bytes, atomic_write_json
 from chessvlm.positions import SQUARE_CLASSES
+from chessvlm.reader.context import default_square_context
 from chessvlm.reader.images import crop_board, scene_array, usable_box
 from chessvlm.reader.margin import default_margin_reader
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
@@ -201,9 +202,11 @@ class OnnxReader:
         )
         self.config = config
         self.image_size = int(config["spec"]["image_size"])
-        # The prior and the margin reader are not in the graphs: the prior reads the squares'
-        # probabilities, design-free, and the margin reader what lies outside the squares.
+        # The prior, the square context and the margin reader are not in the graphs: the
+        # first two read the squares' probabilities, design-free, and the margin reader what
+        # lies outside the squares.
         self.position_prior = default_position_prior()
+        self.square_context = default_square_context()
         self.margin_reader = default_margin_reader()
 
     def locate(self, scenes: np.ndarray) -> np.ndarray:
@@ -248,6 +251,7 @@ class OnnxReader:
             flipped,
             prior=self.position_prior,
             margin=read_margins(self.margin_reader, margins),
+            context=self.square_context,
         )
 
 

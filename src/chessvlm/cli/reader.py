@@ -149,6 +149,7 @@ def _register_build_default(commands) -> None:
         DEFAULT_MARGIN_READER,
         DEFAULT_POSITION_PRIOR,
         DEFAULT_READER,
+        DEFAULT_SQUARE_CONTEXT,
         DefaultRecipe,
     )
 
@@ -163,8 +164,9 @@ def _register_build_default(commands) -> None:
             f"to {recipe.seed + recipe.members - 1}), and write their ensemble's checkpoint to "
             "--out; then train the position prior that weighs every reading's orientation and "
             "write it to --prior_out, and the margin reader that reads coordinates printed "
-            "outside the board, on the same boards, and write it to --margin_out. Rerunning "
-            "resumes."
+            "outside the board, on the same boards, and write it to --margin_out, and the "
+            "square context that weighs each square by the rest of the board, and write it to "
+            "--context_out. Rerunning resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
@@ -184,6 +186,11 @@ def _register_build_default(commands) -> None:
         help="where the margin reader goes (default: the package)",
     )
     parser.add_argument(
+        "--context_out",
+        default=str(DEFAULT_SQUARE_CONTEXT),
+        help="where the square context goes (default: the package)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=2,
@@ -201,9 +208,11 @@ def _run_build_default(args: argparse.Namespace) -> int:
         workers=args.workers,
         prior_out=args.prior_out,
         margin_out=args.margin_out,
+        context_out=args.context_out,
     )
     print(
-        f"default reader: {out}; position prior: {args.prior_out}; margin reader: {args.margin_out}"
+        f"default reader: {out}; position prior: {args.prior_out}; "
+        f"margin reader: {args.margin_out}; square context: {args.context_out}"
     )
     return 0
 

@@ -7,8 +7,10 @@ style, so its figures on `designs-held-out` are those of designs it never saw.
 and writes their ensemble's checkpoint into the package (or `--out`), then trains the
 position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
 `PriorRecipe`) and the margin reader that reads coordinates printed outside the board
-(`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards), and writes them
-into the package (or `--prior_out`, `--margin_out`).
+(`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards) and the square
+context that weighs each square's reading by the rest of the board (`chessvlm.reader.context`,
+`ContextRecipe`), and writes them into the package (or `--prior_out`, `--margin_out`,
+`--context_out`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 from chessvlm.errors import ChessVLMError
 
 if TYPE_CHECKING:
+    from chessvlm.reader.context import ContextRecipe
     from chessvlm.reader.margin import MarginRecipe
     from chessvlm.reader.orientation import PriorRecipe
 
@@ -30,6 +33,7 @@ _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_READER = _WEIGHTS / "reader"
 DEFAULT_POSITION_PRIOR = _WEIGHTS / "position_prior"
 DEFAULT_MARGIN_READER = _WEIGHTS / "margin"
+DEFAULT_SQUARE_CONTEXT = _WEIGHTS / "context"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +75,16 @@ def build_default_reader(
     prior_recipe: PriorRecipe | None = None,
     margin_out: str | Path = DEFAULT_MARGIN_READER,
     margin_recipe: MarginRecipe | None = None,
+    context_out: str | Path = DEFAULT_SQUARE_CONTEXT,
+    context_recipe: ContextRecipe | None = None,
 ) -> Path:
     """Render the recipe's data into `work_dir`, train the recipe's readers there (all resume
     when run again) and write their ensemble, scored on the recipe's validation boards, into
-    `out`; then train the position prior and the margin reader in `work_dir` (each kept for
-    reruns of the same `prior_recipe`, `margin_recipe`) and copy them into `prior_out` and
-    `margin_out`."""
+    `out`; then train the position prior, the margin reader and the square context in
+    `work_dir` (each kept for reruns of the same `prior_recipe`, `margin_recipe`,
+    `context_recipe`) and copy them into `prior_out`, `margin_out` and `context_out`."""
     from chessvlm.datasets import synth_json_dataset
+    from chessvlm.reader.context import ContextRecipe
     from chessvlm.reader.ensemble import combine_readers
     from chessvlm.reader.margin import MarginRecipe
     from chessvlm.reader.orientation import PriorRecipe
@@ -116,6 +123,9 @@ def build_default_reader(
     _build_margin_reader(
         data_dir, work_dir / "margin", Path(margin_out), margin_recipe or MarginRecipe()
     )
+    _build_square_context(
+        work_dir / "context", Path(context_out), context_recipe or ContextRecipe()
+    )
     return out
 
 
@@ -153,6 +163,16 @@ def _build_margin_reader(data_dir: Path, work_dir: Path, out: Path, recipe: Marg
 
     made_by = {"recipe": recipe.to_dict(), "strips": STRIPS}
     _made_once(work_dir, out, (MARGIN_WEIGHTS_FILE, MARGIN_CONFIG_FILE), made_by, make)
+
+
+def _build_square_context(work_dir: Path, out: Path, recipe: ContextRecipe) -> None:
+    from chessvlm.reader.context import CONTEXT_FILES, save_square_context, train_square_context
+
+    def make() -> None:
+        context, accuracy = train_square_context(recipe)
+        save_square_context(context, work_dir, recipe, accuracy)
+
+    _made_once(work_dir, out, CONTEXT_FILES, {"recipe": recipe.to_dict()}, make)
 
 
 def _made_once(

@@ -171,7 +171,9 @@ def train_position_prior(recipe: PriorRecipe = PriorRecipe()) -> tuple[PositionP
     for _ in tqdm(range(recipe.epochs), desc="position prior", leave=False):
         order = torch.randperm(len(train), generator=generator)
         for start in steps:
-            batch = misread(train[order[start : start + recipe.batch_size]], recipe, generator)
+            batch = misread(
+                train[order[start : start + recipe.batch_size]], recipe.misread_rate, generator
+            )
             flipped = torch.rand(len(batch), generator=generator) < 0.5
             logits = prior(shown_as_images(batch, flipped))
             loss = F.binary_cross_entropy_with_logits(logits, flipped.float())
@@ -183,9 +185,10 @@ def train_position_prior(recipe: PriorRecipe = PriorRecipe()) -> tuple[PositionP
     return prior, prior_accuracy(prior, held_out)
 
 
-def misread(classes: torch.Tensor, recipe: PriorRecipe, generator: torch.Generator) -> torch.Tensor:
-    """`classes` (N x 64) with each square, at the recipe's `misread_rate`, a random class."""
-    wrong = torch.rand(classes.shape, generator=generator) < recipe.misread_rate
+def misread(classes: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """`classes` (N x 64) with each square, at `rate`, a random class (as a reader misreads
+    them)."""
+    wrong = torch.rand(classes.shape, generator=generator) < rate
     random_classes = torch.randint(0, NUM_CLASSES, classes.shape, generator=generator)
     return torch.where(wrong, random_classes, classes)
 

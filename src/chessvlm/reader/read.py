@@ -30,6 +30,7 @@ from chessvlm.io import (
     atomic_write_json,
 )
 from chessvlm.positions import SQUARE_CLASSES
+from chessvlm.reader.context import SquareContext, default_square_context, with_context
 from chessvlm.reader.images import (
     SOURCE_SIZE,
     crop_board,
@@ -100,14 +101,17 @@ class BoardReading:
 @dataclass
 class Reader:
     """A loaded reader checkpoint, ready to read boards; `position_prior` says which side is
-    at the bottom in place of the meta head (`chessvlm.reader.orientation`), and
-    `margin_reader` joins it where the board's image is at hand (`chessvlm.reader.margin`)."""
+    at the bottom in place of the meta head (`chessvlm.reader.orientation`), `margin_reader`
+    joins it where the board's image is at hand (`chessvlm.reader.margin`), and
+    `square_context` weighs in on each square from the rest of the board
+    (`chessvlm.reader.context`)."""
 
     model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
     path: Path
     position_prior: PositionPrior | None = None
     margin_reader: MarginReader | None = None
+    square_context: SquareContext | None = None
 
     @property
     def image_size(self) -> int:
@@ -186,6 +190,7 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
         path=path,
         position_prior=default_position_prior(),
         margin_reader=default_margin_reader(),
+        square_context=default_square_context(),
     )
 
 
@@ -246,6 +251,7 @@ def read_arrays(
         flipped,
         prior=reader.position_prior,
         margin=read_margins(reader.margin_reader, margins),
+        context=reader.square_context,
     )
 
 
@@ -384,12 +390,14 @@ def decode_outputs(
     *,
     prior: PositionPrior | None = None,
     margin: tuple[torch.Tensor, torch.Tensor] | None = None,
+    context: SquareContext | None = None,
 ) -> list[BoardReading]:
     """The network's outputs (`run_network`) as readings: each board turned to the standard
     square order by its known orientation, or else, where a prior is given, by `prior`'s
     evidence from the squares read joined by the coordinates view's, and by the coordinates
     outside the board where `margin` is (`combined_flipped_probability`); by the meta head's
-    where none is."""
+    where none is. Where `context` is given, each square's reading then weighs what the
+    rest of the board says about it (`with_context`)."""
     if decode not in DECODERS:
         raise ChessVLMError(f"unknown decoding {decode!r}; choose from {', '.join(DECODERS)}")
     readings = []
@@ -398,11 +406,18 @@ def decode_outputs(
     head = META_OUTPUTS.index("flipped")
     meta[:, head] = combined_flipped_probability(meta, prior, log_probs, margin)
     outside = margin[0].tolist() if margin is not None else [0.0] * len(log_probs)
-    outputs = zip(log_probs, meta.tolist(), known_flips, outside, strict=True)
-    for cells, meta_probabilities, known, shown_outside in outputs:
-        named = dict(zip(META_OUTPUTS, meta_probabilities, strict=True))
-        flipped = named["flipped"] > 0.5 if known is None else known
-        in_squares = to_square_order(cells, flipped, dim=0)
+    named_metas = [dict(zip(META_OUTPUTS, row, strict=True)) for row in meta.tolist()]
+    flips = [
+        named["flipped"] > 0.5 if known is None else known
+        for named, known in zip(named_metas, known_flips, strict=True)
+    ]
+    squares = [
+        to_square_order(cells, flipped, dim=0)
+        for cells, flipped in zip(log_probs, flips, strict=True)
+    ]
+    in_square_order = with_context(context, torch.stack(squares)) if squares else []
+    outputs = zip(in_square_order, named_metas, flips, outside, strict=True)
+    for in_squares, named, flipped, shown_outside in outputs:
         classes = decode_squares(in_squares, chess_rules=decode == "chess_rules")
         chosen = in_squares.gather(1, torch.tensor(classes).unsqueeze(1))
         readings.append(
