@@ -26,8 +26,8 @@ from chessvlm.reader.context import (
 )
 from chessvlm.reader.data import square_labels
 from chessvlm.reader.default import DEFAULT_SQUARE_CONTEXT
+from chessvlm.reader.games import position_classes
 from chessvlm.reader.model import NUM_CLASSES, decode_squares
-from chessvlm.reader.orientation import position_classes
 from chessvlm.reader.read import decode_outputs
 
 TINY = ContextRecipe(

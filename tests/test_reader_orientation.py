@@ -22,6 +22,7 @@ from chessvlm.reader.default import (
     DefaultRecipe,
     build_default_reader,
 )
+from chessvlm.reader.games import misread, position_classes
 from chessvlm.reader.margin import MARGIN_CONFIG_FILE, MARGIN_WEIGHTS_FILE, MarginRecipe
 from chessvlm.reader.model import META_OUTPUTS, NUM_CLASSES
 from chessvlm.reader.orientation import (
@@ -32,8 +33,6 @@ from chessvlm.reader.orientation import (
     combined_flipped_probability,
     default_position_prior,
     load_position_prior,
-    misread,
-    position_classes,
     prior_accuracy,
     save_position_prior,
     shown_as_images,

@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from chessvlm.errors import InputError
 from chessvlm.reader.default import DEFAULT_SQUARE_CONTEXT
+from chessvlm.reader.games import fit_on_games
 from chessvlm.reader.model import GRID, NUM_CLASSES
-from chessvlm.reader.orientation import misread, position_classes
 from chessvlm.reader.shipped import load_weights, network_config, save_network
 
 CONTEXT_WEIGHTS_FILE = "context.safetensors"
@@ -107,31 +106,20 @@ def train_square_context(recipe: ContextRecipe = ContextRecipe()) -> tuple[Squar
     """Train a context model on the recipe's synthetic games; returns it (eval mode) and its
     accuracy on `held_out` further positions (each square from the others, clean).
     Deterministic for a recipe on one thread."""
-    generator = torch.Generator().manual_seed(0)
-    classes = position_classes(recipe.positions + recipe.held_out, recipe.seed)
-    train, held_out = classes[: recipe.positions], classes[recipe.positions :]
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
+
+    def make(train: torch.Tensor) -> SquareContext:
         context = SquareContext(recipe.hidden)
-    share = F.one_hot(train, NUM_CLASSES).float().mean(dim=0)
-    context.log_share.copy_(share.clamp_min(_SHARE_FLOOR).log())
-    optimiser = torch.optim.AdamW(context.parameters(), lr=recipe.learning_rate)
-    steps = range(0, len(train), recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=recipe.learning_rate, total_steps=len(steps) * recipe.epochs
-    )
-    for _ in tqdm(range(recipe.epochs), desc="square context", leave=False):
-        order = torch.randperm(len(train), generator=generator)
-        for start in steps:
-            batch = train[order[start : start + recipe.batch_size]]
-            shown = misread(batch, recipe.misread_rate, generator)
-            logits = context(F.one_hot(shown, NUM_CLASSES).float())
-            loss = F.cross_entropy(logits.reshape(-1, NUM_CLASSES), batch.reshape(-1))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-    context.eval()
+        share = F.one_hot(train, NUM_CLASSES).float().mean(dim=0)
+        context.log_share.copy_(share.clamp_min(_SHARE_FLOOR).log())
+        return context
+
+    def loss(
+        context: SquareContext, true: torch.Tensor, shown: torch.Tensor, _: torch.Generator
+    ) -> torch.Tensor:
+        logits = context(F.one_hot(shown, NUM_CLASSES).float())
+        return F.cross_entropy(logits.reshape(-1, NUM_CLASSES), true.reshape(-1))
+
+    context, held_out = fit_on_games(make, recipe, loss, "square context")
     return context, context_accuracy(context, held_out)
 
 

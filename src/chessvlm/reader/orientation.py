@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cache
-from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from chessvlm.errors import InputError
-from chessvlm.reader.data import image_order_labels, square_labels
+from chessvlm.reader.data import image_order_labels
 from chessvlm.reader.default import DEFAULT_POSITION_PRIOR
+from chessvlm.reader.games import fit_on_games
 from chessvlm.reader.model import GRID, META_OUTPUTS, NUM_CLASSES
 from chessvlm.reader.shipped import load_weights, network_config, save_network
 
@@ -135,18 +133,6 @@ def _log_odds(probabilities: torch.Tensor) -> torch.Tensor:
     return torch.logit(probabilities.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR))
 
 
-def position_classes(count: int, seed: str) -> torch.Tensor:
-    """`count` synthetic positions as square classes, N x 64 (python-chess square order)."""
-    from chessvlm.sources import iter_synthetic_positions
-
-    positions = islice(iter_synthetic_positions(seed), count)
-    rows = [
-        square_labels(position.fen)
-        for position in tqdm(positions, total=count, desc="positions", leave=False)
-    ]
-    return torch.tensor(np.array(rows, dtype=np.int64))
-
-
 def shown_as_images(classes: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     """Positions (N x 64 square classes) as boards show them: one-hot, image order."""
     return F.one_hot(image_order_labels(classes, flipped), NUM_CLASSES).float()
@@ -156,41 +142,18 @@ def train_position_prior(recipe: PriorRecipe = PriorRecipe()) -> tuple[PositionP
     """Train a prior on the recipe's synthetic games, each shown with either side at the
     bottom; returns it (eval mode) and its accuracy on `held_out` further positions, both
     orientations of each. Deterministic for a recipe on one thread."""
-    generator = torch.Generator().manual_seed(0)
-    classes = position_classes(recipe.positions + recipe.held_out, recipe.seed)
-    train, held_out = classes[: recipe.positions], classes[recipe.positions :]
-    # Seeded weights, without resetting the caller's global generator.
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        prior = PositionPrior(recipe.hidden)
-    optimiser = torch.optim.AdamW(prior.parameters(), lr=recipe.learning_rate)
-    steps = range(0, len(train), recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=recipe.learning_rate, total_steps=len(steps) * recipe.epochs
+
+    def loss(
+        prior: PositionPrior, _: torch.Tensor, shown: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        flipped = torch.rand(len(shown), generator=generator) < 0.5
+        logits = prior(shown_as_images(shown, flipped))
+        return F.binary_cross_entropy_with_logits(logits, flipped.float())
+
+    prior, held_out = fit_on_games(
+        lambda _: PositionPrior(recipe.hidden), recipe, loss, "position prior"
     )
-    for _ in tqdm(range(recipe.epochs), desc="position prior", leave=False):
-        order = torch.randperm(len(train), generator=generator)
-        for start in steps:
-            batch = misread(
-                train[order[start : start + recipe.batch_size]], recipe.misread_rate, generator
-            )
-            flipped = torch.rand(len(batch), generator=generator) < 0.5
-            logits = prior(shown_as_images(batch, flipped))
-            loss = F.binary_cross_entropy_with_logits(logits, flipped.float())
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-    prior.eval()
     return prior, prior_accuracy(prior, held_out)
-
-
-def misread(classes: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """`classes` (N x 64) with each square, at `rate`, a random class (as a reader misreads
-    them)."""
-    wrong = torch.rand(classes.shape, generator=generator) < rate
-    random_classes = torch.randint(0, NUM_CLASSES, classes.shape, generator=generator)
-    return torch.where(wrong, random_classes, classes)
 
 
 @torch.inference_mode()
