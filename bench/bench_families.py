@@ -2,17 +2,17 @@
 
     OMP_NUM_THREADS=2 python bench/bench_families.py --work /tmp/families \
         [--train 2000 --val 100 --test 200] [--minutes 30] [--families qwen2_vl,smolvlm]
-        [--real] [--real-step FAMILY]
+        [--style seed] [--real] [--real-step FAMILY]
 
-Small presets (the default): one synthetic dataset (`designs-seen` train/val/test, and a
-`designs-held-out` test of piece designs and board looks never trained on, from
-`bench_generalisation.make_datasets`); for each family `init-model --preset small --family F`
-(the same widths and depths in every family, one visual token per square), trained from
-scratch on all weights with the same recipe (one-line prompt, square and routing losses,
-images cut to their labelled board box, learning rate annealed over the last fifth) for the
-same `--minutes` of wall-clock; then scored by `chessvlm evaluate` on both test splits (each
-test image cut to the board the shipped reader locates). Steps resume: a family whose
-metrics exist is not retrained.
+Small presets (the default): one synthetic dataset (`designs-seen` train/val/test, or the
+`--style` given, such as the seed's own look `seed`, and a `designs-held-out` test of piece
+designs and board looks never trained on, from `bench_generalisation.make_datasets`); for each
+family `init-model --preset small --family F` (the same widths and depths in every family, one
+visual token per square), trained from scratch on all weights with the same recipe (one-line
+prompt, square and routing losses, images cut to their labelled board box, learning rate
+annealed over the last fifth) for the same `--minutes` of wall-clock; then scored by `chessvlm
+evaluate` on both test splits (each test image cut to the board the shipped reader locates).
+Steps resume: a family whose metrics exist is not retrained.
 
 `--real`: for each family's released 2B-4B model, its architecture from the published
 config.json (built on the meta device: no memory, no download): parameters, the seed's LoRA
@@ -42,6 +42,7 @@ from bench_qwen2vl_2b import QWEN2_VL_2B_CONFIG, examples, time_steps
 from chessvlm.families import FAMILIES, get_family, image_tokens, pin_image_size, stock_processor
 from chessvlm.io import atomic_write_json
 from chessvlm.modeling import count_parameters, default_image_size
+from chessvlm.rendering import STYLES
 from chessvlm.tokenizer import build_chess_tokenizer, build_qwen2_tokenizer
 
 # The released models' config.json (the hub's flat layout where the hub has one), as
@@ -165,8 +166,10 @@ def train_family(work: Path, family: str, data: dict[str, Path], args) -> dict:
 
 def print_small(results: dict) -> None:
     """One row per family: steps in the budget, in distribution and unseen designs."""
-    print("\n| family | board px | steps | train min (wall / CPU) | per-square (seen) | exact")
-    print("boards (seen) | per-square (unseen designs) | exact boards (unseen) |")
+    print(
+        "\n| family | board px | steps | train min (wall / CPU) | per-square (seen) | "
+        "exact boards (seen) | per-square (unseen designs) | exact boards (unseen) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for family, figures in results.items():
         seen, unseen = figures["seen"], figures["held-out"]
@@ -289,6 +292,13 @@ def main() -> None:
         "--minutes", dest="vlm_minutes", type=float, default=30.0, help="training a family"
     )
     parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument(
+        "--style",
+        default=SPLITS["seen"],
+        choices=tuple(STYLES),
+        help="rendering style trained on and tested in distribution (default: %(default)s; "
+        "`seed` is the seed's own look); unseen designs are always designs-held-out",
+    )
     parser.add_argument("--real", action="store_true", help="real-size figures, no training")
     parser.add_argument("--real-step", choices=tuple(FAMILIES), help="time one real LoRA step")
     parser.add_argument("--seed", type=int, default=0)
@@ -306,18 +316,22 @@ def main() -> None:
         atomic_write_json(results_path, results)
         print_real(real)
         return
-    data = make_datasets(args.work, args)
+    data = make_datasets(args.work, args, args.style)
     for family in families:
         # One file a family, so that families can train in parallel processes.
         figures = args.work / f"small-{family}.json"
         if not figures.is_file():
-            atomic_write_json(figures, train_family(args.work, family, data, args))
+            trained = train_family(args.work, family, data, args)
+            atomic_write_json(figures, {"style": args.style, **trained})
     small = {
         family: json.loads((args.work / f"small-{family}.json").read_text())
         for family in FAMILIES
         if (args.work / f"small-{family}.json").is_file()
     }
-    print(f"\nsmall presets, {args.vlm_minutes:g} min of training each, splits {list(SPLITS)}:")
+    print(
+        f"\nsmall presets, {args.vlm_minutes:g} min of training each, in distribution "
+        f"{args.style}, unseen {SPLITS['held-out']}:"
+    )
     print_small(small)
 
 

@@ -40,12 +40,15 @@ from chessvlm.reader.train import ReaderTrainConfig, train_reader
 SPLITS = {"seen": "designs-seen", "held-out": "designs-held-out"}
 
 
-def make_datasets(work: Path, args: argparse.Namespace) -> dict[str, Path]:
-    """Step 1 (resumable through the dataset builder)."""
+def make_datasets(
+    work: Path, args: argparse.Namespace, seen_style: str = SPLITS["seen"]
+) -> dict[str, Path]:
+    """Step 1 (resumable through the dataset builder): `seen` (train, val and an
+    in-distribution test split) in `seen_style`, `held-out` (test) in `designs-held-out`."""
     seen, held_out = work / "data-seen", work / "data-held-out"
     counts = {"train": args.train, "val": args.val, "test": args.test}
     started = time.perf_counter()
-    synth_json_dataset(seen, counts, args.seed, SPLITS["seen"], workers=2)
+    synth_json_dataset(seen, counts, args.seed, seen_style, workers=2)
     # Another seed: other games, so no test board is a training board in another look.
     synth_json_dataset(held_out, {"test": args.test}, args.seed + 1, SPLITS["held-out"], workers=2)
     print(f"datasets in {time.perf_counter() - started:.0f} s")
