@@ -15,7 +15,7 @@ misreads them, so it knows no piece design (`docs/reader.md`, "The rest of the b
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from chessvlm.errors import InputError
 from chessvlm.reader.default import DEFAULT_SQUARE_CONTEXT
-from chessvlm.reader.games import fit_on_games
+from chessvlm.reader.games import GamesRecipe, fit_on_games
 from chessvlm.reader.model import GRID, NUM_CLASSES
 from chessvlm.reader.shipped import load_weights, network_config, save_network
 
@@ -44,23 +44,12 @@ _SHARE_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
-class ContextRecipe:
+class ContextRecipe(GamesRecipe):
     """How a square context model is made: its width and the synthetic games it learns from."""
 
-    hidden: int = 128
     positions: int = 600_000
-    held_out: int = 10_000
-    epochs: int = 3
-    batch_size: int = 512
-    # The peak of a one-cycle schedule.
-    learning_rate: float = 2e-3
-    # Share of the input squares shown as a random class, as a reader misreads them.
-    misread_rate: float = 0.02
     seed: str = "square-context"
-
-    def to_dict(self) -> dict:
-        """JSON-ready form, stored in `context.json`."""
-        return asdict(self)
+    hidden: int = 128
 
 
 class SquareContext(nn.Module):

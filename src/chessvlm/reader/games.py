@@ -7,8 +7,9 @@ no one square decides; this module holds what they share."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,17 +22,25 @@ from chessvlm.reader.model import NUM_CLASSES
 Network = TypeVar("Network", bound=nn.Module)
 
 
-class GamesRecipe(Protocol):
-    """What a network learnt from synthetic games is made with (`PriorRecipe`,
-    `ContextRecipe`)."""
+@dataclass(frozen=True)
+class GamesRecipe:
+    """How a network learns from synthetic games; `PriorRecipe` and `ContextRecipe` add the
+    network's width and set their own defaults."""
 
     positions: int
-    held_out: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    misread_rate: float
     seed: str
+    held_out: int = 10_000
+    epochs: int = 3
+    batch_size: int = 512
+    # The peak of a one-cycle schedule.
+    learning_rate: float = 2e-3
+    # Share of the input squares shown as a random class, as a reader misreads them: the
+    # network then never stakes everything on one square (docs/reader.md).
+    misread_rate: float = 0.02
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, stored beside the weights (a changed recipe trains again)."""
+        return asdict(self)
 
 
 def position_classes(count: int, seed: str) -> torch.Tensor:

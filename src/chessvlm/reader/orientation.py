@@ -17,7 +17,7 @@ is right on 96-97% of boards (`docs/reader.md`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from torch import nn
 from chessvlm.errors import InputError
 from chessvlm.reader.data import image_order_labels
 from chessvlm.reader.default import DEFAULT_POSITION_PRIOR
-from chessvlm.reader.games import fit_on_games
+from chessvlm.reader.games import GamesRecipe, fit_on_games
 from chessvlm.reader.model import GRID, META_OUTPUTS, NUM_CLASSES
 from chessvlm.reader.shipped import load_weights, network_config, save_network
 
@@ -63,24 +63,17 @@ MARGIN_WEIGHT = 3.0
 
 
 @dataclass(frozen=True)
-class PriorRecipe:
+class PriorRecipe(GamesRecipe):
     """How a position prior is made: its network and the synthetic games it learns from."""
 
-    hidden: tuple[int, ...] = (256, 64)
     positions: int = 1_200_000
-    held_out: int = 10_000
-    epochs: int = 8
-    batch_size: int = 512
-    # The peak of a one-cycle schedule.
-    learning_rate: float = 2e-3
-    # Share of training squares shown as a random class, as a reader misreads them: the prior
-    # then never stakes everything on one square (docs/reader.md).
-    misread_rate: float = 0.02
     seed: str = "orientation-prior"
+    epochs: int = 8
+    hidden: tuple[int, ...] = (256, 64)
 
     def to_dict(self) -> dict:
         """JSON-ready form, stored in `prior.json`."""
-        return asdict(self) | {"hidden": list(self.hidden)}
+        return super().to_dict() | {"hidden": list(self.hidden)}
 
 
 class PositionPrior(nn.Module):
