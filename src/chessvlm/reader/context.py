@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chessvlm.errors import InputError
 from chessvlm.reader.default import DEFAULT_SQUARE_CONTEXT
 from chessvlm.reader.games import GamesRecipe, fit_on_games
 from chessvlm.reader.model import GRID, NUM_CLASSES
-from chessvlm.reader.shipped import load_weights, network_config, save_network
+from chessvlm.reader.shipped import load_network, save_network
 
 CONTEXT_WEIGHTS_FILE = "context.safetensors"
 CONTEXT_CONFIG_FILE = "context.json"
@@ -131,13 +130,12 @@ def save_square_context(
 def load_square_context(path: str | Path = DEFAULT_SQUARE_CONTEXT) -> SquareContext:
     """A saved context model, in eval mode; a clear error naming the folder when it is
     missing or does not fit its config."""
-    config = network_config(path, CONTEXT_FILES, "square context")
-    try:
-        hidden = int(config["recipe"]["hidden"])
-    except (ValueError, KeyError, TypeError) as error:
-        config_file = str(Path(path) / CONTEXT_CONFIG_FILE)
-        raise InputError(config_file, f"not a square context config ({error})") from None
-    return load_weights(SquareContext(hidden), path, CONTEXT_FILES)
+    return load_network(
+        path,
+        CONTEXT_FILES,
+        "square context",
+        lambda config: SquareContext(int(config["recipe"]["hidden"])),
+    )
 
 
 @cache

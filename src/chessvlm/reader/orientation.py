@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chessvlm.errors import InputError
 from chessvlm.reader.data import image_order_labels
 from chessvlm.reader.default import DEFAULT_POSITION_PRIOR
 from chessvlm.reader.games import GamesRecipe, fit_on_games
 from chessvlm.reader.model import GRID, META_OUTPUTS, NUM_CLASSES
-from chessvlm.reader.shipped import load_weights, network_config, save_network
+from chessvlm.reader.shipped import load_network, save_network
 
 PRIOR_WEIGHTS_FILE = "prior.safetensors"
 PRIOR_CONFIG_FILE = "prior.json"
@@ -171,13 +170,12 @@ def save_position_prior(
 def load_position_prior(path: str | Path = DEFAULT_POSITION_PRIOR) -> PositionPrior:
     """A saved prior, in eval mode; a clear error naming the folder when it is missing or
     does not fit its config."""
-    config = network_config(path, PRIOR_FILES, "position prior")
-    try:
-        hidden = tuple(int(size) for size in config["recipe"]["hidden"])
-    except (ValueError, KeyError, TypeError) as error:
-        config_file = str(Path(path) / PRIOR_CONFIG_FILE)
-        raise InputError(config_file, f"not a position prior config ({error})") from None
-    return load_weights(PositionPrior(hidden), path, PRIOR_FILES)
+    return load_network(
+        path,
+        PRIOR_FILES,
+        "position prior",
+        lambda config: PositionPrior(tuple(int(size) for size in config["recipe"]["hidden"])),
+    )
 
 
 @cache

@@ -1,10 +1,11 @@
 """Files of the small networks shipped beside the reader (the position prior, the margin
-reader): a safetensors file of weights and a JSON config, each written atomically, read back
-with an error that names the file and says how to make it."""
+reader, the square context): a safetensors file of weights and a JSON config, each written
+atomically, read back with an error that names the file and says how to make it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,3 +59,17 @@ def load_weights(network: Network, path: str | Path, files: tuple[str, str]) -> 
     except (RuntimeError, OSError):
         raise InputError(str(weights_file), f"weights do not fit {files[1]}") from None
     return network.eval()
+
+
+def load_network(
+    path: str | Path, files: tuple[str, str], what: str, build: Callable[[dict[str, Any]], Network]
+) -> Network:
+    """The `what` saved in `path`: `build(config)` makes the network its config describes,
+    then it gets its weights (eval mode). Errors name the folder, the config `build` cannot
+    read, or the weights that do not fit."""
+    config = network_config(path, files, what)
+    try:
+        network = build(config)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(str(Path(path) / files[1]), f"not a {what} config ({error})") from None
+    return load_weights(network, path, files)
