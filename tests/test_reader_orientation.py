@@ -24,6 +24,7 @@ from chessvlm.reader.default import (
 )
 from chessvlm.reader.games import misread, position_classes
 from chessvlm.reader.margin import MARGIN_CONFIG_FILE, MARGIN_WEIGHTS_FILE, MarginRecipe
+from chessvlm.reader.matching import MATCHER_CONFIG_FILE, MATCHER_WEIGHTS_FILE, MatcherRecipe
 from chessvlm.reader.model import META_OUTPUTS, NUM_CLASSES
 from chessvlm.reader.orientation import (
     PRIOR_CONFIG_FILE,
@@ -151,13 +152,15 @@ def test_a_missing_or_broken_prior_is_a_clear_error(tmp_path):
         load_position_prior(tmp_path)
 
 
-def test_build_default_writes_the_reader_prior_margin_reader_and_context_and_resumes(tmp_path):
+def test_build_default_writes_the_reader_and_its_helpers_and_resumes(tmp_path):
     recipe = DefaultRecipe(train_samples=16, val_samples=8, epochs=1, batch_size=8)
     reader_out, prior_out = tmp_path / "reader", tmp_path / "prior"
     margin_out = tmp_path / "margin"
     margin_recipe = MarginRecipe(widths=(4,), hidden=4, scenes=2, epochs=1)
     context_out = tmp_path / "context"
     context_recipe = ContextRecipe(hidden=4, positions=200, held_out=50, epochs=1)
+    matcher_out = tmp_path / "matcher"
+    matcher_recipe = MatcherRecipe(epochs=1, boards_per_batch=8, embedding=8)
     build = partial(
         build_default_reader,
         tmp_path / "work",
@@ -170,6 +173,8 @@ def test_build_default_writes_the_reader_prior_margin_reader_and_context_and_res
         margin_recipe=margin_recipe,
         context_out=context_out,
         context_recipe=context_recipe,
+        matcher_out=matcher_out,
+        matcher_recipe=matcher_recipe,
     )
     build()
     assert is_reader_checkpoint(reader_out)
@@ -189,11 +194,17 @@ def test_build_default_writes_the_reader_prior_margin_reader_and_context_and_res
     context_config = json.loads((context_out / CONTEXT_CONFIG_FILE).read_text())
     assert context_config["recipe"] == context_recipe.to_dict()
     first_context = (context_out / CONTEXT_WEIGHTS_FILE).read_bytes()
+    # The square matcher learnt from the recipe's training boards, scored on its validation.
+    matcher_config = json.loads((matcher_out / MATCHER_CONFIG_FILE).read_text())
+    assert matcher_config["recipe"] == matcher_recipe.to_dict()
+    assert matcher_config["val"]["boards"] == recipe.val_samples
+    first_matcher = (matcher_out / MATCHER_WEIGHTS_FILE).read_bytes()
     # A rerun finds all finished in the work folder and copies the same files again.
     build()
     assert (prior_out / PRIOR_WEIGHTS_FILE).read_bytes() == first
     assert (margin_out / MARGIN_WEIGHTS_FILE).read_bytes() == first_margin
     assert (context_out / CONTEXT_WEIGHTS_FILE).read_bytes() == first_context
+    assert (matcher_out / MATCHER_WEIGHTS_FILE).read_bytes() == first_matcher
     # Another prior recipe is trained anew, not taken from the work folder.
     other = dataclasses.replace(TINY, hidden=(8,))
     build(prior_recipe=other)

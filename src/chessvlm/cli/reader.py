@@ -150,6 +150,7 @@ def _register_build_default(commands) -> None:
         DEFAULT_POSITION_PRIOR,
         DEFAULT_READER,
         DEFAULT_SQUARE_CONTEXT,
+        DEFAULT_SQUARE_MATCHER,
         DefaultRecipe,
     )
 
@@ -166,7 +167,8 @@ def _register_build_default(commands) -> None:
             "write it to --prior_out, and the margin reader that reads coordinates printed "
             "outside the board, on the same boards, and write it to --margin_out, and the "
             "square context that weighs each square by the rest of the board, and write it to "
-            "--context_out. Rerunning resumes."
+            "--context_out, and the square matcher that weighs it by the squares that look "
+            "alike, on the same boards, and write it to --matcher_out. Rerunning resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
@@ -191,6 +193,11 @@ def _register_build_default(commands) -> None:
         help="where the square context goes (default: the package)",
     )
     parser.add_argument(
+        "--matcher_out",
+        default=str(DEFAULT_SQUARE_MATCHER),
+        help="where the square matcher goes (default: the package)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=2,
@@ -209,10 +216,12 @@ def _run_build_default(args: argparse.Namespace) -> int:
         prior_out=args.prior_out,
         margin_out=args.margin_out,
         context_out=args.context_out,
+        matcher_out=args.matcher_out,
     )
     print(
         f"default reader: {out}; position prior: {args.prior_out}; "
-        f"margin reader: {args.margin_out}; square context: {args.context_out}"
+        f"margin reader: {args.margin_out}; square context: {args.context_out}; "
+        f"square matcher: {args.matcher_out}"
     )
     return 0
 

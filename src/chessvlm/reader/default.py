@@ -7,10 +7,11 @@ style, so its figures on `designs-held-out` are those of designs it never saw.
 and writes their ensemble's checkpoint into the package (or `--out`), then trains the
 position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
 `PriorRecipe`) and the margin reader that reads coordinates printed outside the board
-(`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards) and the square
+(`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards), the square
 context that weighs each square's reading by the rest of the board (`chessvlm.reader.context`,
-`ContextRecipe`), and writes them into the package (or `--prior_out`, `--margin_out`,
-`--context_out`).
+`ContextRecipe`) and the square matcher that weighs it by the squares that look alike
+(`chessvlm.reader.matching`, `MatcherRecipe`, on the same training boards), and writes them
+into the package (or `--prior_out`, `--margin_out`, `--context_out`, `--matcher_out`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chessvlm.errors import ChessVLMError
 if TYPE_CHECKING:
     from chessvlm.reader.context import ContextRecipe
     from chessvlm.reader.margin import MarginRecipe
+    from chessvlm.reader.matching import MatcherRecipe
     from chessvlm.reader.orientation import PriorRecipe
 
 _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -34,6 +36,7 @@ DEFAULT_READER = _WEIGHTS / "reader"
 DEFAULT_POSITION_PRIOR = _WEIGHTS / "position_prior"
 DEFAULT_MARGIN_READER = _WEIGHTS / "margin"
 DEFAULT_SQUARE_CONTEXT = _WEIGHTS / "context"
+DEFAULT_SQUARE_MATCHER = _WEIGHTS / "matcher"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,16 +80,20 @@ def build_default_reader(
     margin_recipe: MarginRecipe | None = None,
     context_out: str | Path = DEFAULT_SQUARE_CONTEXT,
     context_recipe: ContextRecipe | None = None,
+    matcher_out: str | Path = DEFAULT_SQUARE_MATCHER,
+    matcher_recipe: MatcherRecipe | None = None,
 ) -> Path:
     """Render the recipe's data into `work_dir`, train the recipe's readers there (all resume
     when run again) and write their ensemble, scored on the recipe's validation boards, into
     `out`; then train the position prior, the margin reader and the square context in
     `work_dir` (each kept for reruns of the same `prior_recipe`, `margin_recipe`,
-    `context_recipe`) and copy them into `prior_out`, `margin_out` and `context_out`."""
+    `context_recipe`) and copy them into `prior_out`, `margin_out` and `context_out`; then the
+    square matcher, likewise (`matcher_recipe`, `matcher_out`)."""
     from chessvlm.datasets import synth_json_dataset
     from chessvlm.reader.context import ContextRecipe
     from chessvlm.reader.ensemble import combine_readers
     from chessvlm.reader.margin import MarginRecipe
+    from chessvlm.reader.matching import MatcherRecipe
     from chessvlm.reader.orientation import PriorRecipe
     from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
@@ -125,6 +132,10 @@ def build_default_reader(
     )
     _build_square_context(
         work_dir / "context", Path(context_out), context_recipe or ContextRecipe()
+    )
+    matcher_recipe = matcher_recipe or MatcherRecipe()
+    _build_square_matcher(
+        data_dir, work_dir / "matcher", Path(matcher_out), matcher_recipe, workers
     )
     return out
 
@@ -173,6 +184,18 @@ def _build_square_context(work_dir: Path, out: Path, recipe: ContextRecipe) -> N
         save_square_context(context, work_dir, recipe, accuracy)
 
     _made_once(work_dir, out, CONTEXT_FILES, {"recipe": recipe.to_dict()}, make)
+
+
+def _build_square_matcher(
+    data_dir: Path, work_dir: Path, out: Path, recipe: MatcherRecipe, workers: int
+) -> None:
+    from chessvlm.reader.matching import MATCHER_FILES, save_square_matcher, train_square_matcher
+
+    def make() -> None:
+        matcher, figures = train_square_matcher(data_dir, recipe, workers)
+        save_square_matcher(matcher, work_dir, recipe, figures)
+
+    _made_once(work_dir, out, MATCHER_FILES, {"recipe": recipe.to_dict()}, make)
 
 
 def _made_once(
