@@ -260,9 +260,10 @@ def test_checkpoint_round_trip(tmp_path, spec):
     model.eval()
     save_checkpoint(model, tmp_path, {"spec": spec.to_dict(), "decode": "argmax"})
     reader = load_reader(tmp_path)
-    # The networks' round trip: the shipped position prior and square context would only
-    # amplify the folded network's rounding on these random weights' near-uniform squares.
-    reader.position_prior = reader.square_context = None
+    # The networks' round trip: the shipped position prior, square context and square matcher
+    # would only amplify the folded network's rounding on these random weights' near-uniform
+    # squares.
+    reader.position_prior = reader.square_context = reader.square_matcher = None
     images = torch.randint(0, 256, (3, 3, spec.image_size, spec.image_size), dtype=torch.uint8)
     expected = read_arrays(Reader(model, {"spec": spec.to_dict()}, tmp_path), images)
     got = read_arrays(reader, images)

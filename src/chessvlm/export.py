@@ -45,6 +45,7 @@ from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.context import default_square_context
 from chessvlm.reader.images import crop_board, scene_array, usable_box
 from chessvlm.reader.margin import default_margin_reader
+from chessvlm.reader.matching import default_square_matcher, with_look_alikes
 from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
 from chessvlm.reader.orientation import default_position_prior
 from chessvlm.reader.read import (
@@ -202,12 +203,13 @@ class OnnxReader:
         )
         self.config = config
         self.image_size = int(config["spec"]["image_size"])
-        # The prior, the square context and the margin reader are not in the graphs: the
-        # first two read the squares' probabilities, design-free, and the margin reader what
-        # lies outside the squares.
+        # The prior, the square context, the margin reader and the square matcher are not in
+        # the graphs: the first two read the squares' probabilities, design-free, the margin
+        # reader what lies outside the squares, and the matcher compares squares.
         self.position_prior = default_position_prior()
         self.square_context = default_square_context()
         self.margin_reader = default_margin_reader()
+        self.square_matcher = default_square_matcher()
 
     def locate(self, scenes: np.ndarray) -> np.ndarray:
         """uint8 N x L x L x 3 whole images -> boxes N x 4 (fractions of the image)."""
@@ -242,9 +244,12 @@ class OnnxReader:
     ) -> list[BoardReading]:
         """Read boards already cut to their squares (S x S x 3 uint8 each), and their margins
         where given, as `chessvlm.reader.read.read_arrays` does."""
-        squares, meta = self.probabilities(np.stack(crops))
+        boards = np.stack(crops)
+        squares, meta = self.probabilities(boards)
+        log_probs = torch.from_numpy(squares).log()
+        boards_first = torch.from_numpy(boards).permute(0, 3, 1, 2)
         return decode_outputs(
-            torch.from_numpy(squares).log(),
+            with_look_alikes(self.square_matcher, boards_first, log_probs),
             torch.from_numpy(meta),
             str(self.config.get("decode", "argmax")),
             bool(self.config.get("predicts_to_move")),

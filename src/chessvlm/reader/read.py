@@ -40,6 +40,7 @@ from chessvlm.reader.images import (
     usable_box,
 )
 from chessvlm.reader.margin import MarginReader, cut_margins, default_margin_reader, margin_evidence
+from chessvlm.reader.matching import SquareMatcher, default_square_matcher, with_look_alikes
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
@@ -104,7 +105,8 @@ class Reader:
     at the bottom in place of the meta head (`chessvlm.reader.orientation`), `margin_reader`
     joins it where the board's image is at hand (`chessvlm.reader.margin`), and
     `square_context` weighs in on each square from the rest of the board
-    (`chessvlm.reader.context`)."""
+    (`chessvlm.reader.context`), and `square_matcher` from the squares that look like it or
+    unlike it (`chessvlm.reader.matching`)."""
 
     model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
@@ -112,6 +114,7 @@ class Reader:
     position_prior: PositionPrior | None = None
     margin_reader: MarginReader | None = None
     square_context: SquareContext | None = None
+    square_matcher: SquareMatcher | None = None
 
     @property
     def image_size(self) -> int:
@@ -191,6 +194,7 @@ def load_reader(path: str | Path, *, fold: bool = True) -> Reader:
         position_prior=default_position_prior(),
         margin_reader=default_margin_reader(),
         square_context=default_square_context(),
+        square_matcher=default_square_matcher(),
     )
 
 
@@ -243,6 +247,7 @@ def read_arrays(
     else:
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     log_probs, meta = run_network(reader.model, batch)
+    log_probs = with_look_alikes(reader.square_matcher, batch, log_probs)
     return decode_outputs(
         log_probs,
         meta,
