@@ -9,8 +9,9 @@ normalisation and the batch norms folded into the convolutions, each batch cut o
 thread while the network reads the batch before), then the same model one batch after the
 other (`read_images` per batch of decoded files), then that with the model as trained
 (unfolded), as before both changes; and as `predict` reads, without the margin reader
-(`chessvlm.reader.margin`: coordinates outside the board) and without the square context
-(`chessvlm.reader.context`, part of decoding), to show what each costs. Torch
+(`chessvlm.reader.margin`: coordinates outside the board), without the square context
+(`chessvlm.reader.context`, part of decoding) and without the square matcher
+(`chessvlm.reader.matching`: look-alike squares), to show what each costs. Torch
 runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
 boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
 the ratio to the first is printed per round, with the process's CPU time per board.
@@ -30,6 +31,7 @@ import torch
 
 from chessvlm.reader.images import crop_board, iter_loaded, load_scene
 from chessvlm.reader.margin import cut_margins, margin_evidence
+from chessvlm.reader.matching import with_look_alikes
 from chessvlm.reader.model import LOCATOR_SIZE
 from chessvlm.reader.read import (
     Reader,
@@ -71,6 +73,11 @@ def parts_ms(reader: Reader, paths: list[Path]) -> dict[str, float]:
     started = time.perf_counter()
     outputs = [run_network(reader.model, batch[i : i + 64]) for i in range(0, n, 64)]
     timings["network"] = time.perf_counter() - started
+    if reader.square_matcher is not None:
+        started = time.perf_counter()
+        for start, (log_probs, _) in zip(range(0, n, 64), outputs, strict=True):
+            with_look_alikes(reader.square_matcher, batch[start : start + 64], log_probs)
+        timings["matcher"] = time.perf_counter() - started
     started = time.perf_counter()
     for log_probs, meta in outputs:
         decode_outputs(log_probs, meta, reader.decode, with_to_move=False)
@@ -118,6 +125,10 @@ def main() -> None:
         )
         variants[f"{path}: predict_boards without the square context"] = (
             dataclasses.replace(folded, square_context=None),
+            pipelined,
+        )
+        variants[f"{path}: predict_boards without the square matcher"] = (
+            dataclasses.replace(folded, square_matcher=None),
             pipelined,
         )
         variants[f"{path}: folded, one batch after another"] = (folded, one_batch_after_another)
