@@ -172,31 +172,17 @@ def _register_build_default(commands) -> None:
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")
-    parser.add_argument(
-        OUT,
-        default=str(DEFAULT_READER),
-        help="where the checkpoint goes (default: the package)",
+    shipped = (
+        (OUT, DEFAULT_READER, "checkpoint"),
+        ("--prior_out", DEFAULT_POSITION_PRIOR, "position prior"),
+        ("--margin_out", DEFAULT_MARGIN_READER, "margin reader"),
+        ("--context_out", DEFAULT_SQUARE_CONTEXT, "square context"),
+        ("--matcher_out", DEFAULT_SQUARE_MATCHER, "square matcher"),
     )
-    parser.add_argument(
-        "--prior_out",
-        default=str(DEFAULT_POSITION_PRIOR),
-        help="where the position prior goes (default: the package)",
-    )
-    parser.add_argument(
-        "--margin_out",
-        default=str(DEFAULT_MARGIN_READER),
-        help="where the margin reader goes (default: the package)",
-    )
-    parser.add_argument(
-        "--context_out",
-        default=str(DEFAULT_SQUARE_CONTEXT),
-        help="where the square context goes (default: the package)",
-    )
-    parser.add_argument(
-        "--matcher_out",
-        default=str(DEFAULT_SQUARE_MATCHER),
-        help="where the square matcher goes (default: the package)",
-    )
+    for flag, default, what in shipped:
+        parser.add_argument(
+            flag, default=str(default), help=f"where the {what} goes (default: the package)"
+        )
     parser.add_argument(
         "--workers",
         type=positive_int,
