@@ -120,12 +120,18 @@ class SquareMatcher(nn.Module):
         image order) -> B x 64 x 64 logits that two cells hold the same piece (0 where
         either is not compared). Only the compared cells are turned into floats: most of a
         board is empty squares."""
-        embeddings = torch.zeros(*pieces.shape, self.net[-1].out_features)
-        if pieces.any():
-            embeddings[pieces] = self.embed(chosen_cells(boards, pieces).float().div_(255.0))
-        cosines = torch.einsum("bic,bjc->bij", embeddings, embeddings)
+        cells = chosen_cells(boards, pieces).float().div_(255.0)
         compared = pieces.unsqueeze(2) & pieces.unsqueeze(1)
-        return torch.where(compared, self.scale * cosines + self.bias, 0.0)
+        return torch.where(compared, self.cell_pair_logits(cells, pieces), 0.0)
+
+    def cell_pair_logits(self, cells: torch.Tensor, pieces: torch.Tensor) -> torch.Tensor:
+        """B x 64 x 64 pair logits of the cells marked in `pieces` (B x 64), given as M x 3 x
+        32 x 32 floats (0-1) in the order of `pieces.nonzero()`; pairs with an unmarked cell
+        get the logit of two unrelated pictures (`bias`)."""
+        embeddings = torch.zeros(*pieces.shape, self.net[-1].out_features)
+        if len(cells):
+            embeddings[pieces] = self.embed(cells)
+        return self.scale * torch.einsum("bic,bjc->bij", embeddings, embeddings) + self.bias
 
 
 def board_cells(boards: torch.Tensor) -> torch.Tensor:
@@ -209,9 +215,7 @@ def pair_loss(matcher: SquareMatcher, cells: torch.Tensor, labels: torch.Tensor)
     """Binary cross-entropy of every pair of piece squares of each board (cells B x 64 x 3 x
     32 x 32, labels B x 64 image order): the same piece or not."""
     pieces = labels > 0
-    embeddings = torch.zeros(*labels.shape, matcher.net[-1].out_features)
-    embeddings[pieces] = matcher.embed(cells[pieces])
-    logits = matcher.scale * torch.einsum("bic,bjc->bij", embeddings, embeddings) + matcher.bias
+    logits = matcher.cell_pair_logits(cells[pieces], pieces)
     same = (labels.unsqueeze(2) == labels.unsqueeze(1)).float()
     pairs = pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
     return F.binary_cross_entropy_with_logits(logits[pairs], same[pairs])
