@@ -124,6 +124,11 @@ def test_board_with_metadata_merges_labels_into_a_placement():
     placement = board_from_fen("r3k2r/8/8/8/8/8/8/R3K2R")
     board = board_with_metadata(placement, "b", "KQkq", "-")
     assert board.fen() == "r3k2r/8/8/8/8/8/8/R3K2R b KQkq - 0 1"
+    # Rights the placement cannot have are dropped from the board itself, not only from its
+    # FEN, so that python-chess does not call the position's castling rights bad.
+    moved = board_with_metadata(board_from_fen("8/b1r5/5R2/6K1/1k6/8/3N4/8"), "w", "KQkq")
+    assert moved.castling_rights == chess.BB_EMPTY
+    assert moved.status() == chess.STATUS_VALID
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,11 @@ def board_with_metadata(
     Castling rights the placement cannot have are dropped, as python-chess's FEN does.
     """
     fields = [placement.board_fen(), active_color or "w", castling_rights or "-", en_passant or "-"]
-    return board_from_fen(" ".join(fields) + " 0 1")
+    board = board_from_fen(" ".join(fields) + " 0 1")
+    # python-chess keeps every right a FEN names and drops the impossible ones only when it
+    # writes a FEN, so `status()` would call the position's castling rights bad.
+    board.castling_rights = board.clean_castling_rights()
+    return board
 
 
 def seed_validity_errors(board: chess.Board) -> list[str]:
