@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from chessvlm.errors import InputError
 from chessvlm.io import read_jsonl
 from chessvlm.reader.default import DEFAULT_MARGIN_READER
 from chessvlm.reader.images import open_board_image
+from chessvlm.reader.model import fold_batch_norms
 from chessvlm.reader.shipped import load_weights, network_config, save_network
 
 MARGIN_WEIGHTS_FILE = "margin.safetensors"
@@ -102,14 +102,7 @@ class MarginReader(nn.Module):
     def fold_for_inference(self) -> None:
         """Fold each batch norm into the convolution before it (eval mode only): the same
         outputs from fewer operations."""
-        layers = list(self.features)
-        folded: list[nn.Module] = []
-        for layer in layers:
-            if isinstance(layer, nn.BatchNorm2d):
-                folded[-1] = fuse_conv_bn_eval(folded[-1], layer)
-            else:
-                folded.append(layer)
-        self.features = nn.Sequential(*folded)
+        fold_batch_norms(self.features)
 
 
 def margin_strips(image: Image.Image, box: Sequence[float]) -> np.ndarray:

@@ -330,11 +330,11 @@ class BoardReader(nn.Module):
             return
         if self.spec.encoder == "cnn":
             for stem in (self.encoder.layers[0], self.edges.layers[0]):
-                _fold_normalisation(stem, self.mean.flatten(), self.std.flatten())
+                fold_normalisation(stem, self.mean.flatten(), self.std.flatten())
             self.normalises_pixels = False
         for module in self.modules():
             if isinstance(module, nn.Sequential):
-                _fold_batch_norms(module)
+                fold_batch_norms(module)
         self.folded_for_inference = True
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -403,7 +403,7 @@ class _MeanLocator(nn.Module):
 
 
 @torch.no_grad()
-def _fold_normalisation(conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> None:
+def fold_normalisation(conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Make `conv(x)` what `conv((x - mean) / std)` was, per input channel; exact for a
     convolution without padding (every tap sees a pixel)."""
     scale = (1.0 / std).view(1, -1, 1, 1)
@@ -411,7 +411,7 @@ def _fold_normalisation(conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) 
     conv.weight *= scale
 
 
-def _fold_batch_norms(layers: nn.Sequential) -> None:
+def fold_batch_norms(layers: nn.Sequential) -> None:
     """Replace each convolution followed by a batch norm in `layers` with one convolution
     that computes both (the norm's place keeps an identity, so indices stay valid)."""
     for index, (conv, norm) in enumerate(pairwise(list(layers))):
