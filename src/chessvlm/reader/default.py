@@ -189,13 +189,19 @@ def _build_square_context(work_dir: Path, out: Path, recipe: ContextRecipe) -> N
 def _build_square_matcher(
     data_dir: Path, work_dir: Path, out: Path, recipe: MatcherRecipe, workers: int
 ) -> None:
-    from chessvlm.reader.matching import MATCHER_FILES, save_square_matcher, train_square_matcher
+    from chessvlm.reader.matching import (
+        MATCHER_FILES,
+        RELATIONS,
+        save_square_matcher,
+        train_square_matcher,
+    )
 
     def make() -> None:
         matcher, figures = train_square_matcher(data_dir, recipe, workers)
         save_square_matcher(matcher, work_dir, recipe, figures)
 
-    _made_once(work_dir, out, MATCHER_FILES, {"recipe": recipe.to_dict()}, make)
+    made_by = {"recipe": recipe.to_dict(), "relations": list(RELATIONS)}
+    _made_once(work_dir, out, MATCHER_FILES, made_by, make)
 
 
 def _made_once(

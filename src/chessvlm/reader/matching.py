@@ -4,15 +4,19 @@ holding the same piece look the same, whatever the design.
 On a design it never saw, the reader confuses shapes square by square (a bishop read as a
 pawn), yet the board itself says which squares hold the same piece: all its pawns share one
 picture, and a bishop's picture differs from theirs. `SquareMatcher` embeds each square's
-picture (one 32 px cell of the 256 px board) so that two squares' embeddings agree when they
-hold the same piece. It learns to match pictures, not to name pieces: every training board is
-recoloured as a whole (channels swapped, inverted, grey, contrast), so the class of a picture
-cannot be learnt from its colours, only whether two pictures on one board are the same.
+picture (one 32 px cell of the 256 px board) twice: one embedding agrees when two squares hold
+the same piece, the other when they hold the same shape in either colour (a white and a black
+rook), since the two sides of a design share their outlines. It learns to match pictures, not
+to name pieces: every training board is recoloured as a whole (channels swapped, inverted,
+grey, contrast), so the class of a picture cannot be learnt from its colours, only whether two
+pictures on one board are the same.
 
 `with_look_alikes` then lets each square's reading weigh the others' (a mean-field step of a
 pairwise model): for each class, a square gains the matcher's log-odds that it holds the same
-piece as each other square, times that square's probability of the class. A square like
-confident pawns is pulled towards pawn; a square unlike all of them is pushed away from pawn.
+piece as each other square, times that square's probability of the class, and the log-odds
+that it holds the same shape, times that square's probability of the class's other colour. A
+square like confident pawns is pulled towards pawn; a square unlike all of them is pushed away
+from pawn; a white square shaped like a sure black rook is pulled towards white rook.
 See docs/reader.md, "Look-alike squares".
 """
 
@@ -25,11 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from chessvlm.reader.default import DEFAULT_SQUARE_MATCHER
-from chessvlm.reader.model import GRID
+from chessvlm.reader.model import GRID, fold_batch_norms, fold_normalisation
 from chessvlm.reader.shipped import load_network, save_network
 
 MATCHER_WEIGHTS_FILE = "matcher.safetensors"
@@ -43,8 +46,15 @@ CELL = 32
 # (docs/reader.md, "Look-alike squares").
 MATCH_WEIGHT = 0.5
 MATCH_LOG_ODDS_LIMIT = 4.0
+# The relations the matcher scores for two squares: the same piece, and the same piece in
+# either colour (the index of each piece class's other colour, among the 12 piece classes of
+# `SQUARE_CLASSES`: P N B R Q K p n b r q k).
+RELATIONS = ("same piece", "same shape")
+_OTHER_COLOUR = [*range(6, 12), *range(6)]
 # Mean-field rounds: the second lets squares settled by the first pull on the others.
 MATCH_ROUNDS = 2
+# The pixels' normalisation before the stem (values 0-1).
+_PIXEL_MEAN, _PIXEL_STD = 0.5, 0.25
 # A square takes part when the reader thinks it more likely a piece than empty.
 _PIECE_PROBABILITY = 0.5
 
@@ -74,9 +84,10 @@ def _conv(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
 
 
 class SquareMatcher(nn.Module):
-    """A 32 px cell -> a unit embedding; two cells' pair logit is `scale` times the cosine of
-    their embeddings plus `bias`. A 4 px patch stem as the reader's, then two stride-2
-    convolutions: about 0.4 M multiply-adds a cell."""
+    """A 32 px cell -> one unit embedding per relation (`RELATIONS`); two cells' pair logit
+    for a relation is its `scale` times the cosine of their embeddings plus its `bias`. A 4 px
+    patch stem as the reader's, then two stride-2 convolutions: about 0.4 M multiply-adds a
+    cell."""
 
     def __init__(self, embedding: int = MatcherRecipe.embedding) -> None:
         super().__init__()
@@ -88,50 +99,51 @@ class SquareMatcher(nn.Module):
             *_conv(48, 64, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Linear(64, embedding),
+            nn.Linear(64, len(RELATIONS) * embedding),
         )
-        self.scale = nn.Parameter(torch.tensor(10.0))
-        self.bias = nn.Parameter(torch.tensor(-5.0))
+        self.embedding = embedding
+        self.scale = nn.Parameter(torch.full((len(RELATIONS), 1, 1, 1), 10.0))
+        self.bias = nn.Parameter(torch.full((len(RELATIONS), 1, 1, 1), -5.0))
         self.folded_for_inference = False
 
     def embed(self, cells: torch.Tensor) -> torch.Tensor:
-        """M x 3 x 32 x 32 cells, values 0-1 -> M x `embedding` unit vectors."""
-        pixels = (cells - 0.5) / 0.25
+        """M x 3 x 32 x 32 cells, values 0-1 -> M x relations x `embedding` unit vectors."""
         if self.folded_for_inference:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.net(pixels), dim=-1)
+            pixels = cells.contiguous(memory_format=torch.channels_last)
+        else:
+            pixels = (cells - _PIXEL_MEAN) / _PIXEL_STD
+        return F.normalize(self.net(pixels).view(len(cells), len(RELATIONS), -1), dim=-1)
 
     def fold_for_inference(self) -> SquareMatcher:
-        """For reading (eval mode): each batch norm folded into the convolution before it, and
-        the cells laid out channels-last, which together take a third off the network's time
-        (outputs within rounding). Returns itself; a folded matcher is not saved."""
-        layers, kept = list(self.net), []
-        while layers:
-            layer = layers.pop(0)
-            if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
-                layer = fuse_conv_bn_eval(layer, layers.pop(0))
-            kept.append(layer)
-        self.net = nn.Sequential(*kept)
+        """For reading (eval mode): the pixels' normalisation folded into the stem, which does
+        not pad, and each batch norm into the convolution before it; the cells are read
+        channels-last. Together they take about half off the network's time (outputs within
+        rounding). Returns itself; a folded matcher is not saved."""
+        with torch.no_grad():
+            stem = self.net[0]
+            fold_normalisation(stem, torch.full((3,), _PIXEL_MEAN), torch.full((3,), _PIXEL_STD))
+            fold_batch_norms(self.net)
         self.folded_for_inference = True
         return self
 
     def pair_logits(self, boards: torch.Tensor, pieces: torch.Tensor) -> torch.Tensor:
         """Boards B x 3 x 256 x 256 (uint8) and which of their cells to compare (B x 64,
-        image order) -> B x 64 x 64 logits that two cells hold the same piece (0 where
-        either is not compared). Only the compared cells are turned into floats: most of a
-        board is empty squares."""
+        image order) -> relations x B x 64 x 64 logits that two cells hold the same piece and
+        the same shape (0 where either is not compared). Only the compared cells are turned
+        into floats: most of a board is empty squares."""
         cells = chosen_cells(boards, pieces).float().div_(255.0)
         compared = pieces.unsqueeze(2) & pieces.unsqueeze(1)
         return torch.where(compared, self.cell_pair_logits(cells, pieces), 0.0)
 
     def cell_pair_logits(self, cells: torch.Tensor, pieces: torch.Tensor) -> torch.Tensor:
-        """B x 64 x 64 pair logits of the cells marked in `pieces` (B x 64), given as M x 3 x
-        32 x 32 floats (0-1) in the order of `pieces.nonzero()`; pairs with an unmarked cell
-        get the logit of two unrelated pictures (`bias`)."""
-        embeddings = torch.zeros(*pieces.shape, self.net[-1].out_features)
+        """Relations x B x 64 x 64 pair logits of the cells marked in `pieces` (B x 64), given
+        as M x 3 x 32 x 32 floats (0-1) in the order of `pieces.nonzero()`; pairs with an
+        unmarked cell get the logit of two unrelated pictures (`bias`)."""
+        embeddings = torch.zeros(*pieces.shape, len(RELATIONS), self.embedding)
         if len(cells):
             embeddings[pieces] = self.embed(cells)
-        return self.scale * torch.einsum("bic,bjc->bij", embeddings, embeddings) + self.bias
+        cosines = torch.einsum("birc,bjrc->rbij", embeddings, embeddings)
+        return self.scale * cosines + self.bias
 
 
 def board_cells(boards: torch.Tensor) -> torch.Tensor:
@@ -148,12 +160,13 @@ def board_cells(boards: torch.Tensor) -> torch.Tensor:
 
 def chosen_cells(boards: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """The cells `chosen` (B x 64, image order) of B x 3 x S x S boards, M x 3 x 32 x 32 in
-    the order of `chosen.nonzero()`, gathered without copying the others."""
+    the order of `chosen.nonzero()`, laid out channels-last, gathered without copying the
+    others (boards laid out channels-last, as the reader's are, are not copied at all)."""
     if boards.shape[-1] != GRID * CELL:
         return board_cells(boards)[chosen]
-    grid = boards.unfold(2, CELL, CELL).unfold(3, CELL, CELL)  # B 3 8 8 32 32
+    rows = boards.permute(0, 2, 3, 1).reshape(len(boards), GRID, CELL, GRID, CELL, 3)
     board, cell = chosen.nonzero(as_tuple=True)
-    return grid[board, :, cell // GRID, cell % GRID]
+    return rows[board, cell // GRID, :, cell % GRID].permute(0, 3, 1, 2)
 
 
 @torch.inference_mode()
@@ -161,22 +174,25 @@ def with_look_alikes(
     matcher: SquareMatcher | None, boards: torch.Tensor, log_probs: torch.Tensor
 ) -> torch.Tensor:
     """The reader's square log-probabilities (B x 64 x 13, image order) of `boards` (uint8 B
-    x 3 x S x S) with each square weighing the squares that look like it or unlike it
-    (`MATCH_WEIGHT`, `MATCH_ROUNDS`); unchanged where `matcher` is None. Empty squares are
-    neither compared nor moved towards or away from empty."""
+    x 3 x S x S) with each square weighing the squares that look like it or unlike it, as
+    the same piece or as the same shape in the other colour (`MATCH_WEIGHT`, `MATCH_ROUNDS`);
+    unchanged where `matcher` is None. Empty squares are neither compared nor moved towards
+    or away from empty."""
     if matcher is None or not len(log_probs):
         return log_probs
     pieces = log_probs[..., 0].exp() < _PIECE_PROBABILITY
     log_odds = matcher.pair_logits(boards, pieces)
     log_odds = log_odds.clamp(-MATCH_LOG_ODDS_LIMIT, MATCH_LOG_ODDS_LIMIT)
-    log_odds = log_odds * (1 - torch.eye(SQUARES))
+    same_piece, same_shape = log_odds * (1 - torch.eye(SQUARES))
     # The matcher compares pieces and says nothing of emptiness: each square keeps its
     # probability of being empty, and the pull shares out only the rest among the pieces.
     empty, piece_log_probs = log_probs[..., :1], log_probs[..., 1:]
     piece_mass = torch.log(-torch.expm1(empty.clamp(max=-1e-7)))
     joined = log_probs
     for _ in range(MATCH_ROUNDS):
-        pull = torch.einsum("bij,bjc->bic", log_odds, joined[..., 1:].exp())
+        probabilities = joined[..., 1:].exp()
+        pull = torch.einsum("bij,bjc->bic", same_piece, probabilities)
+        pull += torch.einsum("bij,bjc->bic", same_shape, probabilities[..., _OTHER_COLOUR])
         shared = (piece_log_probs + MATCH_WEIGHT * pull).log_softmax(dim=-1) + piece_mass
         joined = torch.cat([empty, shared], dim=-1)
     return joined
@@ -213,12 +229,25 @@ def recoloured(cells: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def pair_loss(matcher: SquareMatcher, cells: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of every pair of piece squares of each board (cells B x 64 x 3 x
-    32 x 32, labels B x 64 image order): the same piece or not."""
+    32 x 32, labels B x 64 image order), summed over the relations: the same piece or not,
+    the same shape or not."""
     pieces = labels > 0
     logits = matcher.cell_pair_logits(cells[pieces], pieces)
-    same = (labels.unsqueeze(2) == labels.unsqueeze(1)).float()
     pairs = pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
-    return F.binary_cross_entropy_with_logits(logits[pairs], same[pairs])
+    return sum(
+        F.binary_cross_entropy_with_logits(relation_logits[pairs], same[pairs].float())
+        for relation_logits, same in zip(logits, _related(labels), strict=True)
+    )
+
+
+def _related(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For image-order labels B x 64 (0 empty, 1-12 `SQUARE_CLASSES`): B x 64 x 64 whether
+    two squares hold the same piece, and the same shape in either colour (`RELATIONS`)."""
+    shapes = (labels - 1) % 6
+    return (
+        labels.unsqueeze(2) == labels.unsqueeze(1),
+        shapes.unsqueeze(2) == shapes.unsqueeze(1),
+    )
 
 
 def train_square_matcher(
@@ -268,24 +297,24 @@ def train_square_matcher(
 def matcher_figures(
     matcher: SquareMatcher, images: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, float]:
-    """On boards (uint8 B x 3 x 256 x 256) with image-order labels: of the pairs of piece
-    squares, the share of same-piece pairs the matcher calls the same (logit > 0), and of
-    the pairs it calls the same, the share that are."""
+    """On boards (uint8 B x 3 x 256 x 256) with image-order labels, for each relation
+    (`RELATIONS`): of the pairs of piece squares so related, the share the matcher calls
+    related (logit > 0), and of the pairs it calls related, the share that are."""
     pieces = labels > 0
     logits = [
         matcher.pair_logits(images[start : start + 64], pieces[start : start + 64])
         for start in range(0, len(images), 64)
     ]
-    said_same = torch.cat(logits) > 0
     pairs = pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
-    same = (labels.unsqueeze(2) == labels.unsqueeze(1)) & pairs
-    said_same &= pairs
-    found = int((said_same & same).sum())
-    return {
-        "boards": len(labels),
-        "same_piece_pairs_found": found / max(int(same.sum()), 1),
-        "said_same_precision": found / max(int(said_same.sum()), 1),
-    }
+    figures: dict[str, float] = {"boards": len(labels)}
+    said_related = torch.cat(logits, 1) > 0
+    for name, said, truth in zip(RELATIONS, said_related, _related(labels), strict=True):
+        said, truth = said & pairs, truth & pairs
+        found = int((said & truth).sum())
+        key = name.replace(" ", "_")
+        figures[f"{key}_pairs_found"] = found / max(int(truth.sum()), 1)
+        figures[f"{key}_precision"] = found / max(int(said.sum()), 1)
+    return figures
 
 
 # --------------------------------------------------------------------------- files
@@ -294,20 +323,28 @@ def matcher_figures(
 def save_square_matcher(
     matcher: SquareMatcher, out: str | Path, recipe: MatcherRecipe, figures: dict
 ) -> Path:
-    """Write `matcher.safetensors` and `matcher.json` (recipe and validation figures) into
-    `out`, each atomically."""
-    return save_network(matcher, out, MATCHER_FILES, {"recipe": recipe.to_dict(), "val": figures})
+    """Write `matcher.safetensors` and `matcher.json` (recipe, relations and validation
+    figures) into `out`, each atomically."""
+    config = {"recipe": recipe.to_dict(), "relations": list(RELATIONS), "val": figures}
+    return save_network(matcher, out, MATCHER_FILES, config)
 
 
 def load_square_matcher(path: str | Path = DEFAULT_SQUARE_MATCHER) -> SquareMatcher:
-    """A saved matcher, in eval mode; a clear error naming the folder when it is missing or
-    does not fit its config."""
-    return load_network(
-        path,
-        MATCHER_FILES,
-        "square matcher",
-        lambda config: SquareMatcher(int(config["recipe"]["embedding"])),
-    )
+    """A saved matcher, in eval mode; a clear error naming the folder when it is missing, or
+    the file when it was made for other relations or does not fit its config."""
+    return load_network(path, MATCHER_FILES, "square matcher", _matcher_for)
+
+
+def _matcher_for(config: dict) -> SquareMatcher:
+    """The untrained matcher a saved config describes; a `ValueError` for one made to score
+    other relations than this version's (`RELATIONS`)."""
+    made_for = config.get("relations", ["same piece"])
+    if made_for != list(RELATIONS):
+        raise ValueError(
+            f"it scores {made_for}, this version reads "
+            f"{list(RELATIONS)}: remake it with `chessvlm reader build-default`"
+        )
+    return SquareMatcher(int(config["recipe"]["embedding"]))
 
 
 @cache
