@@ -133,9 +133,12 @@ def build_default_reader(
     _build_square_context(
         work_dir / "context", Path(context_out), context_recipe or ContextRecipe()
     )
-    matcher_recipe = matcher_recipe or MatcherRecipe()
     _build_square_matcher(
-        data_dir, work_dir / "matcher", Path(matcher_out), matcher_recipe, workers
+        data_dir,
+        work_dir / "matcher",
+        Path(matcher_out),
+        matcher_recipe or MatcherRecipe(),
+        workers,
     )
     return out
 

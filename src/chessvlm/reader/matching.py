@@ -233,11 +233,17 @@ def pair_loss(matcher: SquareMatcher, cells: torch.Tensor, labels: torch.Tensor)
     the same shape or not."""
     pieces = labels > 0
     logits = matcher.cell_pair_logits(cells[pieces], pieces)
-    pairs = pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
+    pairs = _piece_pairs(pieces)
     return sum(
         F.binary_cross_entropy_with_logits(relation_logits[pairs], same[pairs].float())
         for relation_logits, same in zip(logits, _related(labels), strict=True)
     )
+
+
+def _piece_pairs(pieces: torch.Tensor) -> torch.Tensor:
+    """B x 64 x 64: the pairs of two different squares that both hold pieces (`pieces` B x
+    64), the pairs the matcher learns from and is scored on."""
+    return pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
 
 
 def _related(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +311,7 @@ def matcher_figures(
         matcher.pair_logits(images[start : start + 64], pieces[start : start + 64])
         for start in range(0, len(images), 64)
     ]
-    pairs = pieces.unsqueeze(2) & pieces.unsqueeze(1) & ~torch.eye(SQUARES, dtype=torch.bool)
+    pairs = _piece_pairs(pieces)
     figures: dict[str, float] = {"boards": len(labels)}
     said_related = torch.cat(logits, 1) > 0
     for name, said, truth in zip(RELATIONS, said_related, _related(labels), strict=True):
