@@ -5,10 +5,11 @@ locating, cropping, the network and decoding the answer), and the time of each p
         --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2]
 
 Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: the input
-normalisation and the batch norms folded into the convolutions, each batch cut out on its own
-thread while the network reads the batch before), then the same model one batch after the
-other (`read_images` per batch of decoded files), then that with the model as trained
-(unfolded), as before both changes; and as `predict` reads, without the margin reader
+normalisation and the batch norms folded into the convolutions, the network in bfloat16 where
+the CPU computes it natively, each batch cut out on its own thread while the network reads the
+batch before), then the same model one batch after the other (`read_images` per batch of
+decoded files), then that with the model as trained (unfolded, float32), as before these
+changes; and as `predict` reads but in float32, then without the margin reader
 (`chessvlm.reader.margin`: coordinates outside the board), without the square context
 (`chessvlm.reader.context`, part of decoding) and without the square matcher
 (`chessvlm.reader.matching`: look-alike squares), to show what each costs. Torch
@@ -71,7 +72,9 @@ def parts_ms(reader: Reader, paths: list[Path]) -> dict[str, float]:
         timings["margins"] = time.perf_counter() - started
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
     started = time.perf_counter()
-    outputs = [run_network(reader.model, batch[i : i + 64]) for i in range(0, n, 64)]
+    outputs = [
+        run_network(reader.model, batch[i : i + 64], reader.precision) for i in range(0, n, 64)
+    ]
     timings["network"] = time.perf_counter() - started
     if reader.square_matcher is not None:
         started = time.perf_counter()
@@ -114,9 +117,14 @@ def main() -> None:
     paths = sorted(args.images.glob("*.png"))[: args.boards]
     variants = {}
     for path in args.reader:
-        folded, unfolded = (load_reader(path, fold=fold) for fold in (True, False))
-        variants[f"{path}: predict_boards (folded, crops on their own thread)"] = (
+        folded = load_reader(path)
+        unfolded = load_reader(path, fold=False, precision="float32")
+        variants[f"{path}: predict_boards (folded, {folded.precision}, crops apart)"] = (
             folded,
+            pipelined,
+        )
+        variants[f"{path}: predict_boards in float32"] = (
+            dataclasses.replace(folded, precision="float32"),
             pipelined,
         )
         variants[f"{path}: predict_boards without the margin reader"] = (

@@ -14,6 +14,7 @@ from PIL import Image
 from reader_fixtures import TEST_IMAGE_SIZE, write_dataset
 from torch import nn
 
+from chessvlm.cli import main
 from chessvlm.errors import ChessVLMError, InputError
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
@@ -50,8 +51,11 @@ from chessvlm.reader.read import (
     load_reader,
     locate_boards,
     predict_boards,
+    prepare_for_cpu,
     read_arrays,
     read_images,
+    reading_precision,
+    run_network,
     save_checkpoint,
 )
 from chessvlm.reader.train import (
@@ -259,7 +263,7 @@ def test_checkpoint_round_trip(tmp_path, spec):
             parameter.add_(torch.randn_like(parameter) * 0.1)
     model.eval()
     save_checkpoint(model, tmp_path, {"spec": spec.to_dict(), "decode": "argmax"})
-    reader = load_reader(tmp_path)
+    reader = load_reader(tmp_path, precision="float32")
     # The networks' round trip: the shipped position prior, square context and square matcher
     # would only amplify the folded network's rounding on these random weights' near-uniform
     # squares.
@@ -293,6 +297,29 @@ def test_folding_for_inference_keeps_the_outputs(tmp_path):
     assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     with pytest.raises(ChessVLMError, match="folded"):
         save_checkpoint(model, tmp_path, {"spec": model.spec.to_dict()})
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr("chessvlm.reader.read.native_bfloat16", lambda native=native: native)
+        assert reading_precision("auto") == expected
+        assert reading_precision("float32") == "float32"
+        assert reading_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ChessVLMError, match=r"unknown precision 'half'; choose from auto"):
+        reading_precision("half")
+
+
+def test_bfloat16_reading_gives_float32_outputs_close_to_float32s():
+    torch.manual_seed(0)
+    model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE)).eval()
+    prepare_for_cpu(model)
+    model.fold_for_inference()
+    boards = torch.randint(0, 256, (2, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE), dtype=torch.uint8)
+    exact, rounded = (run_network(model, boards, kind) for kind in ("float32", "bfloat16"))
+    for before, after in zip(exact, rounded, strict=True):
+        assert after.dtype == torch.float32
+        assert not torch.equal(before, after)  # bfloat16 was used
+        assert torch.allclose(before, after, atol=0.1)
 
 
 def test_augmentation_keeps_shape_and_range():
@@ -560,6 +587,19 @@ def test_evaluate_with_given_orientation_keeps_the_models_guess(tmp_path, datase
     paths = [dataset / r["image_path"] for r in read_jsonl(dataset / "test.jsonl")]
     own = [reading.flipped for _, reading, _ in predict_boards(reader, paths)]
     assert guessed == own
+
+
+def test_evaluate_cli_reads_in_the_precision_asked_and_records_it(
+    tmp_path, dataset, checkpoint, capsys
+):
+    args = ["reader", "evaluate", "--model", str(checkpoint), "--data_dir", str(dataset)]
+    assert main([*args, "--out", str(tmp_path / "run"), "--precision", "float32"]) == 0
+    assert "in float32" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["reader"]["precision"] == "float32"
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "other"), "--precision", "half"])
+    assert "--precision: invalid choice: 'half'" in capsys.readouterr().err
 
 
 def test_evaluate_resumes_and_counts_unreadable_images(tmp_path, dataset, checkpoint):

@@ -106,7 +106,8 @@ def export_onnx(model: str | Path, out: str | Path, *, check_boards: int = 200) 
     """Write the reader checkpoint `model` as ONNX graphs and `export.json` into `out`, check
     them against torch on `check_boards` rendered boards, and return the check. Raises
     `ChessVLMError` when the check fails (the files stay, for inspection)."""
-    reader = load_reader(model)
+    # The graphs compute in float32, so they are checked against torch in float32.
+    reader = load_reader(model, precision="float32")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = reader.image_size

@@ -22,6 +22,7 @@ from chessvlm.io import require_folder
 
 ENCODERS = ModuleChoices("chessvlm.reader.model", "ENCODERS")
 DECODERS = ModuleChoices("chessvlm.reader.read", "DECODERS")
+PRECISIONS = ModuleChoices("chessvlm.reader.read", "PRECISIONS")
 ORIENTATIONS = ModuleChoices("chessvlm.reader.evaluate", "ORIENTATIONS")
 FORMATS = ModuleChoices("chessvlm.predict", "FORMATS")
 TRAIN = config_defaults("chessvlm.reader.train", "ReaderTrainConfig")
@@ -291,6 +292,14 @@ def _register_evaluate(commands) -> None:
         help="cut each board out with the board finder (as `chessvlm predict` does) instead "
         "of the reader's locator; adds boards found, false boards and corner error",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        metavar="{auto,float32,bfloat16}",
+        default=EVALUATE("precision"),
+        help="what the network computes in; auto: bfloat16 where the CPU computes it natively, "
+        "else float32 (default: %(default)s)",
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -309,7 +318,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(
         f"per-square {metrics['per_square_accuracy']:.5f}, exact boards "
         f"{metrics['exact_board_match']:.4f}, boards/s {metrics['boards_per_second'] or 0:.1f} "
-        f"({Path(args.output) / 'metrics.json'})"
+        f"in {reader['precision']} ({Path(args.output) / 'metrics.json'})"
     )
     by_place = ", ".join(
         f"{place} {_figure(accuracy)}"

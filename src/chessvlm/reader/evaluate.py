@@ -51,6 +51,8 @@ class ReaderEvalConfig:
     # Cut each board out with the board finder (chessvlm.finder) instead of the reader's
     # own locator; the metrics then add the finder's figures.
     detect: bool = False
+    # What the reader's network computes in (`chessvlm.reader.read.PRECISIONS`).
+    precision: str = "auto"
 
 
 ORIENTATIONS = ("predicted", "given")
@@ -74,7 +76,7 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
         raise ChessVLMError(f"orientation must be one of {', '.join(ORIENTATIONS)}")
     out = Path(config.output)
     started = time.monotonic()
-    reader = load_reader(config.model)
+    reader = load_reader(config.model, precision=config.precision)
     load_seconds = time.monotonic() - started
     records = read_split(config.data_dir, config.split, config.max_samples)
     predictions_path = out / "predictions.jsonl"
@@ -107,7 +109,7 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
         predictions=predictions_path,
         eval_seconds=elapsed,
         device="cpu",
-        notes=f"board reader, {metrics['reader']['decode']} decoding",
+        notes=f"board reader, {metrics['reader']['decode']} decoding, {reader.precision}",
     )
     return metrics
 
@@ -254,6 +256,7 @@ def _reader_figures(
     return {
         **detection,
         "decode": config.decode or reader.decode,
+        "precision": reader.precision,
         "orientation": config.orientation,
         "orientation_accuracy": _mean(oriented),
         "orientation_accuracy_pawns_no_coordinates": _mean(by_pawns),
