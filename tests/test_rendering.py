@@ -26,6 +26,7 @@ from chessvlm.rendering import (
     held_out_designs,
     image_extension,
     image_size,
+    inner_held_out_designs,
     is_held_out,
     plain_look,
     render_board,
@@ -491,3 +492,32 @@ def test_leave_designs_out_styles_split_designs_and_looks() -> None:
         AVAILABLE
     )
     assert style_piece_sets("mixed") == AVAILABLE
+
+
+def test_the_inner_pair_splits_the_seen_designs_again_and_keeps_to_the_seen_looks() -> None:
+    held, inner = held_out_designs(), inner_held_out_designs()
+    assert not held & inner
+    kinds = {}
+    for source in PIECE_SETS.values():
+        kinds.setdefault(source.kind, set()).add(source.design)
+    for kind, members in kinds.items():
+        if len(members - held) > 1:
+            assert (members - held) & inner, kind  # every kind has an inner held-out design
+    seen = {source.design for source in PIECE_SETS.values()} - held
+    assert 1 / 6 < len(inner) / len(seen) < 1 / 3.5
+    train, tune = _draws("designs-inner-seen", 1500), _draws("designs-inner-held-out", 600)
+    for params in train:
+        assert PIECE_SETS[params.piece_set].design not in held | inner
+    assert all(PIECE_SETS[p.piece_set].design in inner for p in tune)
+    assert not any(_held_looks(p) for p in (*train, *tune))
+    # Between them they draw what designs-seen draws, and nothing of designs-held-out.
+    pair = set(style_piece_sets("designs-inner-seen")) | set(
+        style_piece_sets("designs-inner-held-out")
+    )
+    assert pair == set(style_piece_sets("designs-seen"))
+    with pytest.raises(ChessVLMError, match="designs"):
+        dataclasses.replace(STYLES["mixed"], designs="inner")
+    assert inner_held_out_designs() == {
+        "adventurer", "alpha", "california", "chap", "chess7", "cmf", "lucena", "mark", "maya",
+        "noto-symbols2-glyphs", "nutbolt", "santa", "slics", "usual", "yahoo",
+    }  # fmt: skip

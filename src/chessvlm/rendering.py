@@ -296,6 +296,34 @@ def is_held_out(piece_set: str, theme: str, size: int) -> bool:
 # About 1 design in 4.5 is held out, within each kind of design (standard, 3d, low-res, ...)
 # so that every kind with two or more designs has some held out.
 _HELD_OUT_DESIGN_SHARE = 0.22
+# Which designs a style draws (`Style.designs`): the leave-designs-out pair splits all
+# designs into seen and held out; the inner pair splits the seen ones again, into
+# `inner-seen` and `inner-held-out`, for validating on unseen designs without the test's.
+DESIGN_SPLITS = ("all", "seen", "held-out", "inner-seen", "inner-held-out")
+_INNER_SALT = "inner/"
+
+
+def _designs_by_kind() -> dict[str, list[str]]:
+    """Every known set's design (fetched or not, so no split depends on what is installed),
+    grouped by kind in the order the sets are listed. A design counted under two kinds (sets
+    of one design share it but for low-res copies) is in both."""
+    kinds: dict[str, dict[str, None]] = {}
+    for source in PIECE_SETS.values():
+        kinds.setdefault(source.kind, {}).setdefault(source.design)
+    return {kind: list(designs) for kind, designs in kinds.items()}
+
+
+def _checksum_share(kinds: dict[str, list[str]], salt: str) -> frozenset[str]:
+    """Within each kind of two or more designs, the first 22% (at least one) ordered by a
+    checksum of `salt` and the design's name; a design is in the share if either of its
+    kinds puts it there."""
+    share = set()
+    for designs in kinds.values():
+        if len(designs) < 2:
+            continue
+        ordered = sorted(designs, key=lambda design: zlib.crc32(f"{salt}{design}".encode()))
+        share.update(ordered[: max(1, round(len(designs) * _HELD_OUT_DESIGN_SHARE))])
+    return frozenset(share)
 
 
 @functools.lru_cache(maxsize=1)
@@ -305,18 +333,31 @@ def held_out_designs() -> frozenset[str]:
     Fixed: within each kind, designs are ordered by a checksum of their name and the first
     22% (at least one where a kind has two or more designs) are held out. Computed over every
     known set, fetched or not, so the split does not depend on what is installed."""
-    kinds: dict[str, dict[str, str]] = {}
-    for source in PIECE_SETS.values():
-        kinds.setdefault(source.kind, {}).setdefault(source.design, source.kind)
-    # A design's kind: the kind of its first set (sets of one design share it but for low-res
-    # copies); a design counted under two kinds is held out if either kind holds it out.
-    held = set()
-    for designs in kinds.values():
-        if len(designs) < 2:
-            continue
-        ordered = sorted(designs, key=lambda d: zlib.crc32(d.encode()))
-        held.update(ordered[: max(1, round(len(designs) * _HELD_OUT_DESIGN_SHARE))])
-    return frozenset(held)
+    return _checksum_share(_designs_by_kind(), "")
+
+
+@functools.lru_cache(maxsize=1)
+def inner_held_out_designs() -> frozenset[str]:
+    """Seen designs (not in `held_out_designs`) that the inner leave-designs-out pair keeps
+    out of its training: chosen as `held_out_designs` chooses, with another checksum, among
+    each kind's seen designs. Tuning on them leaves the held-out designs for testing alone."""
+    held = held_out_designs()
+    kinds = {
+        kind: [design for design in designs if design not in held]
+        for kind, designs in _designs_by_kind().items()
+    }
+    return _checksum_share(kinds, _INNER_SALT)
+
+
+def draws_design(designs: str, design: str) -> bool:
+    """Whether a style whose `designs` is one of `DESIGN_SPLITS` draws `design`."""
+    if designs == "all":
+        return True
+    if design in held_out_designs():
+        return designs == "held-out"
+    if designs in ("seen", "held-out"):
+        return designs == "seen"
+    return (design in inner_held_out_designs()) == (designs == "inner-held-out")
 
 
 _COMBINATIONS = ("all", "seen", "held-out")
@@ -325,16 +366,18 @@ _COMBINATIONS = ("all", "seen", "held-out")
 @functools.lru_cache(maxsize=64)
 def _resolve_sets(piece_sets: tuple[str, ...] | None, designs: str) -> tuple[str, ...]:
     """The sets a style draws: its own list, or every set whose art is present (cached for the
-    process), kept to the seen or held-out designs when `designs` says so."""
+    process), kept to the designs `designs` says (`draws_design`)."""
     names = available_piece_sets() if piece_sets is None else piece_sets
-    if designs != "all":
-        held = held_out_designs()
-        names = tuple(n for n in names if (PIECE_SETS[n].design in held) == (designs == "held-out"))
+    names = _of_designs(names, designs)
     if not names:
         raise ChessVLMError(
             f"no piece set to draw (designs={designs!r}); fetch the art with `{FETCH_HINT}`"
         )
     return names
+
+
+def _of_designs(names: tuple[str, ...], designs: str) -> tuple[str, ...]:
+    return tuple(name for name in names if draws_design(designs, PIECE_SETS[name].design))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,8 +387,10 @@ class Style:
     `piece_sets` None means every set whose art is present when sampling
     (`chessvlm.pieces.available_piece_sets`); a named set whose art is missing is never
     dropped: drawing it raises pieces.py's error saying how to fetch it. `designs` keeps only
-    the seen or only the held-out designs (`held_out_designs`), `looks` likewise for the board
-    looks in `HELD_OUT_LOOKS` ("seen": never drawn; "held-out": drawn in most samples).
+    the seen or only the held-out designs (`held_out_designs`), or splits the seen ones again
+    (`inner-seen`, `inner-held-out`: `inner_held_out_designs`; `DESIGN_SPLITS`); `looks`
+    keeps the board looks in `HELD_OUT_LOOKS` likewise ("seen": never drawn; "held-out":
+    drawn in most samples).
 
     `combinations` picks which (piece set, theme, size) combinations are drawn: `all`, only
     those `is_held_out` rejects (`seen`), or only the held-out ones (`held-out`). Training on
@@ -408,8 +453,8 @@ class Style:
             _check_size(size)
         if self.combinations not in _COMBINATIONS:
             raise ChessVLMError(f"combinations must be one of {', '.join(_COMBINATIONS)}")
-        for field in ("designs", "looks"):
-            _check_name(getattr(self, field), _COMBINATIONS, field)
+        _check_name(self.designs, DESIGN_SPLITS, "designs")
+        _check_name(self.looks, _COMBINATIONS, "looks")
         for option, known in (
             (self.coordinate_fonts, COORDINATE_FONTS),
             (self.backgrounds, BACKGROUNDS),
@@ -421,11 +466,7 @@ class Style:
             for value in option:
                 _check_name(value, known, "look")
         sets = tuple(PIECE_SETS) if self.piece_sets is None else self.piece_sets
-        if self.designs != "all":
-            held = held_out_designs()
-            sets = tuple(
-                n for n in sets if (PIECE_SETS[n].design in held) == (self.designs == "held-out")
-            )
+        sets = _of_designs(sets, self.designs)
         themes = self._options("theme", self.themes)
         combinations = product(sets, themes, self.sizes)
         if not any(self._allows(*combination) for combination in combinations):
@@ -589,6 +630,13 @@ STYLES: dict[str, Style] = {
     # Leave designs out: whole piece designs and some looks (HELD_OUT_LOOKS) never trained on.
     "designs-seen": dataclasses.replace(_MIXED, designs="seen", looks="seen"),
     "designs-held-out": _DESIGNS_HELD_OUT,
+    # The same split again inside the seen designs, to validate on designs a model never saw
+    # without the held-out ones: train on the first, tune on the second. Both keep to the
+    # seen looks, since the held-out looks are the test's.
+    "designs-inner-seen": dataclasses.replace(_MIXED, designs="inner-seen", looks="seen"),
+    "designs-inner-held-out": dataclasses.replace(
+        _DESIGNS_HELD_OUT, designs="inner-held-out", looks="seen"
+    ),
     # Quick experiments: one look, smallest size.
     "simple": Style(("cburnett",), ("brown",), (224,)),
 }
