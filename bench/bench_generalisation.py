@@ -2,7 +2,13 @@
 
     OMP_NUM_THREADS=2 python bench/bench_generalisation.py --work /tmp/generalisation \
         [--train 20000 --val 500 --test 1000] [--reader-minutes 20] [--vlm-minutes 30] [--no-vlm]
-        [--reader DIR]
+        [--reader DIR] [--pair designs|inner]
+
+`--pair inner` runs the same steps on the inner pair (`designs-inner-seen` to train,
+`designs-inner-held-out` to test: seen designs kept apart, `chessvlm.rendering.
+inner_held_out_designs`), for tuning on unseen designs without touching the held-out ones.
+The shipped square matcher was trained on those designs, so that pair's reader reads with a
+square matcher trained in step 2 on the pair's training boards (`WORK/matcher`).
 
 Steps, each skipped when its output exists (a rerun resumes where it stopped):
 
@@ -37,20 +43,27 @@ from chessvlm.pieces import PIECE_SETS
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
-SPLITS = {"seen": "designs-seen", "held-out": "designs-held-out"}
+# The styles of each pair: train (and test in distribution) on `seen`, test on `held-out`.
+PAIRS = {
+    "designs": {"seen": "designs-seen", "held-out": "designs-held-out"},
+    "inner": {"seen": "designs-inner-seen", "held-out": "designs-inner-held-out"},
+}
+SPLITS = PAIRS["designs"]
 
 
 def make_datasets(
-    work: Path, args: argparse.Namespace, seen_style: str = SPLITS["seen"]
+    work: Path, args: argparse.Namespace, seen_style: str | None = None, pair: str = "designs"
 ) -> dict[str, Path]:
     """Step 1 (resumable through the dataset builder): `seen` (train, val and an
-    in-distribution test split) in `seen_style`, `held-out` (test) in `designs-held-out`."""
+    in-distribution test split) in `seen_style` (default: `pair`'s), `held-out` (test) in
+    `pair`'s held-out style (`PAIRS`)."""
+    styles = PAIRS[pair]
     seen, held_out = work / "data-seen", work / "data-held-out"
     counts = {"train": args.train, "val": args.val, "test": args.test}
     started = time.perf_counter()
-    synth_json_dataset(seen, counts, args.seed, seen_style, workers=2)
+    synth_json_dataset(seen, counts, args.seed, seen_style or styles["seen"], workers=2)
     # Another seed: other games, so no test board is a training board in another look.
-    synth_json_dataset(held_out, {"test": args.test}, args.seed + 1, SPLITS["held-out"], workers=2)
+    synth_json_dataset(held_out, {"test": args.test}, args.seed + 1, styles["held-out"], workers=2)
     print(f"datasets in {time.perf_counter() - started:.0f} s")
     return {"seen": seen, "held-out": held_out}
 
@@ -78,14 +91,38 @@ def reader_figures(
         figures["train_step_minutes"] = config["train_minutes"]
     figures["train_minutes"] = config["train_minutes"]
     figures["train_cpu_minutes"] = config["train_cpu_minutes"]
+    matcher = own_square_matcher(work, data["seen"], figures) if args.pair == "inner" else None
     for name, folder in data.items():
         metrics = evaluate_reader(
             ReaderEvalConfig(
-                model=str(model), data_dir=str(folder), output=str(work / f"reader-{name}")
+                model=str(model),
+                data_dir=str(folder),
+                output=str(work / f"reader-{name}"),
+                square_matcher=matcher,
             )
         )
         figures[name] = summary(metrics)
     return model, figures
+
+
+def own_square_matcher(work: Path, seen: Path, figures: dict) -> str:
+    """A square matcher trained on the `seen` data's training boards (the shipped recipe) into
+    WORK/matcher, unless one is there; its minutes go into `figures`."""
+    from chessvlm.reader.matching import (
+        MATCHER_CONFIG_FILE,
+        MatcherRecipe,
+        save_square_matcher,
+        train_square_matcher,
+    )
+
+    out = work / "matcher"
+    if not (out / MATCHER_CONFIG_FILE).is_file():
+        started = time.perf_counter()
+        recipe = MatcherRecipe()
+        matcher, val = train_square_matcher(seen, recipe)
+        save_square_matcher(matcher, out, recipe, val)
+        figures["matcher_train_minutes"] = (time.perf_counter() - started) / 60
+    return str(out)
 
 
 def vlm_figures(
@@ -184,14 +221,18 @@ def summary(metrics: dict) -> dict:
     }
 
 
-def print_tables(results: dict) -> None:
-    """Side by side: in distribution and unseen designs, then the unseen designs one by one."""
+def print_tables(results: dict, styles: dict[str, str]) -> None:
+    """Side by side: in distribution and unseen designs (the pair's `styles`), then the unseen
+    designs one by one."""
     for model in ("reader", "vlm"):
         if model not in results:
             continue
         figures = results[model]
         print(f"\n### {model}: trained {figures['train_step_minutes']:.1f} min (wall)\n")
-        print("| figure | in distribution (designs-seen) | unseen designs (designs-held-out) |")
+        print(
+            f"| figure | in distribution ({styles['seen']}) | "
+            f"unseen designs ({styles['held-out']}) |"
+        )
         print("|---|---|---|")
         for key in (
             "per_square_accuracy",
@@ -202,7 +243,7 @@ def print_tables(results: dict) -> None:
             "box_error_squares",
             "boards_per_second",
         ):
-            values = [figures[split].get(key) for split in SPLITS]
+            values = [figures[split].get(key) for split in styles]
             if any(value is not None for value in values):
                 cells = ["-" if v is None else f"{v:.4f}" for v in values]
                 print(f"| {key} | {cells[0]} | {cells[1]} |")
@@ -229,15 +270,21 @@ def main() -> None:
         "--reader", type=Path, help="a reader trained on designs-seen: skip training one"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pair",
+        choices=PAIRS,
+        default="designs",
+        help="designs: test on the held-out designs; inner: tune on seen designs kept apart",
+    )
     args = parser.parse_args()
 
-    data = make_datasets(args.work, args)
+    data = make_datasets(args.work, args, pair=args.pair)
     results: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
     reader, results["reader"] = reader_figures(args.work, data, args)
     if not args.no_vlm:
         results["vlm"] = vlm_figures(args.work, data, reader, args)
     atomic_write_json(args.work / "bench.json", results)
-    print_tables(results)
+    print_tables(results, PAIRS[args.pair])
 
 
 if __name__ == "__main__":

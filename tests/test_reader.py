@@ -3,6 +3,7 @@ evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,6 +35,13 @@ from chessvlm.reader.data import (
 )
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
 from chessvlm.reader.images import crop_to_box, load_board_image, load_scene
+from chessvlm.reader.matching import (
+    MatcherRecipe,
+    SquareMatcher,
+    default_square_matcher,
+    save_square_matcher,
+    with_look_alikes,
+)
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
@@ -600,6 +608,32 @@ def test_evaluate_cli_reads_in_the_precision_asked_and_records_it(
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "other"), "--precision", "half"])
     assert "--precision: invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_evaluate_reads_with_the_square_matcher_it_is_given(
+    tmp_path, dataset, checkpoint, monkeypatch
+):
+    recipe = MatcherRecipe()
+    save_square_matcher(SquareMatcher(recipe.embedding), tmp_path / "matcher", recipe, {})
+    used = []
+
+    def recording(matcher, boards, log_probs):
+        used.append(matcher)
+        return with_look_alikes(matcher, boards, log_probs)
+
+    monkeypatch.setattr("chessvlm.reader.read.with_look_alikes", recording)
+    config = ReaderEvalConfig(
+        model=str(checkpoint),
+        data_dir=str(dataset),
+        output=str(tmp_path / "run"),
+        square_matcher=str(tmp_path / "matcher"),
+    )
+    assert evaluate_reader(config)["reader"]["square_matcher"] == str(tmp_path / "matcher")
+    assert used and all(m is not default_square_matcher() for m in used)
+    assert all(m.folded_for_inference for m in used)
+    missing = dataclasses.replace(config, square_matcher=str(tmp_path / "none"))
+    with pytest.raises(ChessVLMError, match=r"none"):
+        evaluate_reader(missing)
 
 
 def test_evaluate_resumes_and_counts_unreadable_images(tmp_path, dataset, checkpoint):

@@ -4,9 +4,9 @@ metrics, and the reader's own figures (orientation, board box).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from chessvlm.io import (
 )
 from chessvlm.positions import board_from_fen
 from chessvlm.reader.data import read_split, shows_coordinates
+from chessvlm.reader.matching import load_square_matcher
 from chessvlm.reader.model import box_error_in_squares
 from chessvlm.reader.read import (
     BoardReading,
@@ -34,7 +35,7 @@ from chessvlm.reader.read import (
 )
 
 
-@dataclass
+@dataclasses.dataclass
 class ReaderEvalConfig:
     """Everything `evaluate_reader` needs; the CLI builds one from its flags."""
 
@@ -53,6 +54,9 @@ class ReaderEvalConfig:
     detect: bool = False
     # What the reader's network computes in (`chessvlm.reader.read.PRECISIONS`).
     precision: str = "auto"
+    # A square matcher folder (`chessvlm.reader.matching.save_square_matcher`) to read with in
+    # place of the shipped one, e.g. one trained without the designs under test.
+    square_matcher: str | None = None
 
 
 ORIENTATIONS = ("predicted", "given")
@@ -77,6 +81,9 @@ def evaluate_reader(config: ReaderEvalConfig) -> dict:
     out = Path(config.output)
     started = time.monotonic()
     reader = load_reader(config.model, precision=config.precision)
+    if config.square_matcher is not None:
+        matcher = load_square_matcher(config.square_matcher).fold_for_inference()
+        reader = dataclasses.replace(reader, square_matcher=matcher)
     load_seconds = time.monotonic() - started
     records = read_split(config.data_dir, config.split, config.max_samples)
     predictions_path = out / "predictions.jsonl"
@@ -257,6 +264,7 @@ def _reader_figures(
         **detection,
         "decode": config.decode or reader.decode,
         "precision": reader.precision,
+        "square_matcher": config.square_matcher or "shipped",
         "orientation": config.orientation,
         "orientation_accuracy": _mean(oriented),
         "orientation_accuracy_pawns_no_coordinates": _mean(by_pawns),
