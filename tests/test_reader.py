@@ -58,6 +58,7 @@ from chessvlm.reader.read import (
     decode_outputs,
     load_reader,
     locate_boards,
+    native_bfloat16,
     predict_boards,
     prepare_for_cpu,
     read_arrays,
@@ -315,6 +316,22 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
         assert reading_precision("bfloat16") == "bfloat16"
     with pytest.raises(ChessVLMError, match=r"unknown precision 'half'; choose from auto"):
         reading_precision("half")
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "native"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, True),
+        ({"avx512_bf16": True}, True),
+        # AVX512 without bfloat16 instructions: oneDNN emulates it, slower than float32.
+        ({"avx512_bw": True, "avx512_vl": True, "avx512_dq": True}, False),
+        ({"avx2": True}, False),
+        ({"bf16": True, "architecture": "arm64"}, False),
+    ],
+)
+def test_native_bfloat16_needs_the_instructions(monkeypatch, capabilities, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert native_bfloat16() is native
 
 
 def test_bfloat16_reading_gives_float32_outputs_close_to_float32s():
