@@ -83,6 +83,7 @@ def reader_figures(
                 epochs=args.reader_epochs,
                 max_minutes=args.reader_minutes,
                 seed=args.seed,
+                precision=args.reader_precision,
             )
         )
     figures: dict = {"train_step_minutes": (time.perf_counter() - started) / 60}
@@ -91,6 +92,8 @@ def reader_figures(
         figures["train_step_minutes"] = config["train_minutes"]
     figures["train_minutes"] = config["train_minutes"]
     figures["train_cpu_minutes"] = config["train_cpu_minutes"]
+    figures["train_precision"] = config.get("train_precision", "float32")
+    figures["epochs_trained"] = config.get("epochs_trained")
     matcher = own_square_matcher(work, data["seen"], figures) if args.pair == "inner" else None
     for name, folder in data.items():
         metrics = evaluate_reader(
@@ -228,7 +231,10 @@ def print_tables(results: dict, styles: dict[str, str]) -> None:
         if model not in results:
             continue
         figures = results[model]
-        print(f"\n### {model}: trained {figures['train_step_minutes']:.1f} min (wall)\n")
+        trained = f"trained {figures['train_step_minutes']:.1f} min (wall)"
+        if "train_precision" in figures:
+            trained += f" in {figures['train_precision']}, {figures['epochs_trained']} epochs"
+        print(f"\n### {model}: {trained}\n")
         print(
             f"| figure | in distribution ({styles['seen']}) | "
             f"unseen designs ({styles['held-out']}) |"
@@ -264,6 +270,12 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--reader-minutes", type=float, default=20.0)
     parser.add_argument("--reader-epochs", type=int, default=30)
+    parser.add_argument(
+        "--reader-precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="what the reader trains in (as `chessvlm reader train --precision`)",
+    )
     parser.add_argument("--vlm-minutes", type=float, default=30.0)
     parser.add_argument("--no-vlm", action="store_true", help="the reader only")
     parser.add_argument(

@@ -128,3 +128,20 @@ def test_reader_widths_are_read_as_a_list_and_a_bad_one_is_named(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv[:-1], "16,x"])
     assert "--widths: expected integers separated by commas, got 16,x" in capsys.readouterr().err
+
+
+def test_reader_train_precision_reaches_the_config_and_a_bad_one_is_refused(capsys):
+    from chessvlm.cli.arguments import config_options
+    from chessvlm.reader.train import ReaderTrainConfig
+
+    argv = ["reader", "train", "--data_dir", "d", "--out", "o"]
+
+    def config(*extra: str) -> ReaderTrainConfig:
+        args = build_parser().parse_args([*argv, *extra])
+        return ReaderTrainConfig(**config_options(args, ReaderTrainConfig))
+
+    assert config().precision == "auto"
+    assert config("--precision", "float32").precision == "float32"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--precision", "half"])
+    assert "--precision: invalid choice: 'half'" in capsys.readouterr().err

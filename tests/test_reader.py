@@ -55,6 +55,7 @@ from chessvlm.reader.model import (
 from chessvlm.reader.read import (
     BoardReading,
     Reader,
+    compute_precision,
     decode_outputs,
     load_reader,
     locate_boards,
@@ -63,7 +64,6 @@ from chessvlm.reader.read import (
     prepare_for_cpu,
     read_arrays,
     read_images,
-    reading_precision,
     run_network,
     save_checkpoint,
 )
@@ -311,11 +311,11 @@ def test_folding_for_inference_keeps_the_outputs(tmp_path):
 def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
     for native, expected in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr("chessvlm.reader.read.native_bfloat16", lambda native=native: native)
-        assert reading_precision("auto") == expected
-        assert reading_precision("float32") == "float32"
-        assert reading_precision("bfloat16") == "bfloat16"
+        assert compute_precision("auto") == expected
+        assert compute_precision("float32") == "float32"
+        assert compute_precision("bfloat16") == "bfloat16"
     with pytest.raises(ChessVLMError, match=r"unknown precision 'half'; choose from auto"):
-        reading_precision("half")
+        compute_precision("half")
 
 
 @pytest.mark.parametrize(
@@ -514,9 +514,8 @@ def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset):
     )
     model = BoardReader(config.spec())
     progress = {"epoch": 0, "batch": 1, "step": 5, "seconds": 0.0, "best": None}
-    trainer = _Trainer(
-        model, torch.optim.SGD(model.parameters()), 0.1, config, tmp_path, progress, train
-    )
+    optimizer = torch.optim.SGD(model.parameters())
+    trainer = _Trainer(model, optimizer, 0.1, config, "float32", tmp_path, progress, train)
     batches = torch.arange(len(train)).split(2)
     prepared = list(trainer.prepared(batches))
     assert len(prepared) == len(batches) - 1
@@ -526,12 +525,43 @@ def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset):
     assert not torch.equal(prepared[0].pixels, trainer.inputs(batches[1], 6).pixels)
 
 
-def test_training_loss_falls_on_a_few_boards(tmp_path, dataset):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_loss_falls_on_a_few_boards(tmp_path, dataset, precision):
     out = tmp_path / "run"
-    config = _train_config(dataset, out, epochs=12, augment=False, learning_rate=3e-3)
+    config = _train_config(
+        dataset, out, epochs=12, augment=False, learning_rate=3e-3, precision=precision
+    )
     train_reader(config)
     losses = [entry["train_loss"] for entry in read_jsonl(out / LOG_FILE)]
     assert losses[-1] < 0.6 * losses[0]
+    reader = load_reader(out, precision="float32")
+    assert reader.config["train_precision"] == precision
+    # Autocast leaves the weights, and so the checkpoint, in float32.
+    assert all(p.dtype == torch.float32 for p in reader.model.parameters())
+
+
+def test_a_bfloat16_step_computes_in_bfloat16(tmp_path, dataset):
+    config = _train_config(dataset, tmp_path, augment=False)
+    train = load_board_set(
+        dataset, read_split(dataset, "train"), TEST_IMAGE_SIZE, workers=1, desc="train"
+    )
+    indices = torch.arange(4)
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = BoardReader(config.spec())
+        progress = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "best": None}
+        optimizer = torch.optim.SGD(model.parameters())
+        trainer = _Trainer(model, optimizer, 0.1, config, precision, tmp_path, progress, train)
+        losses[precision] = trainer.step(indices, trainer.inputs(indices, 0))
+    # The same network on the same boards: bfloat16's rounding moves the loss a little.
+    assert losses["bfloat16"] != losses["float32"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+
+
+def test_training_in_an_unknown_precision_is_refused(tmp_path, dataset):
+    with pytest.raises(ChessVLMError, match="unknown precision 'half'"):
+        train_reader(_train_config(dataset, tmp_path / "run", precision="half"))
 
 
 def test_clip_encoder_trains_a_step(tmp_path, dataset):

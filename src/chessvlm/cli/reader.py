@@ -132,6 +132,14 @@ def _register_train(commands) -> None:
         default=TRAIN("workers"),
         help="image-decoding threads (default: %(default)s)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        metavar="{auto,float32,bfloat16}",
+        default=TRAIN("precision"),
+        help="what the network trains in (bfloat16 autocast; weights stay float32); auto: "
+        "bfloat16 where the CPU computes it natively, else float32 (default: %(default)s)",
+    )
     parser.set_defaults(func=_run_train)
 
 

@@ -55,6 +55,9 @@ class DefaultRecipe:
     epochs: int = 12
     batch_size: int = 32
     members: int = 2
+    # float32, not `reader train`'s `auto`: with it the command would train in bfloat16 on some
+    # CPUs and in float32 on others, and make different weights. The shipped ones are float32's.
+    precision: str = "float32"
 
 
 def default_reader() -> Path:
@@ -111,6 +114,7 @@ def build_default_reader(
                 batch_size=recipe.batch_size,
                 seed=seed,
                 workers=workers,
+                precision=recipe.precision,
             )
         )
         for seed in seeds

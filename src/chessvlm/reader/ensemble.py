@@ -25,7 +25,7 @@ from chessvlm.reader.read import Reader, load_reader, save_checkpoint
 STORED_DTYPE = torch.float16
 # What each member's own checkpoint said, kept in the ensemble's config as its provenance.
 _MEMBER_FIELDS = (
-    *("val", "epoch", "train_minutes", "train_cpu_minutes", "train_samples"),
+    *("val", "epoch", "train_minutes", "train_cpu_minutes", "train_precision", "train_samples"),
     *("batch_size", "learning_rate", "augment", "built_by"),
 )
 

@@ -170,9 +170,9 @@ def load_reader(path: str | Path, *, fold: bool = True, precision: str = "auto")
     """Load a reader checkpoint folder for inference (eval mode, CPU), its input
     normalisation and batch norms folded into the convolutions
     (`BoardReader.fold_for_inference`) unless `fold` is False (the model as trained, for
-    comparison). `precision` is one of `PRECISIONS` (`reading_precision`)."""
+    comparison). `precision` is one of `PRECISIONS` (`compute_precision`)."""
     path = Path(path)
-    precision = reading_precision(precision)
+    precision = compute_precision(precision)
     if not is_reader_checkpoint(path):
         raise ChessVLMError(
             f"{path}: not a reader checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
@@ -216,7 +216,7 @@ def native_bfloat16() -> bool:
     return any(capabilities.get(name, False) for name in _BFLOAT16_INSTRUCTIONS)
 
 
-def reading_precision(precision: str) -> str:
+def compute_precision(precision: str) -> str:
     """`precision` (one of `PRECISIONS`) as `float32` or `bfloat16`: `auto` is bfloat16 where
     the CPU computes it natively (`native_bfloat16`)."""
     if precision not in PRECISIONS:
