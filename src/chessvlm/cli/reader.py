@@ -47,6 +47,17 @@ def register(subparsers) -> None:
     _register_predict(subparsers)
 
 
+def _add_precision(parser: argparse.ArgumentParser, default: str, does: str) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        metavar="{auto,float32,bfloat16}",
+        default=default,
+        help=f"what the network {does}; auto: bfloat16 where the CPU computes it natively, "
+        "else float32 (default: %(default)s)",
+    )
+
+
 def _register_train(commands) -> None:
     parser = commands.add_parser(
         "train",
@@ -132,13 +143,8 @@ def _register_train(commands) -> None:
         default=TRAIN("workers"),
         help="image-decoding threads (default: %(default)s)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        metavar="{auto,float32,bfloat16}",
-        default=TRAIN("precision"),
-        help="what the network trains in (bfloat16 autocast; weights stay float32); auto: "
-        "bfloat16 where the CPU computes it natively, else float32 (default: %(default)s)",
+    _add_precision(
+        parser, TRAIN("precision"), "trains in (bfloat16 autocast; weights stay float32)"
     )
     parser.set_defaults(func=_run_train)
 
@@ -300,14 +306,7 @@ def _register_evaluate(commands) -> None:
         help="cut each board out with the board finder (as `chessvlm predict` does) instead "
         "of the reader's locator; adds boards found, false boards and corner error",
     )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        metavar="{auto,float32,bfloat16}",
-        default=EVALUATE("precision"),
-        help="what the network computes in; auto: bfloat16 where the CPU computes it natively, "
-        "else float32 (default: %(default)s)",
-    )
+    _add_precision(parser, EVALUATE("precision"), "computes in")
     parser.set_defaults(func=_run_evaluate)
 
 
