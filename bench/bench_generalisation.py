@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument(
         "--reader-precision",
         choices=("auto", "float32", "bfloat16"),
-        default="auto",
+        default="float32",
         help="what the reader trains in (as `chessvlm reader train --precision`)",
     )
     parser.add_argument("--vlm-minutes", type=float, default=30.0)

@@ -140,8 +140,8 @@ def test_reader_train_precision_reaches_the_config_and_a_bad_one_is_refused(caps
         args = build_parser().parse_args([*argv, *extra])
         return ReaderTrainConfig(**config_options(args, ReaderTrainConfig))
 
-    assert config().precision == "auto"
-    assert config("--precision", "float32").precision == "float32"
+    assert config().precision == "float32"
+    assert config("--precision", "auto").precision == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, "--precision", "half"])
     assert "--precision: invalid choice: 'half'" in capsys.readouterr().err

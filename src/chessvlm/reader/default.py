@@ -55,8 +55,8 @@ class DefaultRecipe:
     epochs: int = 12
     batch_size: int = 32
     members: int = 2
-    # float32, not `reader train`'s `auto`: with it the command would train in bfloat16 on some
-    # CPUs and in float32 on others, and make different weights. The shipped ones are float32's.
+    # Never `auto`: the command would train in bfloat16 on some CPUs and in float32 on others,
+    # and make different weights. The shipped ones are float32's.
     precision: str = "float32"
 
 

@@ -106,9 +106,10 @@ class ReaderTrainConfig:
     workers: int = 2
     save_every_minutes: float = 2.0
     # What the forward and backward passes compute in (`chessvlm.reader.read.PRECISIONS`):
-    # `auto` is bfloat16 autocast where the CPU computes it natively, which makes more steps
-    # in the same minutes (docs/reader.md). Weights, optimizer and validation stay float32.
-    precision: str = "auto"
+    # `auto` is bfloat16 autocast where the CPU computes it natively. On one thread it made
+    # 1.19x the steps in the same minutes; on two it made no more and read fewer boards
+    # (docs/reader.md), so float32 stays the default. Weights and validation stay float32.
+    precision: str = "float32"
 
     def spec(self) -> ReaderSpec:
         """The network this config trains."""
