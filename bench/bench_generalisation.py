@@ -41,6 +41,7 @@ from chessvlm.datasets import synth_json_dataset
 from chessvlm.io import atomic_write_json
 from chessvlm.pieces import PIECE_SETS
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
+from chessvlm.reader.read import PRECISIONS
 from chessvlm.reader.train import ReaderTrainConfig, train_reader
 
 # The styles of each pair: train (and test in distribution) on `seen`, test on `held-out`.
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--reader-epochs", type=int, default=30)
     parser.add_argument(
         "--reader-precision",
-        choices=("auto", "float32", "bfloat16"),
+        choices=PRECISIONS,
         default="float32",
         help="what the reader trains in (as `chessvlm reader train --precision`)",
     )
