@@ -226,6 +226,12 @@ def compute_precision(precision: str) -> str:
     return precision
 
 
+def computing_in(precision: str) -> torch.autocast:
+    """The context in which the networks compute in `precision` (`float32` or `bfloat16`,
+    as `compute_precision` gives it): CPU autocast to bfloat16, or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def _network(config: dict[str, Any], path: Path) -> BoardReader | ReaderEnsemble:
     """The untrained network `config` describes: one reader, or an ensemble of `members`."""
     spec = ReaderSpec.from_dict(config["spec"])
@@ -411,7 +417,7 @@ def run_network(
     """uint8 boards -> (square log-probabilities B x 64 x 13 in image order, meta probabilities),
     float32 whichever `precision` (`float32` or `bfloat16`) the network computes in."""
     images = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+    with computing_in(precision):
         square_logits, meta_logits = model(images)
     return square_logits.float().log_softmax(dim=-1), meta_logits.float().sigmoid()
 

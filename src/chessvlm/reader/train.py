@@ -49,6 +49,7 @@ from chessvlm.reader.read import (
     CONFIG_FILE,
     DECODERS,
     compute_precision,
+    computing_in,
     decode_outputs,
     load_reader,
     locate,
@@ -289,7 +290,7 @@ class _Trainer:
         train = self.train
         pixels, scene_pixels, boxes = inputs
         channels_last = torch.channels_last
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+        with computing_in(self.precision):
             square_logits, meta_logits = self.model(pixels.contiguous(memory_format=channels_last))
             located = self.model.locator(scene_pixels.contiguous(memory_format=channels_last))
         # The losses in float32 whatever the network computed in.
