@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import chess
@@ -21,8 +22,10 @@ from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.augment import (
     _clutter,
+    _extremum_3x3,
     _redraw_pieces,
     _stroke_weight,
+    _warp,
     augment_batch,
     augment_scenes,
 )
@@ -73,6 +76,7 @@ from chessvlm.reader.train import (
     ReaderTrainConfig,
     _meta_loss,
     _Trainer,
+    spare_core,
     train_reader,
 )
 from chessvlm.rendering import RenderParams, render_board
@@ -361,11 +365,13 @@ def test_redrawn_pieces_stay_in_their_squares():
     # One flat colour a square: a warp that kept each square to itself changes nothing.
     colours = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     boards = colours.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3).float() / 255
-    redrawn = _redraw_pieces(boards, torch.Generator().manual_seed(0))
+    redrawn = boards.clone()
+    _redraw_pieces(redrawn, torch.Generator().manual_seed(0))
     assert torch.allclose(redrawn, boards, atol=1e-5)
     # A piece (a dot in each square's middle) moves and changes size within its square.
     boards[:, :, 3::8, 3::8] = 0.0
-    redrawn = _redraw_pieces(boards, torch.Generator().manual_seed(0))
+    redrawn = boards.clone()
+    _redraw_pieces(redrawn, torch.Generator().manual_seed(0))
     assert not torch.allclose(redrawn, boards, atol=1e-3)
     cells = (redrawn - boards).abs().view(4, 3, 8, 8, 8, 8).amax(dim=(1, 3, 5))
     assert (cells > 0).float().mean() > 0.1  # some squares of the chosen boards changed
@@ -374,8 +380,38 @@ def test_redrawn_pieces_stay_in_their_squares():
 def test_stroke_weight_thickens_or_thins_dark_lines():
     boards = torch.ones(32, 3, 16, 16)
     boards[:, :, :, 8] = 0.0  # a dark line one pixel wide
-    widths = (_stroke_weight(boards, torch.Generator().manual_seed(0))[:, 0, 0] < 0.5).sum(1)
+    _stroke_weight(boards, torch.Generator().manual_seed(0))
+    widths = (boards[:, 0, 0] < 0.5).sum(1)
     assert set(widths.tolist()) == {0, 1, 3}  # thinned away, unchanged, thickened
+
+
+def test_the_3x3_extremum_is_max_pooling_at_stride_one():
+    images = torch.rand(3, 3, 12, 10)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+
+    assert torch.equal(_extremum_3x3(images, torch.maximum), pooled(images))
+    assert torch.equal(_extremum_3x3(images, torch.minimum), -pooled(-images))
+
+
+def test_the_warp_samples_as_an_affine_grid_and_fills_the_outside():
+    # Scale and shift per axis, as _reframe and augment_scenes draw them; the reference is
+    # torch's affine grid, and a mask of ones sampled alike for what falls outside.
+    images = torch.rand(4, 3, 20, 24)
+    scale = torch.tensor([[1.3, 1.1], [0.9, 0.95], [1.6, 1.6], [1.0, 1.0]])
+    shift = torch.tensor([[0.2, -0.3], [0.05, 0.0], [-0.5, 0.4], [0.0, 0.0]])
+    theta = torch.zeros(4, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = scale[:, 0], scale[:, 1], shift
+    grid = torch.nn.functional.affine_grid(theta, [4, 3, 20, 24], align_corners=False)
+    sample = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+    moved = torch.nn.functional.grid_sample(images, grid, **sample)
+    inside = torch.nn.functional.grid_sample(torch.ones(4, 1, 20, 24), grid, **sample)
+    background = torch.rand(4, 3, 1, 1, generator=torch.Generator().manual_seed(5))
+    expected = moved + (1 - inside) * background
+    warped = _warp(images, scale, shift, torch.Generator().manual_seed(5))
+    assert torch.allclose(warped, expected, atol=1e-5)
+    assert torch.allclose(warped[3], images[3], atol=1e-5)  # the identity keeps the image
 
 
 def test_specs_written_before_the_context_layers_have_none():
@@ -413,7 +449,8 @@ def test_scene_augmentation_moves_the_box_with_the_board():
 def test_scene_clutter_is_painted_in_the_margins_never_on_the_board():
     scenes = torch.full((64, 3, 64, 64), 0.5)
     boxes = torch.tensor([[0.25, 0.25, 0.75, 0.75]]).repeat(64, 1)
-    cluttered = _clutter(scenes, boxes, torch.Generator().manual_seed(0))
+    cluttered = scenes.clone()
+    _clutter(cluttered, boxes, torch.Generator().manual_seed(0))
     assert torch.equal(cluttered[:, :, 16:48, 16:48], scenes[:, :, 16:48, 16:48])
     changed = (cluttered != scenes).flatten(1).any(dim=1)
     assert 16 < changed.sum() < 48  # about half the scenes, by CLUTTER_CHANCE
@@ -505,9 +542,10 @@ def test_training_resumes_where_it_stopped(tmp_path, dataset, capsys):
     assert entries[1]["step"] == 4
 
 
-def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset):
-    # Augmenting on a second thread must not change what a step trains on: a run resumed
-    # mid-epoch (batch 1, step 5) draws the same inputs as batches prepared one at a time.
+@pytest.mark.parametrize("ahead", [True, False])
+def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset, ahead):
+    # Augmenting on a second thread or in turn must not change what a step trains on: a run
+    # resumed mid-epoch (batch 1, step 5) draws the same inputs as batches prepared alone.
     config = _train_config(dataset, tmp_path, batch_size=2)
     train = load_board_set(
         dataset, read_split(dataset, "train"), TEST_IMAGE_SIZE, workers=1, desc="train"
@@ -516,6 +554,7 @@ def test_batches_augmented_ahead_are_those_of_their_steps(tmp_path, dataset):
     progress = {"epoch": 0, "batch": 1, "step": 5, "seconds": 0.0, "best": None}
     optimizer = torch.optim.SGD(model.parameters())
     trainer = _Trainer(model, optimizer, 0.1, config, "float32", tmp_path, progress, train)
+    trainer.augment_ahead = ahead
     batches = torch.arange(len(train)).split(2)
     prepared = list(trainer.prepared(batches))
     assert len(prepared) == len(batches) - 1
@@ -746,3 +785,22 @@ def test_a_located_box_that_is_no_board_keeps_the_whole_image():
     image = Image.new("RGB", (100, 80))
     assert usable_box((0.5, 0.5, 0.5, 0.9), image) == FULL_FRAME
     assert usable_box((-0.1, 0.1, 0.6, 1.2), image) == (0.0, 0.1, 0.6, 1.0)
+
+
+@pytest.mark.parametrize(("cores", "threads", "ahead"), [(2, 1, True), (2, 2, False), (8, 4, True)])
+def test_batches_are_augmented_ahead_only_on_a_spare_core(
+    monkeypatch, tmp_path, dataset, cores, threads, ahead
+):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert spare_core() is ahead
+    train = load_board_set(
+        dataset, read_split(dataset, "train"), TEST_IMAGE_SIZE, workers=1, desc="train"
+    )
+    model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE))
+    progress = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "best": None}
+    optimizer = torch.optim.SGD(model.parameters())
+    for augment in (True, False):
+        config = _train_config(dataset, tmp_path, augment=augment)
+        trainer = _Trainer(model, optimizer, 0.1, config, "float32", tmp_path, progress, train)
+        assert trainer.augment_ahead is (ahead and augment)

@@ -12,6 +12,7 @@ moves its box label with it.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -48,13 +49,15 @@ def _chance(generator: torch.Generator, size: int, probability: float) -> torch.
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1]."""
-    x = images.float() / 255.0
-    x = _redraw_pieces(x, generator)
-    x = _stroke_weight(x, generator)
-    x = _reframe(x, generator)
-    x = _lower_resolution(x, generator)
+    # The transforms below work in place on this one float copy: on a training step's
+    # 25 MB batch, each fresh copy costs as much as a transform (bench/bench_augment.py).
+    x = images.to(torch.float32).mul_(1 / 255)
+    _redraw_pieces(x, generator)
+    _stroke_weight(x, generator)
+    _reframe(x, generator)
+    _lower_resolution(x, generator)
     x = _recolour(x, generator)
-    x = _jpeg(x, generator)
+    _jpeg(x, generator)
     noisy = _chance(generator, len(x), 0.2).nonzero().flatten()
     sigma = _uniform(generator, len(noisy), 0.0, 0.03).view(-1, 1, 1, 1)
     x[noisy] += sigma * torch.randn(x[noisy].shape, generator=generator)
@@ -66,7 +69,7 @@ def augment_scenes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 whole images B x 3 x L x L and their board boxes B x 4 (fractions of the image:
     left, top, right, bottom) -> augmented float images in [0, 1] and the moved boxes."""
-    x = scenes.float() / 255.0
+    x = scenes.to(torch.float32).mul_(1 / 255)
     chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
     boxes = boxes.clone()
     if len(chosen):
@@ -77,25 +80,20 @@ def augment_scenes(
         low = 2 * boxes[chosen, 2:] - 1 - scale
         high = 2 * boxes[chosen, :2] - 1 + scale
         shift = low + (high - low) * torch.rand(n, 2, generator=generator)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0], theta[:, 1, 1] = scale[:, 0], scale[:, 1]
-        theta[:, :, 2] = shift
-        x = x.clone()
-        x[chosen] = _warp(x[chosen], theta, generator)
+        x[chosen] = _warp(x[chosen], scale, shift, generator)
         moved = (2 * boxes[chosen].view(n, 2, 2) - 1 - shift.view(n, 1, 2)) / scale.view(n, 1, 2)
         boxes[chosen] = ((moved + 1) / 2).view(n, 4)
-    x = _clutter(x, boxes, generator)
-    x = _lower_resolution(x, generator)
+    _clutter(x, boxes, generator)
+    _lower_resolution(x, generator)
     x = _recolour(x, generator)
     return x.clamp_(0.0, 1.0), boxes.clamp_(0.0, 1.0)
 
 
-def _clutter(x: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Paint in some scenes' margins what programs and sites put beside a board: a panel of
-    grey bars (a move list, names, buttons) on the roomier side, a bar along the top (a
-    title bar) and one above or below the board (a player's name and clock). The locator
-    must not take them for squares; nothing is painted inside the board's box."""
-    x = x.clone()
+def _clutter(x: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator) -> None:
+    """Paint, in place, in some scenes' margins what programs and sites put beside a board:
+    a panel of grey bars (a move list, names, buttons) on the roomier side, a bar along the
+    top (a title bar) and one above or below the board (a player's name and clock). The
+    locator must not take them for squares; nothing is painted inside the board's box."""
     for index in _chance(generator, len(x), CLUTTER_CHANCE).nonzero().flatten().tolist():
         scene, box = x[index], boxes[index].tolist()
         draw = torch.rand(7, generator=generator).tolist()
@@ -108,7 +106,6 @@ def _clutter(x: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator) -
         if draw[4] < 0.3 and room >= MIN_CLUTTER_ROOM:
             y0 = top - 0.8 * room if top >= 1.0 - bottom else bottom + 0.2 * room
             _paint(scene, (left, y0, right, y0 + 0.5 * room), shade - 0.2 * draw[5])
-    return x
 
 
 def _side_panel(
@@ -141,13 +138,13 @@ def _paint(scene: torch.Tensor, box: tuple[float, float, float, float], level: f
     scene[:, rows, columns] = min(1.0, max(0.0, level))
 
 
-def _redraw_pieces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Warp each square of some boards on its own (before any reframing, while the squares
-    still sit on the 8x8 grid), its edge pixels filling in what the warp uncovers."""
+def _redraw_pieces(x: torch.Tensor, generator: torch.Generator) -> None:
+    """Warp each square of some boards on its own, in place (before any reframing, while the
+    squares still sit on the 8x8 grid), its edge pixels filling in what the warp uncovers."""
     chosen = _chance(generator, len(x), 0.5).nonzero().flatten()
     n, side = len(chosen), x.shape[-1]
     if n == 0 or side % 8:
-        return x
+        return
     square = side // 8
     tiles = x[chosen].view(n, 3, 8, square, 8, square).permute(0, 2, 4, 1, 3, 5)
     tiles = tiles.reshape(n * 64, 3, square, square)
@@ -162,63 +159,91 @@ def _redraw_pieces(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta, list(tiles.shape), align_corners=False)
     warped = F.grid_sample(tiles, grid, mode="bilinear", padding_mode="border", align_corners=False)
     board = warped.view(n, 8, 8, 3, square, square).permute(0, 3, 1, 4, 2, 5)
-    x = x.clone()
     x[chosen] = board.reshape(n, 3, side, side)
-    return x
 
 
-def _stroke_weight(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Thicker dark outlines (a 3x3 minimum) on some boards, thinner (a maximum) on others:
-    designs differ as much in line weight as in shape."""
+def _stroke_weight(x: torch.Tensor, generator: torch.Generator) -> None:
+    """Thicker dark outlines (a 3x3 minimum) on some boards, thinner (a maximum) on others,
+    in place: designs differ as much in line weight as in shape."""
     chosen = _chance(generator, len(x), 0.3)
     thicker = chosen & _chance(generator, len(x), 0.5)
     thinner = chosen & ~thicker
-    x = x.clone()
     if thicker.any():
-        x[thicker] = -F.max_pool2d(-x[thicker], 3, stride=1, padding=1)
+        x[thicker] = _extremum_3x3(x[thicker], torch.minimum)
     if thinner.any():
-        x[thinner] = F.max_pool2d(x[thinner], 3, stride=1, padding=1)
-    return x
+        x[thinner] = _extremum_3x3(x[thinner], torch.maximum)
 
 
-def _reframe(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _extremum_3x3(
+    x: torch.Tensor, pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The minimum or maximum (`pick`) of each pixel's 3x3 neighbourhood, edges repeated.
+    Done as a row pass and a column pass: a tenth of `max_pool2d`'s time at stride 1."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    rows = pick(pick(padded[..., :-2], padded[..., 1:-1]), padded[..., 2:])
+    return pick(pick(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+def _reframe(x: torch.Tensor, generator: torch.Generator) -> None:
+    """Crop some boards a little loose or tight, shifted and slightly squeezed, in place."""
     chosen = _chance(generator, len(x), 0.6).nonzero().flatten()
     n = len(chosen)
     if n == 0:
-        return x
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = _uniform(generator, n, *SCALE_RANGE)
-    theta[:, 1, 1] = theta[:, 0, 0] * _uniform(generator, n, 0.97, 1.03)
-    theta[:, :, 2] = _uniform(generator, 2 * n, -SHIFT, SHIFT).view(n, 2)
-    x = x.clone()
-    x[chosen] = _warp(x[chosen], theta, generator)
-    return x
+        return
+    scale = _uniform(generator, n, *SCALE_RANGE)
+    scale = torch.stack([scale, scale * _uniform(generator, n, 0.97, 1.03)], 1)
+    shift = _uniform(generator, 2 * n, -SHIFT, SHIFT).view(n, 2)
+    x[chosen] = _warp(x[chosen], scale, shift, generator)
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Resample images by affine maps (output -> input, [-1, 1] coordinates); what falls
-    outside the input shows a background of one random colour."""
-    n = len(x)
-    shape = [n, *x.shape[1:]]
-    grid = F.affine_grid(theta, shape, align_corners=False)
-    sample = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
-    moved = F.grid_sample(x, grid, **sample)
-    inside = F.grid_sample(torch.ones(n, 1, *shape[2:]), grid, **sample)
+def _warp(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Resample images by a scale and a shift per axis (n x 2 each, x then y: output point p
+    samples the input at scale * p + shift, in [-1, 1] coordinates); what falls outside the
+    input shows a background of one random colour.
+
+    With no turn, the sampling grid and the share of each output pixel that falls inside the
+    input are products of one row and one column: built directly, they cost a fraction of
+    `affine_grid` and of sampling a mask of ones."""
+    n, _, height, width = x.shape
+    columns = _axis_points(width, scale[:, 0], shift[:, 0])  # n x W
+    rows = _axis_points(height, scale[:, 1], shift[:, 1])  # n x H
+    grid = torch.stack(
+        torch.broadcast_tensors(columns.view(n, 1, width), rows.view(n, height, 1)), dim=-1
+    )
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = _inside_share(rows, height).view(n, 1, height, 1) * _inside_share(columns, width).view(
+        n, 1, 1, width
+    )
     # What shows around a loosely cropped board: a page or window background of one colour.
     background = torch.rand(n, 3, 1, 1, generator=generator)
-    return moved + (1.0 - inside) * background
+    return moved.add_((1.0 - inside) * background)
 
 
-def _lower_resolution(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _axis_points(size: int, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Where each output pixel centre of one axis samples the input, in [-1, 1] coordinates
+    (`grid_sample` without aligned corners): n x size."""
+    centres = (2 * torch.arange(size, dtype=torch.float32) + 1) / size - 1
+    return scale.view(-1, 1) * centres + shift.view(-1, 1)
+
+
+def _inside_share(points: torch.Tensor, size: int) -> torch.Tensor:
+    """The weight that bilinear sampling at `points` (in [-1, 1]) gives to pixels inside an
+    axis of `size` pixels: 1 well inside, falling to 0 over the pixel beyond each edge."""
+    pixel = ((points + 1) * size - 1) / 2
+    return torch.minimum(pixel + 1, size - pixel).clamp_(0.0, 1.0)
+
+
+def _lower_resolution(x: torch.Tensor, generator: torch.Generator) -> None:
+    """Blur some boards, in place, by shrinking and enlarging them back."""
     chosen = _chance(generator, len(x), 0.35).nonzero().flatten()
     if len(chosen) == 0:
-        return x
+        return
     size = x.shape[-1]
     low = int(size * float(_uniform(generator, 1, MIN_RESOLUTION, 1.0)))
     small = F.interpolate(x[chosen], size=(low, low), mode="bilinear", antialias=True)
-    x = x.clone()
     x[chosen] = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
-    return x
 
 
 def _recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -241,16 +266,15 @@ def _recolour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return flat.view_as(x).clamp_(0.0, 1.0)
 
 
-def _jpeg(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _jpeg(x: torch.Tensor, generator: torch.Generator) -> None:
+    """Save some boards as JPEG of one random quality and decode them back, in place."""
     chosen = _chance(generator, len(x), 0.25).nonzero().flatten().tolist()
     if not chosen:
-        return x
+        return
     quality = int(torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (1,), generator=generator))
-    x = x.clone()
     for index in chosen:
         pixels = (x[index] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
         decoded = np.array(Image.open(buffer).convert("RGB"))
         x[index] = torch.from_numpy(decoded).permute(2, 0, 1).float() / 255.0
-    return x

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -226,6 +227,7 @@ class _Trainer:
         self.cpu_started = time.process_time()
         self.cpu_seconds_at_start = progress.get("cpu_seconds", 0.0)
         self.last_save = self.started
+        self.augment_ahead = config.augment and spare_core()
 
     def seconds(self) -> float:
         return self.seconds_at_start + time.monotonic() - self.started
@@ -260,14 +262,23 @@ class _Trainer:
         self.finish(val)
 
     def prepared(self, batches: tuple[torch.Tensor, ...]) -> Iterator[_Inputs]:
-        """The inputs of the epoch's remaining batches, augmented on a second thread while the
-        network trains on the one before (torch and Pillow release the GIL): on a second free
-        core the two overlap."""
+        """The inputs of the epoch's remaining batches. Where a core is free beyond torch's
+        threads, they are augmented on a second thread while the network trains on the batch
+        before (torch and Pillow release the GIL); otherwise in turn with the training, since
+        a thread competing with torch's for the same cores made steps slower
+        (bench/bench_train_steps.py)."""
         first, step = self.progress["batch"], self.progress["step"]
+        jobs = [
+            (batches[index], step + offset)
+            for offset, index in enumerate(range(first, len(batches)))
+        ]
+        if not self.augment_ahead:
+            yield from (self.inputs(*job) for job in jobs)
+            return
         upcoming: deque[Future[_Inputs]] = deque()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            for offset, index in enumerate(range(first, len(batches))):
-                upcoming.append(pool.submit(self.inputs, batches[index], step + offset))
+            for job in jobs:
+                upcoming.append(pool.submit(self.inputs, *job))
                 if len(upcoming) > PREPARED_AHEAD:
                     yield upcoming.popleft().result()
             while upcoming:
@@ -393,6 +404,13 @@ class _Trainer:
         )
         atomic_write_bytes(self.out / STATE_FILE, buffer.getvalue())
         self.last_save = time.monotonic()
+
+
+def spare_core() -> bool:
+    """Whether this process may run on more cores than torch's threads use (one is then free
+    to augment the next batch while the network trains)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) > torch.get_num_threads()
 
 
 def _meta_loss(logits: torch.Tensor, boards: BoardSet, indices: torch.Tensor) -> torch.Tensor:
