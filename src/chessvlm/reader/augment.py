@@ -49,8 +49,8 @@ def _chance(generator: torch.Generator, size: int, probability: float) -> torch.
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1]."""
-    # The transforms below work in place on this one float copy: on a training step's
-    # 25 MB batch, each fresh copy costs as much as a transform (bench/bench_augment.py).
+    # The transforms below work in place on this one float copy of the batch (25 MB at
+    # training's 32 x 256 x 256): copying it for each one cost time (bench_train_steps.py).
     x = images.to(torch.float32).mul_(1 / 255)
     _redraw_pieces(x, generator)
     _stroke_weight(x, generator)
