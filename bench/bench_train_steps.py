@@ -3,12 +3,12 @@ training loop with the batches augmented ahead on a second thread, in turn with 
 or not at all, side by side; optionally beside the augmentation of another commit.
 
     OMP_NUM_THREADS=2 python bench/bench_train_steps.py --work /tmp/train_steps \
-        [--boards 640] [--steps 40] [--rounds 3] [--precision float32] [--baseline COMMIT]
+        [--steps 40] [--rounds 3] [--precision float32] [--baseline COMMIT]
 
-Renders `--boards` `designs-seen` boards into WORK/data (once; a rerun reuses them), decodes
-them as `chessvlm reader train` does, then times, in each round, every mode in turn on a fresh
-network (`ReaderTrainConfig` defaults, batch 32; the first 5 steps warm up), so that a busy
-shared CPU weighs on all of them alike. `--baseline` adds the modes again with
+Renders the boards of 45 batches of 32 (`designs-seen`, `--steps` plus 5 that warm up, into
+WORK/data once: a rerun reuses them), decodes them as `chessvlm reader train` does, then
+times, in each round, every mode in turn on a fresh network (`ReaderTrainConfig` defaults), so
+that a busy shared CPU weighs on all of them alike. `--baseline` adds the modes again with
 `chessvlm/reader/augment.py` as it was at COMMIT (read with `git show`, run from this tree's
 training loop). Prints the median round's milliseconds per step and each mode's speed against
 the one training picks here (`spare_core`: ahead only when a core is free beyond torch's
@@ -32,7 +32,7 @@ from chessvlm.reader import augment
 from chessvlm.reader import train as training
 from chessvlm.reader.data import BoardSet, load_board_set, read_split
 from chessvlm.reader.model import BoardReader
-from chessvlm.reader.read import prepare_for_cpu
+from chessvlm.reader.read import PRECISIONS, compute_precision, prepare_for_cpu
 from chessvlm.reader.train import ReaderTrainConfig, _Trainer, spare_core
 
 BATCH = 32
@@ -122,17 +122,18 @@ def augmentation_ms(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True)
-    parser.add_argument("--boards", type=int, default=640)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--baseline", help="also time the augmentation of this commit")
     args = parser.parse_args()
     data = Path(args.work) / "data"
-    needed = BATCH * (WARM_UP_STEPS + args.steps)
-    synth_json_dataset(data, {"train": max(args.boards, needed), "val": 8}, 0, "designs-seen")
+    boards = BATCH * (WARM_UP_STEPS + args.steps)
+    synth_json_dataset(data, {"train": boards, "val": 8}, 0, "designs-seen")
     config = ReaderTrainConfig(
-        data_dir=str(data), out=str(Path(args.work) / "out"), precision=args.precision
+        data_dir=str(data),
+        out=str(Path(args.work) / "out"),
+        precision=compute_precision(args.precision),
     )
     records = read_split(data, "train")
     train = load_board_set(data, records, config.image_size, workers=2, desc="decoding")
@@ -152,7 +153,7 @@ def main() -> None:
             by_mode[mode].append(steps_ms(train, config, module, schedule, args.steps))
     chosen = f"this tree, {'ahead' if spare_core() else 'in turn'}"
     median = {mode: statistics.median(values) for mode, values in by_mode.items()}
-    print(f"\n{torch.get_num_threads()} torch threads, {args.precision}; training picks {chosen}")
+    print(f"\n{torch.get_num_threads()} torch threads, {config.precision}; training picks {chosen}")
     print("| augmentation, schedule | ms/step (median) | rounds | speed against the chosen |")
     print("|---|---|---|---|")
     for mode, values in by_mode.items():
