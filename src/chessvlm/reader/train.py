@@ -109,8 +109,9 @@ class ReaderTrainConfig:
     save_every_minutes: float = 2.0
     # What the forward and backward passes compute in (`chessvlm.reader.read.PRECISIONS`):
     # `auto` is bfloat16 autocast where the CPU computes it natively. On one thread it made
-    # 1.19x the steps in the same minutes; on two it made no more and read fewer boards
-    # (docs/reader.md), so float32 stays the default. Weights and validation stay float32.
+    # 1.19x the steps in the same minutes; on two, about 1.08x (docs/reader.md), too little
+    # for weights that differ by CPU, so float32 stays the default. Weights and validation
+    # stay float32.
     precision: str = "float32"
 
     def spec(self) -> ReaderSpec:
