@@ -2,7 +2,7 @@
 locating, cropping, the network and decoding the answer), and the time of each part.
 
     OMP_NUM_THREADS=1 python bench/bench_read_speed.py --images DIR --boards 256 \
-        --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2]
+        --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2] [--as_predict_only]
 
 Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: the input
 normalisation and the batch norms folded into the convolutions, the network in bfloat16 where
@@ -112,6 +112,11 @@ def main() -> None:
     parser.add_argument("--boards", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--decoders", type=int, default=2, help="file decoding threads")
+    parser.add_argument(
+        "--as_predict_only",
+        action="store_true",
+        help="read each checkpoint only as `chessvlm predict` does (more rounds in the time)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = sorted(args.images.glob("*.png"))[: args.boards]
@@ -123,6 +128,8 @@ def main() -> None:
             folded,
             pipelined,
         )
+        if args.as_predict_only:
+            continue
         variants[f"{path}: predict_boards in float32"] = (
             dataclasses.replace(folded, precision="float32"),
             pipelined,

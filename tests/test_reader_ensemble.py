@@ -13,9 +13,10 @@ from safetensors import safe_open
 
 from chessvlm.cli import main
 from chessvlm.errors import ChessVLMError, InputError
-from chessvlm.reader.ensemble import STORED_DTYPE, combine_readers
+from chessvlm.reader.ensemble import combine_readers
 from chessvlm.reader.model import BoardReader, ReaderEnsemble, ReaderSpec
 from chessvlm.reader.read import CONFIG_FILE, WEIGHTS_FILE, load_reader, save_checkpoint
+from chessvlm.reader.storage import SCALE_SUFFIX
 
 SPEC = ReaderSpec(image_size=TEST_IMAGE_SIZE)
 
@@ -57,6 +58,39 @@ def test_an_ensemble_reads_the_mean_of_its_members():
     assert torch.allclose(boxes, (member_boxes[0] + member_boxes[1]) / 2, atol=1e-6)
 
 
+def _mean_outputs(members, images):
+    outputs = [member(images) for member in members]
+    squares = torch.stack([logits.log_softmax(-1) for logits, _ in outputs]).mean(0)
+    return squares, torch.stack([meta for _, meta in outputs]).mean(0)
+
+
+@torch.no_grad()
+def test_later_members_read_only_the_boards_the_first_are_unsure_of():
+    members = [_random_reader(seed) for seed in range(3)]
+    images = torch.rand(4, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    first_squares, first_meta = _mean_outputs(members[:2], images)
+    every_squares, every_meta = _mean_outputs(members, images)
+    # A threshold between the boards' least sure squares leaves two boards on each side.
+    least_sure = first_squares.amax(-1).amin(-1).exp().sort().values
+    ensemble = ReaderEnsemble(members, always=2, unsure_below=float(least_sure[1:3].mean()))
+    unsure = ensemble.unsure_boards(first_squares)
+    assert unsure.sum() == 2
+    calls = []
+    members[2].register_forward_hook(lambda _, inputs, __: calls.append(len(inputs[0])))
+    squares, meta = ensemble(images)
+    assert calls == [2]  # the third member read only the two unsure boards
+    assert torch.allclose(squares[unsure], every_squares[unsure], atol=1e-6)
+    assert torch.allclose(meta[unsure], every_meta[unsure], atol=1e-6)
+    assert torch.allclose(squares[~unsure], first_squares[~unsure], atol=1e-6)
+    assert torch.allclose(meta[~unsure], first_meta[~unsure], atol=1e-6)
+    traced_squares, traced_meta = ensemble.forward_every_member(images)
+    assert torch.allclose(traced_squares, squares, atol=1e-6)
+    assert torch.allclose(traced_meta, meta, atol=1e-6)
+    sure_of_all = ReaderEnsemble(members, always=2, unsure_below=1e-9)
+    assert torch.allclose(sure_of_all(images)[0], first_squares, atol=1e-6)
+    assert torch.allclose(ReaderEnsemble(members)(images)[0], every_squares, atol=1e-6)
+
+
 def test_an_ensemble_needs_two_readers_of_one_spec():
     with pytest.raises(ChessVLMError, match="at least two"):
         ReaderEnsemble([_random_reader(0)])
@@ -79,7 +113,7 @@ def test_combined_checkpoint_loads_reads_and_is_validated(tmp_path, val_data):
         names = list(weights.keys())
         dtypes = {weights.get_tensor(name).dtype for name in names}
     assert {name.split(".")[1] for name in names} == {"0", "1"}
-    assert STORED_DTYPE in dtypes and torch.float32 not in dtypes
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
     reader = load_reader(out)
     assert isinstance(reader.model, ReaderEnsemble)
     # Half-precision storage reads as the members' float32 weights do, to rounding.
@@ -101,6 +135,43 @@ def test_combining_refuses_mixed_specs_and_nested_ensembles(tmp_path):
         combine_readers([first, nested], tmp_path / "out")
 
 
+def test_combined_escalation_is_kept_in_int8_and_reloads(tmp_path, val_data):
+    members = [_saved_reader(tmp_path / f"seed{seed}", seed) for seed in range(3)]
+    out = combine_readers(
+        members, tmp_path / "triple", storage="int8", always_members=2, unsure_below=0.5
+    )
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["weights_storage"] == "int8"
+    assert (config["always_members"], config["unsure_below"]) == (2, 0.5)
+    with safe_open(out / WEIGHTS_FILE, framework="pt") as weights:
+        names = list(weights.keys())
+        layer_weights = [name for name in names if name.endswith(SCALE_SUFFIX)]
+        assert any(name.startswith("members.2.") for name in layer_weights)
+        for name in layer_weights:
+            assert weights.get_tensor(name.removesuffix(SCALE_SUFFIX)).dtype == torch.int8
+    model = load_reader(out).model
+    assert isinstance(model, ReaderEnsemble)
+    assert (model.always, model.unsure_below) == (2, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"always_members": 4}, "4 of 3 members"),
+        ({"always_members": "two"}, "'always_members' must be a count"),
+        ({"always_members": 2, "unsure_below": 0}, "unsure_below must be a probability"),
+        ({"always_members": 2, "unsure_below": "high"}, "'unsure_below' must be a probability"),
+    ],
+)
+def test_a_bad_escalation_names_the_config(tmp_path, setting, message):
+    members = [_saved_reader(tmp_path / f"seed{seed}", seed) for seed in range(3)]
+    out = combine_readers(members, tmp_path / "triple")
+    config = json.loads((out / CONFIG_FILE).read_text())
+    (out / CONFIG_FILE).write_text(json.dumps({**config, **setting}))
+    with pytest.raises(InputError, match=rf"reader\.json.*{message}"):
+        load_reader(out)
+
+
 def test_a_bad_member_count_names_the_config(tmp_path):
     folder = _saved_reader(tmp_path / "reader", 0)
     config = json.loads((folder / CONFIG_FILE).read_text())
@@ -120,3 +191,13 @@ def test_combine_command_writes_a_checkpoint_predict_reads(tmp_path, val_data, c
     (fen,) = capsys.readouterr().out.splitlines()
     assert len(fen.split()) == 6  # a whole FEN, whatever these random weights read
     assert main(["reader", "combine", "--model", str(tmp_path / "none"), "--out", str(out)]) == 2
+    escalating = tmp_path / "escalating"
+    more = ["--storage", "int8", "--always_members", "1", "--unsure_below", "0.9"]
+    assert main([*args[:-1], str(escalating), *more]) == 0
+    config = json.loads((escalating / CONFIG_FILE).read_text())
+    assert (config["weights_storage"], config["always_members"], config["unsure_below"]) == (
+        "int8",
+        1,
+        0.9,
+    )
+    assert json.loads((out / CONFIG_FILE).read_text())["weights_storage"] == "float16"

@@ -180,10 +180,13 @@ def test_build_default_writes_the_reader_and_its_helpers_and_resumes(tmp_path):
     assert is_reader_checkpoint(reader_out)
     # The recipe's readers, one per seed, shipped as one ensemble checkpoint.
     config = json.loads((reader_out / "reader.json").read_text())
-    assert config["members"] == recipe.members == 2
+    assert config["members"] == recipe.members == 3
     # Where the scratch work folder was says nothing: members are named inside it.
     paths = [member["path"] for member in config["member_checkpoints"]]
-    assert paths == ["readers/seed0", "readers/seed1"]
+    assert paths == ["readers/seed0", "readers/seed1", "readers/seed2"]
+    # The third reads only the boards the first two are unsure of, from 8-bit weights.
+    assert (config["always_members"], config["unsure_below"]) == (2, recipe.unsure_below)
+    assert config["weights_storage"] == "int8"
     first = (prior_out / PRIOR_WEIGHTS_FILE).read_bytes()
     assert json.loads((prior_out / PRIOR_CONFIG_FILE).read_text())["recipe"] == TINY.to_dict()
     # The margin reader learnt from the recipe's training boards.

@@ -46,7 +46,7 @@ from chessvlm.reader.context import default_square_context
 from chessvlm.reader.images import crop_board, scene_array, usable_box
 from chessvlm.reader.margin import default_margin_reader
 from chessvlm.reader.matching import default_square_matcher, with_look_alikes
-from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS
+from chessvlm.reader.model import LOCATOR_SIZE, META_OUTPUTS, ReaderEnsemble
 from chessvlm.reader.orientation import default_position_prior
 from chessvlm.reader.read import (
     BoardReading,
@@ -70,14 +70,19 @@ CHECK_STYLE = "designs-held-out"
 
 
 class _ReaderProbabilities(nn.Module):
-    """The reader's network with its outputs turned into probabilities."""
+    """The reader's network with its outputs turned into probabilities; an ensemble whose
+    later members read only unsure boards is traced with every member reading every board
+    (`ReaderEnsemble.forward_every_member`, the same numbers)."""
 
     def __init__(self, reader: Reader) -> None:
         super().__init__()
         self.model = reader.model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        squares, meta = self.model(images)
+        if isinstance(self.model, ReaderEnsemble):
+            squares, meta = self.model.forward_every_member(images)
+        else:
+            squares, meta = self.model(images)
         return squares.softmax(dim=-1), meta.sigmoid()
 
 

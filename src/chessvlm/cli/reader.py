@@ -23,6 +23,7 @@ from chessvlm.io import require_folder
 ENCODERS = ModuleChoices("chessvlm.reader.model", "ENCODERS")
 DECODERS = ModuleChoices("chessvlm.reader.read", "DECODERS")
 PRECISIONS = ModuleChoices("chessvlm.reader.read", "PRECISIONS")
+STORAGES = ModuleChoices("chessvlm.reader.storage", "STORAGES")
 ORIENTATIONS = ModuleChoices("chessvlm.reader.evaluate", "ORIENTATIONS")
 FORMATS = ModuleChoices("chessvlm.predict", "FORMATS")
 TRAIN = config_defaults("chessvlm.reader.train", "ReaderTrainConfig")
@@ -247,6 +248,27 @@ def _register_combine(commands) -> None:
     )
     parser.add_argument(OUT, required=True, help="ensemble checkpoint folder to write")
     parser.add_argument("--data_dir", help="JSON dataset folder whose val split scores it")
+    parser.add_argument(
+        "--storage",
+        choices=STORAGES,
+        metavar="{float32,float16,int8}",
+        help="how the weights are kept; int8: convolution and linear weights as 8-bit "
+        "integers with a scale per output channel, half the size of float16 with the same "
+        "readings (default: float16)",
+    )
+    parser.add_argument(
+        "--always_members",
+        type=int,
+        help="only the first N members read every board; the others only the boards on "
+        "which those are unsure (default: every member reads every board)",
+    )
+    parser.add_argument(
+        "--unsure_below",
+        type=float,
+        default=1.0,
+        help="with --always_members: a board is unsure when some square's top probability "
+        "is under this (default: %(default)s)",
+    )
     parser.set_defaults(func=_run_combine)
 
 
@@ -257,7 +279,15 @@ def _run_combine(args: argparse.Namespace) -> int:
         require_folder("data_dir", args.data_dir)
     from chessvlm.reader.ensemble import combine_readers
 
-    out = combine_readers(args.models, args.out, data_dir=args.data_dir)
+    storage = {"storage": args.storage} if args.storage else {}
+    out = combine_readers(
+        args.models,
+        args.out,
+        data_dir=args.data_dir,
+        always_members=args.always_members,
+        unsure_below=args.unsure_below,
+        **storage,
+    )
     print(f"ensemble checkpoint: {out}")
     return 0
 

@@ -45,7 +45,10 @@ class DefaultRecipe:
 
     Training is bounded by epochs, not minutes, so the same command makes the same number of
     steps on any machine. `members` readers train on the same boards from the seeds `seed`,
-    `seed + 1`, ...; the shipped checkpoint is their ensemble (`chessvlm.reader.ensemble`).
+    `seed + 1`, ...; the shipped checkpoint is their ensemble (`chessvlm.reader.ensemble`),
+    its weights kept as `storage`. The first `always_members` read every board, the others
+    only the boards on which those are unsure (`unsure_below`), so more members cost little
+    reading time.
     """
 
     style: str = "designs-seen"
@@ -54,7 +57,10 @@ class DefaultRecipe:
     seed: int = 0
     epochs: int = 12
     batch_size: int = 32
-    members: int = 2
+    members: int = 3
+    always_members: int = 2
+    unsure_below: float = 0.5
+    storage: str = "int8"
     # Never `auto`: the command would train in bfloat16 on some CPUs and in float32 on others,
     # and make different weights. The shipped ones are float32's.
     precision: str = "float32"
@@ -127,6 +133,9 @@ def build_default_reader(
         workers=workers,
         extra_config={"built_by": built_by},
         paths_relative_to=work_dir,
+        storage=recipe.storage,
+        always_members=recipe.always_members,
+        unsure_below=recipe.unsure_below,
     )
     _build_position_prior(
         work_dir / "position_prior", Path(prior_out), prior_recipe or PriorRecipe()

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from chessvlm.errors import ChessVLMError
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.model import BoardReader, ReaderEnsemble
@@ -22,7 +20,7 @@ from chessvlm.reader.read import Reader, load_reader, save_checkpoint
 
 # Half precision halves the file (the shipped default must stay small); loading turns the
 # weights back into float32, and the readings agree with float32 weights' to rounding.
-STORED_DTYPE = torch.float16
+DEFAULT_STORAGE = "float16"
 # What each member's own checkpoint said, kept in the ensemble's config as its provenance.
 _MEMBER_FIELDS = (
     *("val", "epoch", "train_minutes", "train_cpu_minutes", "train_precision", "train_samples"),
@@ -38,6 +36,9 @@ def combine_readers(
     workers: int = 2,
     extra_config: dict[str, Any] | None = None,
     paths_relative_to: str | Path | None = None,
+    storage: str = DEFAULT_STORAGE,
+    always_members: int | None = None,
+    unsure_below: float = 1.0,
 ) -> Path:
     """Write the reader checkpoints `members` as one ensemble checkpoint into `out` (a single
     member is written as one reader, in the same form).
@@ -46,18 +47,26 @@ def combine_readers(
     decoding and whether to report the side to move, as training does; without it, the first
     member's choices are kept. `extra_config` is merged into the written `reader.json`, which
     records each member's folder relative to `paths_relative_to` where one is given (a scratch
-    folder whose place says nothing).
+    folder whose place says nothing). `storage` is how the weights are kept
+    (`chessvlm.reader.storage.STORAGES`). With `always_members`, only that many (the first)
+    read every board and the others only the boards on which those are unsure
+    (`ReaderEnsemble`, `unsure_below`).
     """
     readers = [load_reader(member, fold=False) for member in members]
     _check_compatible(readers)
     models = [reader.model for reader in readers]
-    model = ReaderEnsemble(models) if len(models) > 1 else models[0]
     config = _ensemble_config(readers, paths_relative_to)
+    if len(models) == 1:
+        model = models[0]
+    else:
+        model = ReaderEnsemble(models, always_members, unsure_below)
+        if always_members is not None:
+            config |= {"always_members": always_members, "unsure_below": unsure_below}
     if data_dir is not None:
         config |= _validation_choices(model, data_dir, readers[0].image_size, workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out, config | (extra_config or {}), dtype=STORED_DTYPE)
+    save_checkpoint(model, out, config | (extra_config or {}), storage=storage)
     return out
 
 

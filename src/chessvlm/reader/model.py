@@ -19,6 +19,8 @@ orientation (`image_cell_squares`), so a flipped board is read rotated, never mi
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -353,15 +355,31 @@ class ReaderEnsemble(nn.Module):
     """Readers of one spec trained apart (other seeds), read as one network: each square's
     log-probabilities and each meta logit are the members' mean, and the board's box is the
     mean of their locators' boxes. On piece designs none of them saw, their mistakes differ,
-    so the mean reads more boards right than any one of them (docs/reader.md)."""
+    so the mean reads more boards right than any one of them (docs/reader.md).
 
-    def __init__(self, members: list[BoardReader]) -> None:
+    With `always` set, only the first `always` members read every board; the others read
+    just the boards on which those are unsure (`unsure_boards`: some square's top
+    probability in their mean under `unsure_below`), and those boards get the mean of all.
+    Sure boards, which more members would rarely change, then cost only the first ones.
+    Every member's locator finds every board: their mean box reads more boards right.
+    """
+
+    def __init__(
+        self, members: list[BoardReader], always: int | None = None, unsure_below: float = 1.0
+    ) -> None:
         super().__init__()
         if len(members) < 2:
             raise ChessVLMError("an ensemble needs at least two readers")
         if any(member.spec != members[0].spec for member in members):
             raise ChessVLMError("an ensemble's readers must share one spec (encoder and sizes)")
+        always = len(members) if always is None else always
+        if not 1 <= always <= len(members):
+            raise ChessVLMError(f"{always} of {len(members)} members cannot read every board")
+        if not 0.0 < unsure_below <= 1.0:
+            raise ChessVLMError(f"unsure_below must be a probability in (0, 1]: {unsure_below}")
         self.members = nn.ModuleList(members)
+        self.always = always
+        self.unsure_below = unsure_below
 
     @property
     def spec(self) -> ReaderSpec:
@@ -375,9 +393,49 @@ class ReaderEnsemble(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As `BoardReader.forward`; the square outputs are log-probabilities (valid logits)."""
-        outputs = [member(images) for member in self.members]
-        squares = torch.stack([square_logits.log_softmax(-1) for square_logits, _ in outputs])
-        return squares.mean(0), torch.stack([meta_logits for _, meta_logits in outputs]).mean(0)
+        squares, meta = self._first_means(images)
+        if self.always < len(self.members):
+            unsure = self.unsure_boards(squares).nonzero()[:, 0]
+            if len(unsure):
+                more = _summed_outputs(self.members[self.always :], images[unsure])
+                squares[unsure], meta[unsure] = self._all_means(
+                    (squares[unsure], meta[unsure]), more
+                )
+        return squares, meta
+
+    def forward_every_member(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `forward` gives, with every member reading every board and the sure boards
+        then taking the first members' mean: the same numbers with no data-dependent shapes,
+        for graphs that run one way for all boards (ONNX)."""
+        squares, meta = self._first_means(images)
+        if self.always == len(self.members):
+            return squares, meta
+        more = _summed_outputs(self.members[self.always :], images)
+        all_squares, all_meta = self._all_means((squares, meta), more)
+        unsure = self.unsure_boards(squares)
+        return (
+            torch.where(unsure[:, None, None], all_squares, squares),
+            torch.where(unsure[:, None], all_meta, meta),
+        )
+
+    def _first_means(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        squares, meta = _summed_outputs(self.members[: self.always], images)
+        return squares / self.always, meta / self.always
+
+    def _all_means(
+        self, first_means: tuple[torch.Tensor, torch.Tensor], more_sums: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's mean, from the first members' means and the other members' sums."""
+        squares, meta = (
+            (mean * self.always + more) / len(self.members)
+            for mean, more in zip(first_means, more_sums, strict=True)
+        )
+        return squares, meta
+
+    def unsure_boards(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Boards (B x 64 x 13 square log-probabilities) with some square whose top
+        probability is under `unsure_below`, as a B boolean mask."""
+        return log_probs.amax(dim=-1).amin(dim=-1) < math.log(self.unsure_below)
 
     def fold_for_inference(self) -> None:
         """Fold each member (`BoardReader.fold_for_inference`)."""
@@ -391,6 +449,15 @@ class ReaderEnsemble(nn.Module):
             for index, member in enumerate(self.members)
             for name, tensor in member.trainable_state_dict().items()
         }
+
+
+def _summed_outputs(
+    members: Iterable[BoardReader], images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums over `members` of their square log-probabilities and meta logits."""
+    outputs = [member(images) for member in members]
+    squares = torch.stack([square_logits.log_softmax(-1) for square_logits, _ in outputs])
+    return squares.sum(0), torch.stack([meta_logits for _, meta_logits in outputs]).sum(0)
 
 
 class _MeanLocator(nn.Module):

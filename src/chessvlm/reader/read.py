@@ -55,6 +55,7 @@ from chessvlm.reader.orientation import (
     combined_flipped_probability,
     default_position_prior,
 )
+from chessvlm.reader.storage import expanded, stored
 
 WEIGHTS_FILE = "reader.safetensors"
 CONFIG_FILE = "reader.json"
@@ -146,19 +147,15 @@ def save_checkpoint(
     out: Path,
     config: dict[str, Any],
     *,
-    dtype: torch.dtype | None = None,
+    storage: str = "float32",
 ) -> None:
-    """Write `reader.safetensors` then `reader.json` (stamped with `CHECKPOINT_FORMAT`), each
-    atomically; floating-point weights stored as `dtype` where one is given (loading turns
-    them back into float32)."""
-    tensors = {
-        name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t)
-        .detach()
-        .contiguous()
-        for name, t in model.trainable_state_dict().items()
-    }
+    """Write `reader.safetensors` then `reader.json` (stamped with `CHECKPOINT_FORMAT` and
+    the weights' `storage`, one of `STORAGES`), each atomically; loading turns the weights
+    back into float32."""
+    tensors = stored(model.trainable_state_dict(), storage)
     atomic_write_bytes(out / WEIGHTS_FILE, save_safetensors(tensors))
-    atomic_write_json(out / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, **config})
+    stamped = {"format": CHECKPOINT_FORMAT, **config, "weights_storage": storage}
+    atomic_write_json(out / CONFIG_FILE, stamped)
 
 
 def is_reader_checkpoint(path: str | Path) -> bool:
@@ -185,7 +182,7 @@ def load_reader(path: str | Path, *, fold: bool = True, precision: str = "auto")
             "train it again with `chessvlm reader train`"
         )
     model = _network(config, path)
-    tensors = load_safetensors((path / WEIGHTS_FILE).read_bytes())
+    tensors = expanded(load_safetensors((path / WEIGHTS_FILE).read_bytes()))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if name in model.trainable_state_dict()]
     if missing or unexpected:
@@ -243,7 +240,24 @@ def _network(config: dict[str, Any], path: Path) -> BoardReader | ReaderEnsemble
         raise InputError(str(path / CONFIG_FILE), f"'members' must be a count >= 1: {members!r}")
     if members == 1:
         return BoardReader(spec, pretrained=pretrained)
-    return ReaderEnsemble([BoardReader(spec, pretrained=pretrained) for _ in range(members)])
+    readers = [BoardReader(spec, pretrained=pretrained) for _ in range(members)]
+    try:
+        return ReaderEnsemble(readers, **_escalation(config))
+    except (ChessVLMError, TypeError) as error:
+        raise InputError(str(path / CONFIG_FILE), str(error)) from None
+
+
+def _escalation(config: dict[str, Any]) -> dict[str, Any]:
+    """`ReaderEnsemble`'s `always` and `unsure_below` as `reader.json` gives them
+    (`always_members`, `unsure_below`); absent: every member reads every board."""
+    if "always_members" not in config:
+        return {}
+    always, unsure_below = config["always_members"], config.get("unsure_below", 1.0)
+    if not isinstance(always, int) or isinstance(always, bool):
+        raise TypeError(f"'always_members' must be a count: {always!r}")
+    if not isinstance(unsure_below, int | float) or isinstance(unsure_below, bool):
+        raise TypeError(f"'unsure_below' must be a probability: {unsure_below!r}")
+    return {"always": always, "unsure_below": float(unsure_below)}
 
 
 def _read_config(path: Path) -> dict[str, Any]:
