@@ -281,14 +281,13 @@ def _run_combine(args: argparse.Namespace) -> int:
         require_folder("data_dir", args.data_dir)
     from chessvlm.reader.ensemble import combine_readers
 
-    storage = {"storage": args.storage} if args.storage else {}
     out = combine_readers(
         args.models,
         args.out,
         data_dir=args.data_dir,
+        storage=args.storage,
         always_members=args.always_members,
         unsure_below=args.unsure_below,
-        **storage,
     )
     print(f"ensemble checkpoint: {out}")
     return 0

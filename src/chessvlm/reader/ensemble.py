@@ -36,7 +36,7 @@ def combine_readers(
     workers: int = 2,
     extra_config: dict[str, Any] | None = None,
     paths_relative_to: str | Path | None = None,
-    storage: str = DEFAULT_STORAGE,
+    storage: str | None = None,
     always_members: int | None = None,
     unsure_below: float = 1.0,
 ) -> Path:
@@ -48,9 +48,9 @@ def combine_readers(
     member's choices are kept. `extra_config` is merged into the written `reader.json`, which
     records each member's folder relative to `paths_relative_to` where one is given (a scratch
     folder whose place says nothing). `storage` is how the weights are kept
-    (`chessvlm.reader.storage.STORAGES`). With `always_members`, only that many (the first)
-    read every board and the others only the boards on which those are unsure
-    (`ReaderEnsemble`, `unsure_below`).
+    (`chessvlm.reader.storage.STORAGES`; None: `DEFAULT_STORAGE`). With `always_members`,
+    only that many (the first) read every board and the others only the boards on which
+    those are unsure (`ReaderEnsemble`, `unsure_below`).
     """
     readers = [load_reader(member, fold=False) for member in members]
     _check_compatible(readers)
@@ -66,7 +66,8 @@ def combine_readers(
         config |= _validation_choices(model, data_dir, readers[0].image_size, workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out, config | (extra_config or {}), storage=storage)
+    config |= extra_config or {}
+    save_checkpoint(model, out, config, storage=storage or DEFAULT_STORAGE)
     return out
 
 
