@@ -241,22 +241,25 @@ def _network(config: dict[str, Any], path: Path) -> BoardReader | ReaderEnsemble
     if members == 1:
         return BoardReader(spec, pretrained=pretrained)
     readers = [BoardReader(spec, pretrained=pretrained) for _ in range(members)]
+    escalation = _escalation(config, path / CONFIG_FILE)
     try:
-        return ReaderEnsemble(readers, **_escalation(config))
-    except (ChessVLMError, TypeError) as error:
+        return ReaderEnsemble(readers, **escalation)
+    except ChessVLMError as error:
         raise InputError(str(path / CONFIG_FILE), str(error)) from None
 
 
-def _escalation(config: dict[str, Any]) -> dict[str, Any]:
+def _escalation(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
     """`ReaderEnsemble`'s `always` and `unsure_below` as `reader.json` gives them
     (`always_members`, `unsure_below`); absent: every member reads every board."""
     if "always_members" not in config:
         return {}
     always, unsure_below = config["always_members"], config.get("unsure_below", 1.0)
     if not isinstance(always, int) or isinstance(always, bool):
-        raise TypeError(f"'always_members' must be a count: {always!r}")
+        raise InputError(str(config_path), f"'always_members' must be a count: {always!r}")
     if not isinstance(unsure_below, int | float) or isinstance(unsure_below, bool):
-        raise TypeError(f"'unsure_below' must be a probability: {unsure_below!r}")
+        raise InputError(
+            str(config_path), f"'unsure_below' must be a probability: {unsure_below!r}"
+        )
     return {"always": always, "unsure_below": float(unsure_below)}
 
 
