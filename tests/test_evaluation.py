@@ -17,7 +17,7 @@ import chessvlm.modeling
 from chessvlm.cli import main
 from chessvlm.datasets import vlm_record
 from chessvlm.errors import ChessVLMError
-from chessvlm.evaluation import EvaluateConfig, evaluate, predictions_path
+from chessvlm.evaluation import EvaluateConfig, evaluate, exact_box, predictions_path
 from chessvlm.io import read_jsonl
 from chessvlm.reports import load_run
 
@@ -316,7 +316,9 @@ def test_crop_with_a_reader_crops_each_batch_and_records_the_box(
         "--batch_size", "2", "--max_new_tokens", "5", "--crop_with", str(reader),
     ]  # fmt: skip
     assert main(arguments) == 0
-    assert f"board crop: board located by reader {reader.resolve()}" in capsys.readouterr().out
+    assert f"board crop: board located by reader {reader.resolve()}, at its exact corners" in (
+        capsys.readouterr().out
+    )
     assert located == [[(56, 56)], [(56, 56), (56, 56)]]  # a whole batch at once
     assert seen == [(28, 28)] * 3  # the model saw the located boards only
     predictions = read_jsonl(output.parent / "metrics.predictions.jsonl")
@@ -324,13 +326,41 @@ def test_crop_with_a_reader_crops_each_batch_and_records_the_box(
     middle = [14.0, 14.0, 42.0, 42.0]
     assert boxes == {"t0": middle, "t1": None, "t2": middle, "t3": middle}
     sources = json.loads(output.read_text())["sources"]
-    assert sources["board_crop"] == f"board located by reader {reader.resolve()}"
+    assert (
+        sources["board_crop"] == f"board located by reader {reader.resolve()}, at its exact corners"
+    )
     assert "boards cropped first" in sources["notes"]
 
     # A resumed run must read the same way, or its predictions would mix two kinds.
     assert main([*arguments[:-2], "--crop_with", "none"]) == 2
     assert "was written reading cropped boards" in capsys.readouterr().err
     assert main(arguments) == 0  # the same crop: nothing left to do
+
+
+@pytest.mark.parametrize("off", [(-0.3, 0.2, 0.25, -0.1), (0.05, -0.05, 0.0, 0.1)])
+def test_a_located_box_moves_onto_the_squares_the_board_finder_sees_there(off, monkeypatch):
+    import chessvlm.reader.read
+    from chessvlm.evaluation import crop_boards
+    from chessvlm.rendering import RenderParams, board_box, render_board
+
+    params = RenderParams(size=320, margin=(24, 40, 16, 8))  # squares of 40 px
+    image = render_board(
+        chess.Board("r1bqkb1r/pppp1ppp/2n2n2/4p3/2B1P3/5N2/PPPP1PPP/RNBQK2R"), params
+    )
+    truth = board_box(params)
+    located = tuple(edge + 40 * shift for edge, shift in zip(truth, off, strict=True))
+    exact = exact_box(image, located)
+    assert max(abs(a - b) for a, b in zip(exact, truth, strict=True)) <= 0.05 * 40
+    # crop_boards cuts there: the VLM sees the squares, not the locator's box.
+    width, height = image.size
+    fractions = [value / side for value, side in zip(located, (width, height) * 2, strict=True)]
+    monkeypatch.setattr(chessvlm.reader.read, "locate_boards", lambda reader, images: [fractions])
+    (crop,), (box,) = crop_boards("reader", [image])
+    assert box == [round(value, 1) for value in exact]
+    assert crop.size == (round(exact[2]) - round(exact[0]), round(exact[3]) - round(exact[1]))
+    # Where the corner search finds no board (a blank picture), the located box stays.
+    blank = Image.new("RGB", image.size, "white")
+    assert exact_box(blank, located) == located
 
 
 def test_model_trained_on_crops_is_cropped_by_the_default_reader(

@@ -13,8 +13,9 @@ image that is missing or unreadable gives `{"id", "answer": null, "error": "miss
 
 Boards that do not fill their image (a margin, a frame, coordinates outside the squares) are
 cut out first when the model was trained that way: `crop_with` names a board reader whose
-locator finds each board (`reader.locate_boards`, a whole batch at once), and each prediction
-line then also holds `"board_box"`, the [left, top, right, bottom] pixels the model saw. A
+locator finds each board (`reader.locate_boards`, a whole batch at once), then the board
+finder's corner search puts its edges exactly on the squares' (`exact_box`), and each
+prediction line also holds `"board_box"`, the [left, top, right, bottom] pixels the model saw. A
 model whose run config says `"board_crop": "label box"` (trained on boards cropped to their
 labelled box) is cropped with the shipped default reader unless `crop_with` says otherwise;
 the test data's own `board_box` labels are never used. The metrics' `sources` name the crop.
@@ -261,7 +262,9 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
                 "`chessvlm reader train`); pass one, finder for the board finder, or none for "
                 "whole images",
             )
-        return CropPlan(folder.resolve(), f"board located by reader {folder.resolve()}")
+        return CropPlan(
+            folder.resolve(), f"board located by reader {folder.resolve()}, at its exact corners"
+        )
     if run_config.get("board_crop") != LABEL_BOX:
         return CropPlan(None, "none: whole images")
     from chessvlm.reader.default import default_reader
@@ -280,14 +283,17 @@ def plan_crop(crop_with: str | Path | None, run_config: dict, model: str) -> Cro
         file=sys.stderr,
     )
     return CropPlan(
-        folder, f"board located by the default reader {folder} (trained on label-box crops)"
+        folder,
+        f"board located by the default reader {folder}, at its exact corners (trained on "
+        "label-box crops)",
     )
 
 
 def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[float]]]:
-    """Each image cut to the board `reader`'s locator finds in it (one batch, one call), and
-    each box as [left, top, right, bottom] pixels of the image. Where no board was found the
-    whole image is kept, and its box says so."""
+    """Each image cut to its board: where `reader`'s locator finds it (one batch, one call),
+    at the exact corners the board finder's corner search finds there (`exact_box`). Each
+    box comes back as [left, top, right, bottom] pixels of the image. Where no board was
+    found the whole image is kept, and its box says so."""
     from chessvlm.reader import read as reader_module
     from chessvlm.reader.images import crop_to_box
 
@@ -295,10 +301,33 @@ def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[fl
     for image, box in zip(images, reader_module.locate_boards(reader, images), strict=True):
         left, top, right, bottom = box
         width, height = image.size
-        crops.append(crop_to_box(image, box))
-        pixels = (left * width, top * height, right * width, bottom * height)
-        boxes.append([round(value, 1) for value in pixels])
+        left, top, right, bottom = exact_box(
+            image, (left * width, top * height, right * width, bottom * height)
+        )
+        crops.append(
+            crop_to_box(image, (left / width, top / height, right / width, bottom / height))
+        )
+        boxes.append([round(value, 1) for value in (left, top, right, bottom)])
     return crops, boxes
+
+
+def exact_box(
+    image: Any, located: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom pixels) of the board that the board finder's corner
+    search finds where a locator put one (`located`, which is a few hundredths of a square
+    off, at times a third): the found board that overlaps it most, by half or more (IoU).
+    The located box itself where the search finds none there (pieces hiding the corners).
+
+    A model trained on label boxes reads a box even a tenth of a square off far worse: the
+    small VLM fell from 98% of squares to 85-90% on such boards (docs/training.md)."""
+    from chessvlm.finder import box_iou, find_boards
+
+    overlap, found = max(
+        ((box_iou(board.box, located), board.box) for board in find_boards(image)),
+        default=(0.0, located),
+    )
+    return found if overlap >= 0.5 else located
 
 
 def crop_found_boards(images: list[Any]) -> tuple[list[Any], list[Any], list[int]]:

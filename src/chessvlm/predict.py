@@ -299,7 +299,8 @@ def _vlm_placements(
     from chessvlm.modeling import resolve_model
 
     # A VLM trained on boards cropped to their labelled box sees each image cut to the board
-    # the shipped reader locates, as `chessvlm evaluate` does; others see whole images.
+    # the shipped reader locates, at its exact corners, as `chessvlm evaluate` does; others
+    # see whole images.
     crop = plan_crop(None, resolve_model(model).run_config, model)
     locator = None
     if crop.reader is not None:
