@@ -28,8 +28,9 @@ import numpy as np
 from chessvlm.evaluation import EvaluateConfig, evaluate
 from chessvlm.io import atomic_write_json
 from chessvlm.quickstart import QuickstartConfig
-from chessvlm.reader.images import crop_to_box, open_image
+from chessvlm.reader.images import open_image
 from chessvlm.reader.read import load_reader, locate_boards
+from chessvlm.training import crop_to_pixel_box
 
 CROPS = ("label box", "locator box", "exact corners")
 
@@ -47,13 +48,12 @@ def pre_cut(vlm_test: Path, images: Path, out: Path, reader_dir: Path | None) ->
     for record in records:
         image = open_image(images / record["image"])
         width, height = image.size
-        label = record.pop("board_box", None) or [0.0, 0.0, width, height]
-        if reader is None:
-            box = [label[0] / width, label[1] / height, label[2] / width, label[3] / height]
-        else:
-            (box,) = locate_boards(reader, [image])
-        crop_to_box(image, box).save(out / record["image"])
-        record["cut_box"] = [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+        box = record.pop("board_box", None) or [0.0, 0.0, width, height]
+        if reader is not None:
+            ((left, top, right, bottom),) = locate_boards(reader, [image])
+            box = [left * width, top * height, right * width, bottom * height]
+        crop_to_pixel_box(image, box).save(out / record["image"])
+        record["cut_box"] = box
     atomic_write_json(test, records)
     return test
 

@@ -295,19 +295,15 @@ def crop_boards(reader: Any, images: list[Any]) -> tuple[list[Any], list[list[fl
     box comes back as [left, top, right, bottom] pixels of the image. Where no board was
     found the whole image is kept, and its box says so."""
     from chessvlm.reader import read as reader_module
-    from chessvlm.reader.images import crop_to_box
+    from chessvlm.training import crop_to_pixel_box
 
     crops, boxes = [], []
     for image, box in zip(images, reader_module.locate_boards(reader, images), strict=True):
         left, top, right, bottom = box
         width, height = image.size
-        left, top, right, bottom = exact_box(
-            image, (left * width, top * height, right * width, bottom * height)
-        )
-        crops.append(
-            crop_to_box(image, (left / width, top / height, right / width, bottom / height))
-        )
-        boxes.append([round(value, 1) for value in (left, top, right, bottom)])
+        pixels = exact_box(image, (left * width, top * height, right * width, bottom * height))
+        crops.append(crop_to_pixel_box(image, pixels))
+        boxes.append([round(value, 1) for value in pixels])
     return crops, boxes
 
 
