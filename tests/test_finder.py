@@ -15,6 +15,7 @@ from chessvlm.finder import (
     board_pixels,
     box_iou,
     checkerboard_shades,
+    find_board_near,
     find_boards,
     fit_grid,
     located_board,
@@ -284,3 +285,25 @@ def test_board_pixels_cut_straight_and_turned_boards_to_their_squares():
         # 8 px squares: the a8 corner square is light, b8 dark, as rendered.
         assert pixels[4, 4].sum() > pixels[4, 12].sum() + 100
         assert pixels.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("off", [(-0.3, 0.2, 0.25, -0.1), (0.05, -0.05, 0.0, 0.1), (0, 0, 0, 0)])
+def test_a_board_is_found_near_a_box_a_locator_put_a_fraction_of_a_square_off(off):
+    params = RenderParams(size=320, margin=(24, 40, 16, 8))  # squares of 40 px
+    image = render_board(chess.Board(), params)
+    truth = board_box(params)
+    located = [edge + 40 * shift for edge, shift in zip(truth, off, strict=True)]
+    found = find_board_near(image, located)
+    assert found is not None and found.found_by == "corners"
+    assert max(abs(a - b) for a, b in zip(found.box, truth, strict=True)) <= 0.05 * 40
+    # As the whole-image search finds it, in the image's pixels (not the searched part's).
+    (everywhere,) = find_boards(image)
+    assert found.box == pytest.approx(everywhere.box, abs=0.5)
+
+
+def test_nothing_is_found_near_a_box_without_a_board():
+    image = checkerboard(8, 30, canvas=(640, 480))  # the board at (30, 20)-(270, 260)
+    assert find_board_near(image, (30, 20, 270, 260)) is not None
+    assert find_board_near(image, (350, 200, 590, 440)) is None  # blank page there
+    assert find_board_near(image, (30, 20, 30, 260)) is None  # no box at all
+    assert find_board_near(Image.new("RGB", (300, 300), "white"), (30, 20, 270, 260)) is None

@@ -18,6 +18,7 @@ from torch import nn
 
 from chessvlm.cli import main
 from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.finder import FoundBoard
 from chessvlm.io import read_jsonl
 from chessvlm.positions import SQUARE_CLASSES
 from chessvlm.reader.augment import (
@@ -37,7 +38,7 @@ from chessvlm.reader.data import (
     square_labels,
 )
 from chessvlm.reader.evaluate import ReaderEvalConfig, evaluate_reader
-from chessvlm.reader.images import crop_to_box, load_board_image, load_scene
+from chessvlm.reader.images import crop_to_box, load_board_image, load_scene, scene_array
 from chessvlm.reader.matching import (
     MatcherRecipe,
     SquareMatcher,
@@ -56,6 +57,7 @@ from chessvlm.reader.model import (
     to_square_order,
 )
 from chessvlm.reader.read import (
+    RECUT_BELOW,
     BoardReading,
     Reader,
     compute_precision,
@@ -66,7 +68,9 @@ from chessvlm.reader.read import (
     predict_boards,
     prepare_for_cpu,
     read_arrays,
+    read_found_boards,
     read_images,
+    read_unsure_again,
     run_network,
     save_checkpoint,
 )
@@ -475,6 +479,68 @@ def test_reading_a_whole_image_crops_at_the_located_box(tmp_path):
     (located,) = locate_boards(reader, [page])
     assert located == pytest.approx(box)
     assert crop_to_box(page, located).tobytes() == board.tobytes()
+
+
+def _unsure_page(tmp_path, located_off: float):
+    """An untrained reader (unsure of every square), a page with a board of 16 px squares at
+    (40, 20, 168, 148), saved as page.png, and the reader's locator made to put the board
+    `located_off` squares left of and above that: (reader, page, the board's box)."""
+    torch.manual_seed(0)
+    spec = ReaderSpec(image_size=TEST_IMAGE_SIZE)
+    model = BoardReader(spec).eval()
+    reader = Reader(model, {"spec": spec.to_dict()}, tmp_path)
+    page = Image.new("RGB", (200, 160), "white")
+    page.paste(render_board(chess.Board(ASYMMETRIC_FEN), RenderParams(size=128)), (40, 20))
+    page.save(tmp_path / "page.png")
+    truth = (40.0, 20.0, 168.0, 148.0)
+    sides = (200, 160) * 2
+    located = [(edge - 16 * located_off) / side for edge, side in zip(truth, sides, strict=True)]
+    model.locator.forward = lambda images: torch.tensor([located] * len(images))
+    return reader, page, truth
+
+
+def test_an_unsure_board_is_read_again_at_its_exact_corners(tmp_path):
+    reader, _, truth = _unsure_page(tmp_path, 0.25)
+    ((_, reading, _),) = predict_boards(reader, [tmp_path / "page.png"], workers=1)
+    assert reading.min_square_confidence < reader.recut_below
+    assert reading.box == pytest.approx(truth, abs=0.05 * 16)
+    (x0, y0), _, (x2, y2), _ = reading.corners
+    assert (x0, y0, x2, y2) == pytest.approx(truth, abs=0.05 * 16)
+    # Where no reading is unsure enough, the board keeps the locator's box.
+    sure = dataclasses.replace(reader, recut_below=0.0)
+    ((_, kept, _),) = predict_boards(sure, [tmp_path / "page.png"], workers=1)
+    assert kept.box == pytest.approx(tuple(edge - 4 for edge in truth))
+    assert kept.corners is None
+
+
+def test_found_boards_are_read_again_only_where_the_locator_placed_them(tmp_path):
+    reader, page, truth = _unsure_page(tmp_path, 0.25)
+    left, top, right, bottom = (edge - 4 for edge in truth)
+    corners = ((left, top), (right, top), (right, bottom), (left, bottom))
+    by_locator = FoundBoard(corners, 1.0, 100.0, found_by="locator")
+    by_corners = dataclasses.replace(by_locator, found_by="corners")
+    located, searched = read_found_boards(reader, page, [by_locator, by_corners])
+    assert located.box == pytest.approx(truth, abs=0.05 * 16)
+    assert searched.box == by_corners.box and searched.corners == corners
+
+
+def test_only_a_box_off_the_corners_is_read_again(tmp_path):
+    reader, page, truth = _unsure_page(tmp_path, 0.0)
+    read_counts: list[int] = []
+
+    def read(crops, flipped, margins):
+        read_counts.append(len(crops))
+        return read_arrays(reader, crops, None, flipped, margins)
+
+    (reading,) = read_images(reader, [page], [scene_array(page, LOCATOR_SIZE)])
+    assert reading.min_square_confidence < RECUT_BELOW
+    assert read_unsure_again(read, [reading], [page], [truth], TEST_IMAGE_SIZE) == []
+    half_off = tuple(edge + 8 for edge in truth)
+    ((index, _, board),) = read_unsure_again(read, [reading], [page], [half_off], TEST_IMAGE_SIZE)
+    assert index == 0 and read_counts == [1]
+    assert board.box == pytest.approx(truth, abs=0.05 * 16)
+    sure = read_unsure_again(read, [reading], [page], [half_off], TEST_IMAGE_SIZE, recut_below=0)
+    assert sure == [] and read_counts == [1]
 
 
 def test_meta_losses_follow_the_output_names(monkeypatch):

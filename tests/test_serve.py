@@ -4,6 +4,7 @@ type; the page's assets; batching of concurrent reads; a slow client against a r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import socket
@@ -11,13 +12,16 @@ import time
 
 import chess
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_fixtures import FENS, board_png, serve_command
 
 from chessvlm.cli import main
-from chessvlm.serve.app import STATIC, ServeConfig, create_app
+from chessvlm.reader.default import default_reader
+from chessvlm.reader.read import BoardReading
+from chessvlm.serve.app import STATIC, BoardInput, ServeConfig, create_app, load_model
 from chessvlm.serve.batching import MicroBatcher, power_of_two_chunks
 from chessvlm.serve.uploads import UploadLimits
 
@@ -399,3 +403,51 @@ def _answer(connection: socket.socket) -> str:
         received += chunk
     connection.close()
     return received.decode()
+
+
+# --------------------------------------------------------------------------- exact corners
+
+
+def _unsure(reading: BoardReading) -> BoardReading:
+    return dataclasses.replace(reading, min_square_confidence=0.0)
+
+
+def test_a_located_board_read_unsure_is_cut_again_at_its_exact_corners():
+    page = Image.new("RGB", (420, 400), "white")
+    page.paste(Image.open(io.BytesIO(board_png(size=320))), (60, 40))  # squares of 40 px
+    buffer = io.BytesIO()
+    page.save(buffer, "PNG")
+    truth = (60, 40, 380, 360)
+    off = [(edge + 12) / side for edge, side in zip(truth, (420, 400) * 2, strict=True)]
+    served = dataclasses.replace(
+        load_model(str(default_reader())), locate=lambda scenes: np.array([off] * len(scenes))
+    )
+    (cut,) = served.cut_boards(buffer.getvalue(), "page.png", detect=False)
+    assert cut.box == pytest.approx([edge + 12 for edge in truth])
+    (reading,) = served.read_batch([BoardInput(cut.crop, cut.margins, None)])
+    sure = dataclasses.replace(reading, min_square_confidence=1.0)
+    assert served.cut_again([cut], [sure]) == []
+    ((place, again),) = served.cut_again([cut], [_unsure(reading)])
+    assert place == 0 and again.box == pytest.approx(truth, abs=0.05 * 40)
+    assert again.corners is not None and again.located is None  # not cut a third time
+    # A board the corner search found is exact already.
+    (found,) = served.cut_boards(buffer.getvalue(), "page.png", detect=True)
+    assert found.located is None and served.cut_again([found], [_unsure(reading)]) == []
+
+
+def test_the_api_answers_with_the_board_cut_again(monkeypatch):
+    from chessvlm.serve.app import CutBoard, ServedModel
+
+    other = board_png(FENS[1])
+
+    def cut_again(self, boards, readings):
+        (cut,) = self.cut_boards(other, "other", detect=False)
+        corners = ((1.0, 2.0), (3.0, 2.0), (3.0, 4.0), (1.0, 4.0))
+        return [(0, CutBoard(cut.crop, cut.margins, (1.0, 2.0, 3.0, 4.0), corners))]
+
+    monkeypatch.setattr(ServedModel, "cut_again", cut_again)
+    with TestClient(create_app()) as fresh:
+        response = fresh.post("/api/read?detect=false", content=board_png(FENS[0]), headers=PNG)
+    (board,) = response.json()["boards"]
+    assert board["fen"].split()[0] == chess.Board(FENS[1]).board_fen()
+    assert board["board_box"] == [1.0, 2.0, 3.0, 4.0] and board["corners"][2] == [3.0, 4.0]

@@ -312,18 +312,15 @@ def exact_box(
 ) -> tuple[float, float, float, float]:
     """The box (left, top, right, bottom pixels) of the board that the board finder's corner
     search finds where a locator put one (`located`, which is a few hundredths of a square
-    off, at times a third): the found board that overlaps it most, by half or more (IoU).
-    The located box itself where the search finds none there (pieces hiding the corners).
+    off, at times a third; `chessvlm.finder.find_board_near`). The located box itself where
+    the search finds none there (pieces hiding the corners).
 
     A model trained on label boxes reads a box even a tenth of a square off far worse: the
     small VLM fell from 98% of squares to 85-90% on such boards (docs/training.md)."""
-    from chessvlm.finder import box_iou, find_boards
+    from chessvlm.finder import find_board_near
 
-    overlap, found = max(
-        ((box_iou(board.box, located), board.box) for board in find_boards(image)),
-        default=(0.0, located),
-    )
-    return found if overlap >= 0.5 else located
+    board = find_board_near(image, located)
+    return located if board is None else board.box
 
 
 def crop_found_boards(images: list[Any]) -> tuple[list[Any], list[Any], list[int]]:

@@ -56,7 +56,7 @@ from chessvlm.reader.read import (
     load_reader,
     locate,
     read_margins,
-    with_image_boxes,
+    with_exact_corners,
 )
 
 FORMATS = ("onnx",)
@@ -233,14 +233,17 @@ class OnnxReader:
         flipped: Sequence[bool | None] | None = None,
     ) -> list[BoardReading]:
         """Locate, cut out and read each image's board, as `chessvlm.reader.read.read_images`
-        does (`scenes`: the images as the locator sees them, made here when not given;
-        `flipped`: known orientations, None where the graph's is used)."""
+        does, the unsure ones again at their exact corners (`scenes`: the images as the
+        locator sees them, made here when not given; `flipped`: known orientations, None
+        where the graph's is used)."""
         if scenes is None:
             scenes = [scene_array(image, LOCATOR_SIZE) for image in images]
         located = self.locate(np.stack(scenes)).tolist()
         boxes = [usable_box(box, image) for image, box in zip(images, located, strict=True)]
         crops, margins = cut_views(images, boxes, self.image_size)
-        return with_image_boxes(self.read_arrays(crops, flipped, margins), images, boxes)
+        readings = self.read_arrays(crops, flipped, margins)
+        read = self.read_arrays
+        return with_exact_corners(read, readings, images, boxes, self.image_size, flipped)
 
     def read_arrays(
         self,

@@ -44,6 +44,9 @@ from PIL import Image, ImageChops
 INNER = 7  # X-corners per row and column of a chess board
 # Squares at the level the corners are looked for: 8 px up to 8 * sqrt(2) px.
 LEVEL_SQUARE = (8.0, 8.0 * math.sqrt(2.0))
+# `find_board_near` looks this many squares around a located box (room for the ring of
+# squares outside the board that `_edge_contrast` checks, and for the box being off).
+_NEAR_MARGIN = 1.5
 # `located_board` looks at the located squares at this size: 16 px squares.
 CHECK_SIZE = 128
 # The farthest a corner links to its neighbour, in pyramid pixels (1.3 level squares).
@@ -145,9 +148,58 @@ def find_boards(
         located = located_board(image, locate, settings)
         if located is not None:
             return [located]
-    gray = to_gray(image)
+    return reading_order(_unique(_corner_search(to_gray(image), settings)))
+
+
+def find_board_near(
+    image: Image.Image | np.ndarray,
+    box: Sequence[float],
+    settings: FinderSettings = FinderSettings(),
+) -> FoundBoard | None:
+    """The board whose squares a locator put at `box` (left, top, right, bottom pixels, a
+    few hundredths of a square off, at times a third), at the exact corners the corner
+    search finds there: the found board overlapping `box` most, by half or more (IoU); None
+    where the search finds none there (pieces hiding the corners).
+
+    The search looks only around `box` (`_NEAR_MARGIN` squares each side, room for the
+    ring of squares `_edge_contrast` checks outside the board) and only at the pyramid
+    level that looks for squares of `box`'s size: about a third of `find_boards`' time on
+    the same images (docs/finder.md)."""
+    left, top, right, bottom = (float(value) for value in box)
+    square = max(right - left, bottom - top) / 8
+    width, height = image.size if isinstance(image, Image.Image) else image.shape[1::-1]
+    reach = _NEAR_MARGIN * square
+    x0, y0 = max(0, math.floor(left - reach)), max(0, math.floor(top - reach))
+    x1, y1 = min(width, math.ceil(right + reach)), min(height, math.ceil(bottom + reach))
+    if square <= 0 or x1 <= x0 or y1 <= y0:
+        return None
+    if isinstance(image, Image.Image):
+        region = to_gray(image.crop((x0, y0, x1, y1)))
+    else:
+        region = to_gray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    found = [_shifted(board, x0, y0) for board in _corner_search(region, settings, square)]
+    overlap, board = max(
+        ((box_iou(board.box, box), board) for board in found),
+        key=lambda pair: pair[0],
+        default=(0.0, None),
+    )
+    return board if overlap >= 0.5 else None
+
+
+def _shifted(board: FoundBoard, dx: float, dy: float) -> FoundBoard:
+    """`board` with its corners moved by (`dx`, `dy`) pixels."""
+    corners = tuple((x + dx, y + dy) for x, y in board.corners)
+    return dataclasses.replace(board, corners=corners)
+
+
+def _corner_search(
+    gray: np.ndarray, settings: FinderSettings, square: float | None = None
+) -> list[FoundBoard]:
+    """The boards the corner search finds in `gray` (steps 1-4 of the module's notes), on
+    every pyramid level or, given a `square` size in pixels, only on the level that looks
+    for squares of that size."""
     found: list[FoundBoard] = []
-    for factor, level in _pyramid(gray, settings):
+    for factor, level in _pyramid(gray, settings, square):
         scores = corner_scores(level, settings.quadrant)
         for candidates in _lattices(scores, settings):
             fitted = [_fit_board(gray, level, factor, grid, settings) for grid in candidates]
@@ -165,7 +217,7 @@ def find_boards(
                         ),
                     )
                 )
-    return reading_order(_unique(found))
+    return found
 
 
 def located_board(
@@ -223,11 +275,14 @@ def checkerboard_shades(board: np.ndarray) -> tuple[float, float]:
     return float(abs(first - second)), agreement
 
 
-def _pyramid(gray: np.ndarray, settings: FinderSettings) -> Iterator[tuple[float, np.ndarray]]:
+def _pyramid(
+    gray: np.ndarray, settings: FinderSettings, square: float | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
     """(factor, image scaled by factor), factors sqrt(2) apart, from squares of
-    `min_square` px up to one board filling the image. The levels are two chains of exact
-    halvings (2 x 2 box averages, which OpenCV does in a tenth of a millisecond), one from
-    the image and one from the image scaled by 1 / sqrt(2), the one costly resize."""
+    `min_square` px up to one board filling the image; given a `square` size in pixels, only
+    the level that scales it into `LEVEL_SQUARE`. The levels are two chains of exact halvings
+    (2 x 2 box averages, which OpenCV does in a tenth of a millisecond), one from the image
+    and one from the image scaled by 1 / sqrt(2), the one costly resize."""
     height, width = gray.shape
     scaled = (max(1, round(width / math.sqrt(2.0))), max(1, round(height / math.sqrt(2.0))))
     smaller = cv2.resize(gray, scaled, interpolation=cv2.INTER_AREA)
@@ -236,7 +291,11 @@ def _pyramid(gray: np.ndarray, settings: FinderSettings) -> Iterator[tuple[float
         for index, (factor, level) in enumerate(chains):
             if 8 * LEVEL_SQUARE[0] / factor > min(width, height) * 1.05:
                 return
-            if LEVEL_SQUARE[1] / factor >= settings.min_square:
+            if square is not None and square * factor < LEVEL_SQUARE[0]:
+                return  # the levels come in shrinking order: none after this one fits
+            if LEVEL_SQUARE[1] / factor >= settings.min_square and (
+                square is None or square * factor <= LEVEL_SQUARE[1]
+            ):
                 yield factor, level
             chains[index] = (factor / 2, _halved(level))
 

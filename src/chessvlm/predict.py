@@ -120,7 +120,9 @@ def predict_pages(
             continue
         results = read_crops(page, found)
         for (placement, _), board in zip(results, found, strict=True):
-            if placement is not None:
+            # A reader gives the box and corners of the board it read (exact corners where
+            # it read a located board again); a VLM reads the found board's.
+            if placement is not None and placement.box is None:
                 placement.box = board.box
                 placement.corners = board.corners
         yield PageResult(page, results)
@@ -275,6 +277,7 @@ def reader_placement(
         box=reading.box,
         orientation_probability=None if given else _confidence(reading.flipped_probability),
         square_probabilities=reading.square_probabilities,
+        corners=reading.corners,
     )
 
 

@@ -10,7 +10,7 @@ outputs into positions.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +25,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from chessvlm.errors import ChessVLMError, InputError
+from chessvlm.finder import FoundBoard, board_pixels, find_board_near
 from chessvlm.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -64,6 +65,13 @@ DECODERS = ("argmax", "chess_rules")
 # natively (`native_bfloat16`), else float32.
 PRECISIONS = ("auto", "float32", "bfloat16")
 _BFLOAT16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")
+# A board whose least sure square is read under `RECUT_BELOW`, cut where the locator put it,
+# is read again at the exact corners the board finder's corner search finds there, where they
+# lie more than `RECUT_MOVE` of a square from the located box (`read_unsure_again`). A box a
+# tenth of a square off costs whole boards; chosen on boards of the seen designs
+# (docs/reader.md).
+RECUT_BELOW = 0.9
+RECUT_MOVE = 0.02
 # The checkpoint layout this code writes and reads (2: the board locator and the coordinates
 # output were added).
 CHECKPOINT_FORMAT = 2
@@ -79,7 +87,9 @@ class BoardReading:
     `coordinates_probability` is that of coordinates drawn in the edge squares,
     `outside_coordinates_probability` that of coordinates printed outside them (0 where the
     margin was not read: boards read without their image); `box` is where
-    the squares are in the image, in its pixels (left, top, right, bottom), when it was located.
+    the squares are in the image, in its pixels (left, top, right, bottom), when it was located,
+    and `corners` the board finder's corners there (`chessvlm.finder.FoundBoard`), where it
+    gave them.
     `square_probabilities` gives, per square (python-chess order, a1 first), the probability
     of the piece (or emptiness) read there.
     """
@@ -93,6 +103,7 @@ class BoardReading:
     box: tuple[float, float, float, float] | None = None
     square_probabilities: tuple[float, ...] = ()
     outside_coordinates_probability: float = 0.0
+    corners: tuple[tuple[float, float], ...] | None = None
 
     @property
     def orientation_shown(self) -> bool:
@@ -112,7 +123,8 @@ class Reader:
     `square_context` weighs in on each square from the rest of the board
     (`chessvlm.reader.context`), and `square_matcher` from the squares that look like it or
     unlike it (`chessvlm.reader.matching`). `precision` is what the square network computes
-    in (`run_network`)."""
+    in (`run_network`). Located boards read with a square under `recut_below` are read
+    again at their exact corners (`read_unsure_again`; 0 never does)."""
 
     model: BoardReader | ReaderEnsemble
     config: dict[str, Any]
@@ -122,6 +134,7 @@ class Reader:
     square_context: SquareContext | None = None
     square_matcher: SquareMatcher | None = None
     precision: str = "float32"
+    recut_below: float = RECUT_BELOW
 
     @property
     def image_size(self) -> int:
@@ -332,7 +345,155 @@ def read_images(
     boxes = locate_in_images(reader, images, scenes)
     crops, margins = cut_views(images, boxes, reader.image_size)
     readings = read_arrays(reader, crops, decode, flipped, margins)
+    read = crop_reading(reader, decode)
+    return with_exact_corners(
+        read, readings, images, boxes, reader.image_size, flipped, reader.recut_below
+    )
+
+
+# What reads boards cut to their squares: (crops, known orientations or None, their margins
+# or None) -> readings. `crop_reading` makes one of a loaded reader; an ONNX export and the
+# web app's batcher are others.
+ReadCrops = Callable[
+    [Sequence[np.ndarray], Sequence[bool | None] | None, np.ndarray | None], list[BoardReading]
+]
+
+
+def crop_reading(reader: Reader, decode: str | None = None) -> ReadCrops:
+    """`read_arrays` with `reader` and `decode`, as a `ReadCrops`."""
+    return lambda crops, flipped, margins: read_arrays(reader, crops, decode, flipped, margins)
+
+
+def with_exact_corners(
+    read: ReadCrops,
+    readings: Sequence[BoardReading],
+    images: Sequence[Image.Image],
+    boxes: Sequence[Sequence[float]],
+    size: int,
+    flipped: Sequence[bool | None] | None = None,
+    recut_below: float = RECUT_BELOW,
+) -> list[BoardReading]:
+    """`readings` of `images` cut at their located `boxes` (fractions) to `size` pixels, the
+    unsure ones read again at their exact corners (`read_unsure_again`), each `box` (and
+    `corners`, where the corner search gave them) in the image file's pixels."""
+    pixel_boxes = [loaded_pixel_box(image, box) for image, box in zip(images, boxes, strict=True)]
+    again = read_unsure_again(
+        read, readings, images, pixel_boxes, size, flipped, recut_below=recut_below
+    )
+    readings, boxes = list(readings), list(boxes)
+    for index, reading, board in again:
+        readings[index] = reading
+        boxes[index] = loaded_fraction_box(images[index], board.box)
+        reading.corners = image_pixel_corners(images[index], board.corners)
     return with_image_boxes(readings, images, boxes)
+
+
+def read_unsure_again(
+    read: ReadCrops,
+    readings: Sequence[BoardReading],
+    images: Sequence[Image.Image],
+    boxes: Sequence[Sequence[float]],
+    size: int,
+    flipped: Sequence[bool | None] | None = None,
+    located: Sequence[bool] | None = None,
+    recut_below: float = RECUT_BELOW,
+) -> list[tuple[int, BoardReading, FoundBoard]]:
+    """The boards among `readings` (of `images`, cut at `boxes`, in the images' pixels) read
+    with a square under `recut_below`, read again with `read` at the exact corners the
+    board finder's corner search finds near their box (`find_exact_cuts`): (index, reading,
+    the `FoundBoard` read) each. `located` marks the boxes a locator gave (default: all);
+    the others are the corner search's own already.
+
+    The locator's boxes are a few hundredths of a square off, and a box off by a tenth
+    costs whole boards; the corner search takes a few milliseconds, so it runs only on the
+    boards the reader is unsure of (docs/reader.md has the figures)."""
+    cuts = find_exact_cuts(readings, images, boxes, size, located, recut_below)
+    if not cuts.indices:
+        return []
+    flips = [flipped[index] for index in cuts.indices] if flipped is not None else None
+    again = read(cuts.crops, flips, cuts.margins)
+    return list(zip(cuts.indices, again, cuts.boards, strict=True))
+
+
+@dataclass
+class ExactCuts:
+    """Boards to read again (`find_exact_cuts`): their places among the readings, the boards
+    at their exact corners, and what is read of each (`cut_at_corners`)."""
+
+    indices: list[int]
+    boards: list[FoundBoard]
+    crops: list[np.ndarray]
+    margins: np.ndarray | None
+
+
+def find_exact_cuts(
+    readings: Sequence[BoardReading],
+    images: Sequence[Image.Image],
+    boxes: Sequence[Sequence[float]],
+    size: int,
+    located: Sequence[bool] | None = None,
+    recut_below: float = RECUT_BELOW,
+) -> ExactCuts:
+    """`read_unsure_again`'s corner search and cutting, without the reading (the web app
+    runs it on a decoding thread and reads the cuts in its batches)."""
+    marks = list(located) if located is not None else [True] * len(readings)
+    indices, boards = [], []
+    for index, (reading, image, box) in enumerate(zip(readings, images, boxes, strict=True)):
+        if marks[index] and reading.min_square_confidence < recut_below:
+            board = exact_corners(image, box)
+            if board is not None:
+                indices.append(index)
+                boards.append(board)
+    if not indices:
+        return ExactCuts([], [], [], None)
+    crops, margins = cut_at_corners([images[i] for i in indices], boards, size)
+    return ExactCuts(indices, boards, crops, margins)
+
+
+def exact_corners(image: Image.Image, box: Sequence[float]) -> FoundBoard | None:
+    """The board a locator put at `box` (the image's pixels) at the exact corners the corner
+    search finds there (`find_board_near`), where they lie more than `RECUT_MOVE` of a
+    square from `box`; None where they do not or none is found."""
+    board = find_board_near(image, box)
+    if board is None:
+        return None
+    square = max(box[2] - box[0], box[3] - box[1]) / 8
+    moved = max(abs(found - given) for found, given in zip(board.box, box, strict=True))
+    return board if moved > RECUT_MOVE * square else None
+
+
+def cut_at_corners(
+    images: Sequence[Image.Image], boards: Sequence[FoundBoard], size: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """What is read of each image's board (`FoundBoard`, in the image's pixels): its squares
+    cut out at its corners (`board_pixels`) and the margins outside its box."""
+    pairs = list(zip(images, boards, strict=True))
+    crops = [board_pixels(image, board, size) for image, board in pairs]
+    boxes = [loaded_fraction_box(image, board.box) for image, board in pairs]
+    return crops, cut_margins(images, boxes)
+
+
+def loaded_pixel_box(image: Image.Image, box: Sequence[float]) -> tuple[float, float, float, float]:
+    """A box in fractions of `image` in its pixels as loaded (a JPEG can be decoded smaller
+    than its file: `image_pixel_box` gives the file's)."""
+    width, height = image.size
+    return (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+
+
+def loaded_fraction_box(
+    image: Image.Image, box: Sequence[float]
+) -> tuple[float, float, float, float]:
+    """A box in `image`'s pixels as loaded as fractions of it (`loaded_pixel_box` undone)."""
+    width, height = image.size
+    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+
+
+def image_pixel_corners(
+    image: Image.Image, corners: Sequence[Sequence[float]]
+) -> tuple[tuple[float, float], ...]:
+    """Points in `image`'s pixels as loaded in its file's pixels (`image_pixel_box`)."""
+    width, height = image.info.get(SOURCE_SIZE, image.size)
+    return tuple((x * width / image.width, y * height / image.height) for x, y in corners)
 
 
 def locate_in_images(
@@ -378,21 +539,37 @@ def image_pixel_box(image: Image.Image, box: Sequence[float]) -> tuple[float, fl
 def read_found_boards(
     reader: Reader,
     image: Image.Image,
-    found: Sequence[Any],
+    found: Sequence[FoundBoard],
     decode: str | None = None,
     flipped: bool | None = None,
 ) -> list[BoardReading]:
     """Read the boards the board finder found in `image` (`chessvlm.finder.FoundBoard`s),
-    each cut out at its corners; each reading's `box` is the board's box in the image."""
-    from chessvlm.finder import board_pixels
-
+    each cut out at its corners; a board the locator found (`found_by` "locator") that reads
+    unsure is read again at its exact corners (`read_unsure_again`). Each reading's `box`
+    and `corners` are those of the board it read, in the image."""
     if not found:
         return []
-    crops = [board_pixels(image, board, reader.image_size) for board in found]
-    margins = cut_margins([image] * len(found), [fraction_box(image, board.box) for board in found])
-    readings = read_arrays(reader, crops, decode, [flipped] * len(crops), margins)
-    for reading, board in zip(readings, found, strict=True):
-        reading.box = board.box
+    images, flips = [image] * len(found), [flipped] * len(found)
+    read = crop_reading(reader, decode)
+    crops, margins = cut_at_corners(images, found, reader.image_size)
+    readings = read(crops, flips, margins)
+    boxes = [board.box for board in found]
+    located = [board.found_by == "locator" for board in found]
+    boards = list(found)
+    again = read_unsure_again(
+        read,
+        readings,
+        images,
+        boxes,
+        reader.image_size,
+        flips,
+        located,
+        reader.recut_below,
+    )
+    for index, reading, board in again:
+        readings[index], boards[index] = reading, board
+    for reading, board in zip(readings, boards, strict=True):
+        reading.box, reading.corners = board.box, board.corners
     return readings
 
 
@@ -581,7 +758,17 @@ def _read_batch(
         flips = [known for _, views, _, known in batch.pending if views is not None]
         crops, margins = batch.views.result()
         read = read_arrays(reader, crops, decode, flips, margins)
-        readings = iter(with_image_boxes(read, batch.images, batch.boxes))
+        readings = iter(
+            with_exact_corners(
+                crop_reading(reader, decode),
+                read,
+                batch.images,
+                batch.boxes,
+                reader.image_size,
+                flips,
+                reader.recut_below,
+            )
+        )
     for source, views, error, _ in batch.pending:
         yield source, (next(readings) if views is not None else None), error
 

@@ -56,9 +56,13 @@ from chessvlm.reader.margin import margin_strips
 from chessvlm.reader.model import LOCATOR_SIZE
 from chessvlm.reader.read import (
     BoardReading,
+    find_exact_cuts,
     fraction_box,
     image_pixel_box,
+    image_pixel_corners,
     load_reader,
+    loaded_fraction_box,
+    loaded_pixel_box,
     locate,
     read_arrays,
 )
@@ -113,13 +117,17 @@ class BoardInput:
 @dataclass(frozen=True)
 class CutBoard:
     """A board cut out of an upload: its pixels at the network's size, the margins outside
-    them, and where it was, in the image's pixels (box: left, top, right, bottom; corners
-    from the finder only)."""
+    them, and where it was, in the image file's pixels (box: left, top, right, bottom;
+    corners from the finder only). A board the locator placed keeps its `image` and its
+    `located` box (the image's pixels as decoded), to be cut again at its exact corners if
+    it reads unsure (`ServedModel.cut_again`)."""
 
     crop: np.ndarray
     margins: np.ndarray
     box: tuple[float, float, float, float]
     corners: tuple[tuple[float, float], ...] | None = None
+    image: Image.Image | None = None
+    located: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,13 +166,43 @@ class ServedModel:
                     margin_strips(image, fraction_box(image, board.box)),
                     board.box,
                     board.corners,
+                    image,
+                    board.box if board.found_by == "locator" else None,
                 )
                 for board in found
             ]
         image, scene = load_scene(data, self.image_size, LOCATOR_SIZE)
         box = usable_box(self.locate(scene[np.newaxis])[0], image)
         crop = crop_board(image, box, self.image_size)
-        return [CutBoard(crop, margin_strips(image, box), image_pixel_box(image, box))]
+        margins, pixels = margin_strips(image, box), image_pixel_box(image, box)
+        return [CutBoard(crop, margins, pixels, None, image, loaded_pixel_box(image, box))]
+
+    def cut_again(
+        self, boards: Sequence[CutBoard], readings: Sequence[BoardReading]
+    ) -> list[tuple[int, CutBoard]]:
+        """The boards the locator placed that read unsure, cut again at the exact corners
+        the corner search finds there (`chessvlm.reader.read.find_exact_cuts`, as `chessvlm
+        predict` reads them): (place among `boards`, the new cut) each. Run on a decoding
+        thread; the cuts are read in the model's batches."""
+        places = [index for index, board in enumerate(boards) if board.located is not None]
+        images = [boards[index].image for index in places]
+        cuts = find_exact_cuts(
+            [readings[index] for index in places],
+            images,
+            [boards[index].located for index in places],
+            self.image_size,
+        )
+        if not cuts.indices:
+            return []
+        again = []
+        for index, board, crop, margins in zip(
+            cuts.indices, cuts.boards, cuts.crops, cuts.margins, strict=True
+        ):
+            image = images[index]
+            box = image_pixel_box(image, loaded_fraction_box(image, board.box))
+            cut = CutBoard(crop, margins, box, image_pixel_corners(image, board.corners))
+            again.append((places[index], cut))
+        return again
 
     def locate_board(self, image: Image.Image) -> tuple[float, float, float, float]:
         """Where the locator puts the squares of `image`'s board (fractions; `usable_box`)."""
@@ -235,6 +273,16 @@ def load_model(model: str) -> ServedModel:
             reader, crops, flipped=flipped, margins=margins
         ),
     )
+
+
+async def _read_cuts(
+    batcher: MicroBatcher[BoardInput, BoardReading],
+    boards: Sequence[CutBoard],
+    flipped: bool | None,
+) -> list[BoardReading]:
+    """`boards` read in the model's batches, in order."""
+    inputs = (BoardInput(board.crop, board.margins, flipped) for board in boards)
+    return list(await asyncio.gather(*(batcher.submit(item) for item in inputs)))
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -359,9 +407,16 @@ def _add_api(
                 )
         except InputError as error:
             raise type(error)(upload.name, error.problem) from None
-        readings = await asyncio.gather(
-            *(batcher.submit(BoardInput(board.crop, board.margins, flipped)) for board in boards)
+        readings = await _read_cuts(batcher, boards, flipped)
+        again = await asyncio.get_running_loop().run_in_executor(
+            decoder, served.cut_again, boards, readings
         )
+        if again:
+            cuts = [cut for _, cut in again]
+            for (index, cut), reading in zip(
+                again, await _read_cuts(batcher, cuts, flipped), strict=True
+            ):
+                boards[index], readings[index] = cut, reading
         results = [
             _result(upload.name, number, reading, board, flags, model, flipped)
             for number, (reading, board) in enumerate(zip(readings, boards, strict=True), 1)
