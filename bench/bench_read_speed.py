@@ -4,20 +4,17 @@ locating, cropping, the network and decoding the answer), and the time of each p
     OMP_NUM_THREADS=1 python bench/bench_read_speed.py --images DIR --boards 256 \
         --reader NEW_DIR [--reader OLD_DIR] [--rounds 2] [--decoders 2] [--as_predict_only]
 
-(`--as_predict_only`: the first two ways only.)
-
-Each reader is read three ways: as `chessvlm predict` reads today (`predict_boards`: the input
+Each reader is read as `chessvlm predict` reads today (`predict_boards`: the input
 normalisation and the batch norms folded into the convolutions, the network in bfloat16 where
 the CPU computes it natively, each batch cut out on its own thread while the network reads the
-batch before), then without the corner search on the boards it is unsure of
-(`read_unsure_again`: those read again at their exact corners), then the same model one batch
-after the other (`read_images` per batch of
-decoded files), then that with the model as trained (unfolded, float32), as before these
-changes; and as `predict` reads but in float32, then without the margin reader
-(`chessvlm.reader.margin`: coordinates outside the board), without the square context
-(`chessvlm.reader.context`, part of decoding) and without the square matcher
-(`chessvlm.reader.matching`: look-alike squares), to show what each costs. Torch
-runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
+batch before, the boards it is unsure of read again at their exact corners), then without that
+second reading (`Reader.recut_below = 0`); `--as_predict_only` stops there. Then the same
+model one batch after the other (`read_images` per batch of decoded files), then that with the
+model as trained (unfolded, float32), as before these changes; and as `predict` reads but in
+float32, then without the margin reader (`chessvlm.reader.margin`: coordinates outside the
+board), without the square context (`chessvlm.reader.context`, part of decoding) and without
+the square matcher (`chessvlm.reader.matching`: look-alike squares), to show what each costs.
+Torch runs on 1 thread, files are decoded on `--decoders` threads. Each round reads the same
 boards with every variant in turn, so that a busy shared CPU weighs on all of them alike;
 the ratio to the first is printed per round, with the process's CPU time per board.
 """
