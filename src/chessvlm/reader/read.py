@@ -439,7 +439,7 @@ def find_exact_cuts(
     marks = list(located) if located is not None else [True] * len(readings)
     indices, boards = [], []
     for index, (reading, image, box) in enumerate(zip(readings, images, boxes, strict=True)):
-        if marks[index] and reading.min_square_confidence < recut_below:
+        if marks[index] and worth_reading_again(reading, recut_below):
             board = exact_corners(image, box)
             if board is not None:
                 indices.append(index)
@@ -448,6 +448,12 @@ def find_exact_cuts(
         return ExactCuts([], [], [], None)
     crops, margins = cut_at_corners([images[i] for i in indices], boards, size)
     return ExactCuts(indices, boards, crops, margins)
+
+
+def worth_reading_again(reading: BoardReading, recut_below: float = RECUT_BELOW) -> bool:
+    """Whether a board read from a located box is unsure enough for the corner search
+    (`find_exact_cuts`): a square read under `recut_below`."""
+    return reading.min_square_confidence < recut_below
 
 
 def exact_corners(image: Image.Image, box: Sequence[float]) -> FoundBoard | None:

@@ -65,6 +65,7 @@ from chessvlm.reader.read import (
     loaded_pixel_box,
     locate,
     read_arrays,
+    worth_reading_again,
 )
 from chessvlm.serve.batching import MicroBatcher
 from chessvlm.serve.uploads import CONTENT_TYPES, UploadError, UploadLimits, receive_upload
@@ -408,10 +409,15 @@ def _add_api(
         except InputError as error:
             raise type(error)(upload.name, error.problem) from None
         readings = await _read_cuts(batcher, boards, flipped)
-        again = await asyncio.get_running_loop().run_in_executor(
-            decoder, served.cut_again, boards, readings
-        )
-        if again:
+        # Most uploads need no second look: only those send the corner search to a decoding
+        # thread, where it would otherwise queue behind other uploads.
+        if any(
+            board.located is not None and worth_reading_again(reading)
+            for board, reading in zip(boards, readings, strict=True)
+        ):
+            again = await asyncio.get_running_loop().run_in_executor(
+                decoder, served.cut_again, boards, readings
+            )
             cuts = [cut for _, cut in again]
             for (index, cut), reading in zip(
                 again, await _read_cuts(batcher, cuts, flipped), strict=True
