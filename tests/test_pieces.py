@@ -153,6 +153,32 @@ def test_knights_theme_without_a_piece_or_not_gzip_names_set_and_file(
         piece_images.cache_clear()
 
 
+def test_mesh_set_with_a_missing_or_malformed_model_names_set_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fresh_images(monkeypatch, tmp_path)
+    root = tmp_path / pieces.ART_PACKAGES["brutalchess"].folder
+    models = root / PIECE_SETS["brutalchess"].folder
+    models.mkdir(parents=True)
+    (root / ".complete").write_text("test\n")
+    triangle = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
+    for name in ("king", "queen", "rook", "bishop", "knight"):
+        (models / f"{name}.obj").write_text(triangle)
+    try:
+        with pytest.raises(ChessVLMError, match=r"'brutalchess'.*pawn\.obj"):
+            piece_images("brutalchess")  # pawn.obj is missing
+        (models / "pawn.obj").write_text("v 0 0 0\nf 1 2 x\n")
+        piece_images.cache_clear()
+        with pytest.raises(ChessVLMError, match=r"'brutalchess'.*pawn\.obj is malformed.*line 2"):
+            piece_images("brutalchess")
+        (models / "pawn.obj").write_text(triangle)
+        piece_images.cache_clear()
+        with pytest.raises(ChessVLMError, match=r"'brutalchess'.*marblehugewhite\.png"):
+            piece_images("brutalchess")  # no textures
+    finally:
+        piece_images.cache_clear()
+
+
 def test_failed_fetch_names_package_and_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

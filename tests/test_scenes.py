@@ -29,6 +29,17 @@ def test_scenes_draw_only_their_side_of_the_design_split(designs):
     assert all(held) if designs == "held-out" else not any(held)
 
 
+def test_a_style_can_replace_the_split_s_own_and_is_checked():
+    # (The shipped reader's margin scenes draw `designs-seen-without-meshes`.)
+    draw = scene_stream(2, "seen", style="designs-held-out")
+    looks = [board.look for _ in range(3) for board in draw("multi").boards]
+    assert looks and all(
+        PIECE_SETS[look.split("/")[0]].design in held_out_designs() for look in looks
+    )
+    with pytest.raises(ChessVLMError, match="unknown style 'plain'"):
+        scene_stream(2, "seen", style="plain")
+
+
 def test_labels_give_each_board_its_squares():
     scene = scene_stream(4, "held-out")("screenshot")
     assert scene.image.size == SCREEN_SIZE

@@ -8,6 +8,7 @@ Three kinds of source (docs/piece_sets.md lists every set's source, author and l
   art cache (`$CHESSVLM_ART_DIR`, else `~/.cache/chessvlm/art`), never into the repository.
 - fonts: chess glyphs (U+2654..U+265F) of a font, drawn as pieces (white: the filled glyph
   in white under the outline glyph in black; black: the filled glyph in black).
+- meshes: the 3D models some chess games ship, drawn here (`chessvlm.meshes`).
 
 A set whose art is not fetched is still in `PIECE_SETS`: `piece_images` then raises a
 `ChessVLMError` saying how to fetch it, and `available_piece_sets()` leaves it out, so callers
@@ -40,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from chessvlm.errors import ChessVLMError
+from chessvlm.meshes import MeshError, View, draw_pieces, read_dcm, read_obj
 
 PIECE_SYMBOLS = "KQRBNPkqrbnp"
 KINDS = ("standard", "fantasy", "top-down", "letter", "low-res", "3d")
@@ -72,6 +74,9 @@ _KNIGHTS_THEMES = {
     "east_west": ("east-west", "fantasy", "Eugene Trounev"),
 }
 
+_BRUTALCHESS = "usr/share/games/brutalchess"
+_DREAMCHESS = "usr/share/games/dreamchess/pieces"
+
 ART_PACKAGES: dict[str, ArtPackage] = {
     p.name: p
     for p in (
@@ -91,6 +96,22 @@ ART_PACKAGES: dict[str, ArtPackage] = {
                 "usr/share/knights/themes/east_west.svgz",
                 "usr/share/doc/",
             ),
+        ),
+        ArtPackage(
+            "debian",
+            "brutalchess",
+            "0.5.2+dfsg-8",
+            keep=(
+                f"{_BRUTALCHESS}/models/",
+                f"{_BRUTALCHESS}/art/marblehuge",
+                "usr/share/doc/",
+            ),
+        ),
+        ArtPackage(
+            "debian",
+            "dreamchess-data",
+            "0.3.0-2",
+            keep=(f"{_DREAMCHESS}/classic/", f"{_DREAMCHESS}/elements/", "usr/share/doc/"),
         ),
         ArtPackage("debian", "fonts-freefont-ttf", "20120503-10"),
         ArtPackage("debian", "fonts-symbola", "2.60-1.1"),
@@ -320,6 +341,46 @@ def _knights(theme: str) -> PieceSet:
     return _fetched("knights", f"{theme}.svgz", licence, design, kind, author, "knights")
 
 
+@dataclasses.dataclass(frozen=True)
+class _MeshSet:
+    """A set drawn here from 3D models (`chessvlm.meshes`): the folder of its six models
+    (`king.obj` ... `pawn.obj`, or `.dcm`), the white and the black texture, and the view."""
+
+    models: str
+    suffix: str
+    textures: tuple[str, str]
+    view: View
+
+
+# Seen from a little above, as 3D board programs show their pieces, the knights in profile;
+# two views of DreamChess' one shape, so the design is not learnt from a single angle.
+_MESH_SETS = {
+    "brutalchess": _MeshSet(
+        f"{_BRUTALCHESS}/models",
+        ".obj",
+        (f"{_BRUTALCHESS}/art/marblehugewhite.png", f"{_BRUTALCHESS}/art/marblehugeblack.png"),
+        View(elevation=20, azimuth=0),
+    ),
+    "dreamchess-classic": _MeshSet(
+        f"{_DREAMCHESS}/classic",
+        ".dcm",
+        (f"{_DREAMCHESS}/classic/white.png", f"{_DREAMCHESS}/classic/black.png"),
+        View(elevation=25, azimuth=180),
+    ),
+    "dreamchess-elements": _MeshSet(
+        f"{_DREAMCHESS}/elements",
+        ".dcm",
+        (f"{_DREAMCHESS}/elements/white.png", f"{_DREAMCHESS}/elements/black.png"),
+        View(elevation=40, azimuth=240),
+    ),
+}
+
+
+def _mesh(name: str, package: str, design: str, author: str, licence: str) -> PieceSet:
+    folder = _MESH_SETS[name].models
+    return _fetched(package, folder, licence, design, "3d", author, "mesh")
+
+
 def _font(package: str, path: str, design: str, author: str, licence: str) -> PieceSet:
     pkg = ART_PACKAGES.get(package)
     return PieceSet(
@@ -440,6 +501,24 @@ PIECE_SETS: dict[str, PieceSet] = {
         "OFL-1.1",
     ),
     **{f"knights-{theme.replace('_', '-')}": _knights(theme) for theme in _KNIGHTS_THEMES},
+    "brutalchess": _mesh(
+        "brutalchess",
+        "brutalchess",
+        "brutalchess",
+        "Brian Lindsley (Brutal Chess' models and marble)",
+        "GPL-2.0-or-later (brutalchess)",
+    ),
+    # One shape, two materials: DreamChess' `elements` set reuses the `classic` models.
+    **{
+        name: _mesh(
+            name,
+            "dreamchess-data",
+            "dreamchess-classic",
+            "the DreamChess team (Kris McAulay, Walter van Niftrik and others)",
+            "GPL-3.0-or-later (dreamchess-data)",
+        )
+        for name in ("dreamchess-classic", "dreamchess-elements")
+    },
 }
 
 
@@ -460,6 +539,7 @@ _LOW_CONTRAST = {
     "eboard-jumbo": "grey metal pieces on both sides",
     "eboard-leipzig": "diagram font: heavy black outlines on white pieces",
     "unifont-font": "16 px pixel glyphs: the outline is as thick as the white inside",
+    "dreamchess-classic": "light and mid-brown wooden pieces, 27 grey levels apart",
 }
 PIECE_SETS = {
     name: dataclasses.replace(source, exception=_LOW_CONTRAST.get(name, ""))
@@ -868,6 +948,36 @@ def _load_font(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]
     return images
 
 
+def _load_mesh(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]:
+    """Draw the set's six models in both textures (`chessvlm.meshes.draw_pieces`)."""
+    spec = _MESH_SETS[piece_set]
+    root = _fetched_root(source.package)
+    parse = read_obj if spec.suffix == ".obj" else read_dcm
+    models = {}
+    for letter, name in _NAMES.items():
+        path = root / spec.models / f"{name}{spec.suffix}"
+        try:
+            models[letter] = parse(_read(piece_set, path).decode("latin-1"))
+        except MeshError as error:
+            raise ChessVLMError(
+                f"piece set {piece_set!r}: {path} is malformed ({error}); "
+                f"fetch it again with `{FETCH_HINT}`"
+            ) from None
+    textures = {}
+    for colour, file in zip(("white", "black"), spec.textures, strict=True):
+        path = root / file
+        try:
+            texture = Image.open(io.BytesIO(_read(piece_set, path))).convert("RGB")
+        except OSError as error:
+            raise ChessVLMError(
+                f"piece set {piece_set!r}: {path} is malformed ({error}); "
+                f"fetch it again with `{FETCH_HINT}`"
+            ) from None
+        textures[colour] = np.asarray(texture, dtype=np.float64) / 255
+    drawn = draw_pieces(models, textures, spec.view, _FONT_PX)
+    return {s: ("png", _png(image)) for s, image in drawn.items()}
+
+
 _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
     "python-chess": _load_python_chess,
     "pychess-data": _load_files,
@@ -879,6 +989,7 @@ _LOADERS: dict[str, Callable[[str, PieceSet], dict[str, tuple[str, bytes]]]] = {
     "scid": _load_scid,
     "font": _load_font,
     "knights": _load_knights,
+    "mesh": _load_mesh,
 }
 
 

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from chessvlm.errors import ChessVLMError
 from chessvlm.io import JsonlAppender
 from chessvlm.rendering import (
+    STYLES,
     board_box,
     render_board,
     sample_render_params,
@@ -430,15 +431,21 @@ _KIND_DRAWERS: dict[str, Callable[[_Composer], Scene]] = {
 }
 
 
-def scene_stream(seed: int | str, designs: str) -> Callable[[str | None], Scene]:
+def scene_stream(
+    seed: int | str, designs: str, style: str | None = None
+) -> Callable[[str | None], Scene]:
     """A function drawing scenes one after another, deterministic for `seed`; call it with a
     kind from `SCENE_KINDS`, or None for one drawn by `KIND_WEIGHTS`. `designs` is "seen"
-    (training: only the designs and looks of `designs-seen`) or "held-out" (testing)."""
+    (training: only the designs and looks of `designs-seen`) or "held-out" (testing);
+    `style` draws the boards from another style of `rendering.STYLES` instead of `designs`'
+    (the random draws still follow `seed` and `designs`)."""
     if designs not in DESIGN_STYLES:
         raise ChessVLMError(f"designs must be one of {', '.join(DESIGN_STYLES)}, not {designs!r}")
     rng = random.Random(f"chessvlm-scenes/{seed}/{designs}")
     positions = iter_synthetic_positions(f"scenes/{seed}/{designs}")
-    composer = _Composer(rng, positions.__next__, DESIGN_STYLES[designs])
+    if style is not None and style not in STYLES:
+        raise ChessVLMError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    composer = _Composer(rng, positions.__next__, style or DESIGN_STYLES[designs])
 
     def draw(kind: str | None = None) -> Scene:
         if kind is None:
@@ -456,17 +463,19 @@ def write_scenes(
     seed: int = 0,
     designs: str = "held-out",
     kind: str | None = None,
+    style: str | None = None,
 ) -> Path:
     """Draw `count` scenes (of one `kind`, or of every kind) into `out/images/` and their
     labels into `out/scenes.jsonl`, one line a scene (`id`, `image_path`, `kind`, `width`,
-    `height`, `boards`). Written as they come; a rerun skips the scenes already listed."""
+    `height`, `boards`). Written as they come; a rerun skips the scenes already listed.
+    `style` as in `scene_stream`."""
     from tqdm import tqdm
 
     from chessvlm.io import atomic_write_bytes
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    draw = scene_stream(seed if kind is None else f"{seed}/{kind}", designs)
+    draw = scene_stream(seed if kind is None else f"{seed}/{kind}", designs, style)
     with JsonlAppender(out / LABELS_FILE) as labels:
         for index in tqdm(range(count), desc=f"scenes ({designs} designs)"):
             scene = draw(kind)  # drawn even when done, so the stream is the same on a rerun

@@ -2,7 +2,8 @@
 
 `chessvlm predict board.png` reads with the checkpoint in `DEFAULT_READER` when no `--model`
 is given. It is trained only on the piece designs and board looks of the `designs-seen`
-style, so its figures on `designs-held-out` are those of designs it never saw.
+style (as it was before the 3D models drawn here joined it: `designs-seen-without-meshes`),
+so its figures on `designs-held-out` are those of designs it never saw.
 `chessvlm reader build-default` renders its data, trains its readers with `DefaultRecipe`
 and writes their ensemble's checkpoint into the package (or `--out`), then trains the
 position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
@@ -51,7 +52,8 @@ class DefaultRecipe:
     reading time.
     """
 
-    style: str = "designs-seen"
+    # `designs-seen` without the sets drawn from 3D models, which came after these weights.
+    style: str = "designs-seen-without-meshes"
     train_samples: int = 20_000
     val_samples: int = 500
     seed: int = 0
@@ -141,7 +143,11 @@ def build_default_reader(
         work_dir / "position_prior", Path(prior_out), prior_recipe or PriorRecipe()
     )
     _build_margin_reader(
-        data_dir, work_dir / "margin", Path(margin_out), margin_recipe or MarginRecipe()
+        data_dir,
+        work_dir / "margin",
+        Path(margin_out),
+        margin_recipe or MarginRecipe(),
+        recipe.style,
     )
     _build_square_context(
         work_dir / "context", Path(context_out), context_recipe or ContextRecipe()
@@ -172,7 +178,9 @@ def _build_position_prior(work_dir: Path, out: Path, recipe: PriorRecipe) -> Non
     _made_once(work_dir, out, (PRIOR_WEIGHTS_FILE, PRIOR_CONFIG_FILE), made_by, make)
 
 
-def _build_margin_reader(data_dir: Path, work_dir: Path, out: Path, recipe: MarginRecipe) -> None:
+def _build_margin_reader(
+    data_dir: Path, work_dir: Path, out: Path, recipe: MarginRecipe, style: str
+) -> None:
     from chessvlm.reader.margin import (
         MARGIN_CONFIG_FILE,
         MARGIN_WEIGHTS_FILE,
@@ -184,7 +192,7 @@ def _build_margin_reader(data_dir: Path, work_dir: Path, out: Path, recipe: Marg
 
     def make() -> None:
         scenes = work_dir / "scenes"
-        write_scenes(scenes, recipe.scenes, seed=recipe.seed, designs="seen")
+        write_scenes(scenes, recipe.scenes, seed=recipe.seed, designs="seen", style=style)
         reader, figures = train_margin_reader(data_dir, recipe, scenes)
         save_margin_reader(reader, work_dir, recipe, figures)
 
