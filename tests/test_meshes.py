@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -152,3 +154,16 @@ def test_a_set_shares_one_scale_and_gets_both_colours() -> None:
     assert heights["P"] == pytest.approx(heights["K"] / 2, abs=1.5)
     lightness = {s: np.asarray(i)[opaque(i)][:, :3].mean() for s, i in drawn.items()}
     assert lightness["K"] > lightness["k"] + 100 and lightness["P"] > lightness["p"] + 100
+
+
+def test_a_model_without_texture_coordinates_takes_the_texture_s_mean_colour() -> None:
+    lines = [line for line in CUBE_OBJ.splitlines() if not line.startswith("vt")]
+    plain = read_obj(re.sub(r"/\d+", "", "\n".join(lines)))  # faces of vertices alone
+    assert plain.corner_uvs is None
+    texture = np.zeros((2, 2, 3))
+    texture[:, 0] = (1.0, 0.0, 0.0)
+    texture[:, 1] = (0.0, 0.0, 1.0)  # mean: purple
+    lit = np.asarray(render_mesh(plain, texture, View(), 20.0, 64)).astype(int)
+    colours = lit[lit[..., 3] == 255][:, :3]
+    assert len(colours) and (np.abs(colours[:, 0] - colours[:, 2]) <= 1).all()
+    assert (colours[:, 1] < colours[:, 0]).all()

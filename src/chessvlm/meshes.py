@@ -210,7 +210,7 @@ def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def render_mesh(
     mesh: Mesh,
-    texture: np.ndarray | None,
+    texture: np.ndarray,
     view: View,
     scale: float,
     side: int,
@@ -245,9 +245,7 @@ def render_mesh(
     return Image.fromarray(np.round(rgba * 255).astype(np.uint8).reshape(side, side, 4), "RGBA")
 
 
-def _surface_colour(mesh: Mesh, texture: np.ndarray | None, surface: _Surface) -> np.ndarray:
-    if texture is None:
-        return np.full((len(surface.pixels), 3), 0.8)
+def _surface_colour(mesh: Mesh, texture: np.ndarray, surface: _Surface) -> np.ndarray:
     if mesh.corner_uvs is None:
         return np.broadcast_to(texture.reshape(-1, 3).mean(axis=0), (len(surface.pixels), 3))
     uv = (mesh.corner_uvs[surface.triangles] * surface.weights[:, :, None]).sum(axis=1)
