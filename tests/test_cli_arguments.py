@@ -1,6 +1,7 @@
 """The CLI's shared arguments: one spelling per flag with the seed's as aliases, lazy
 defaults, errors told in flag names, and commands that check their paths first."""
 
+import re
 import subprocess
 import sys
 import time
@@ -145,3 +146,14 @@ def test_reader_train_precision_reaches_the_config_and_a_bad_one_is_refused(caps
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, "--precision", "half"])
     assert "--precision: invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_synth_help_names_every_style(capsys):
+    from chessvlm.rendering import STYLES
+
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    # argparse wraps lines at hyphens too: join them back before looking for whole names.
+    help_text = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))
+    named = set(re.findall(r"[\w-]+", help_text))
+    assert [name for name in STYLES if name not in named] == []
