@@ -638,6 +638,14 @@ def _read(piece_set: str, path: Path) -> bytes:
         ) from None
 
 
+def _malformed_art_error(piece_set: str, path: Path, error: Exception) -> ChessVLMError:
+    """The error for an art file that is there but cannot be read as what it should be."""
+    return ChessVLMError(
+        f"piece set {piece_set!r}: {path} is malformed ({error}); fetch it again with "
+        f"`{FETCH_HINT}`"
+    )
+
+
 def _missing_art_error(piece_set: str, source: PieceSet) -> ChessVLMError:
     pkg = ART_PACKAGES[source.package]
     return ChessVLMError(
@@ -754,10 +762,7 @@ def _load_pgn2web(piece_set: str, source: PieceSet) -> dict[str, tuple[str, byte
         try:
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
         except Exception as error:
-            raise ChessVLMError(
-                f"piece set {piece_set!r}: {folder / name} is malformed ({error}); "
-                f"fetch it again with `{FETCH_HINT}`"
-            ) from None
+            raise _malformed_art_error(piece_set, folder / name, error) from None
 
     square = rgb("ws.png")
     images = {}
@@ -802,10 +807,7 @@ def _load_eboard(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes
         has_alpha = "transparency" in sheet.info or sheet.mode in ("RGBA", "LA")
         rgba = np.asarray(sheet.convert("RGBA"))
     except Exception as error:
-        raise ChessVLMError(
-            f"piece set {piece_set!r}: {path} is malformed ({error}); "
-            f"fetch it again with `{FETCH_HINT}`"
-        ) from None
+        raise _malformed_art_error(piece_set, path, error) from None
     height, width = rgba.shape[:2]
     cw, ch = width // 7, height // 2
     if cw < 8 or ch < 8:
@@ -833,10 +835,7 @@ def _load_scid(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]
     try:
         strip = Image.open(io.BytesIO(data)).convert("RGBA")
     except Exception as error:
-        raise ChessVLMError(
-            f"piece set {piece_set!r}: {path} is malformed ({error}); "
-            f"fetch it again with `{FETCH_HINT}`"
-        ) from None
+        raise _malformed_art_error(piece_set, path, error) from None
     side = strip.height
     if strip.width != 12 * side:
         raise ChessVLMError(f"piece set {piece_set!r}: {path} is not a strip of 12 squares")
@@ -863,10 +862,7 @@ def _load_knights(piece_set: str, source: PieceSet) -> dict[str, tuple[str, byte
         document = gzip.decompress(_read(piece_set, path))
         drawn = {s: _draw_svg_element(document, _knights_id(s)) for s in PIECE_SYMBOLS}
     except (OSError, ValueError, ElementTree.ParseError) as error:
-        raise ChessVLMError(
-            f"piece set {piece_set!r}: {path} is malformed ({error}); "
-            f"fetch it again with `{FETCH_HINT}`"
-        ) from None
+        raise _malformed_art_error(piece_set, path, error) from None
     side = max(max(image.size) for image in drawn.values()) / _KNIGHTS_FILL
     scale = _FONT_PX / side
     images = {}
@@ -959,20 +955,14 @@ def _load_mesh(piece_set: str, source: PieceSet) -> dict[str, tuple[str, bytes]]
         try:
             models[letter] = parse(_read(piece_set, path).decode("latin-1"))
         except MeshError as error:
-            raise ChessVLMError(
-                f"piece set {piece_set!r}: {path} is malformed ({error}); "
-                f"fetch it again with `{FETCH_HINT}`"
-            ) from None
+            raise _malformed_art_error(piece_set, path, error) from None
     textures = {}
     for colour, file in zip(("white", "black"), spec.textures, strict=True):
         path = root / file
         try:
             texture = Image.open(io.BytesIO(_read(piece_set, path))).convert("RGB")
         except OSError as error:
-            raise ChessVLMError(
-                f"piece set {piece_set!r}: {path} is malformed ({error}); "
-                f"fetch it again with `{FETCH_HINT}`"
-            ) from None
+            raise _malformed_art_error(piece_set, path, error) from None
         textures[colour] = np.asarray(texture, dtype=np.float64) / 255
     drawn = draw_pieces(models, textures, spec.view, _FONT_PX)
     return {s: ("png", _png(image)) for s, image in drawn.items()}
