@@ -494,27 +494,6 @@ def test_leave_designs_out_styles_split_designs_and_looks() -> None:
     assert style_piece_sets("mixed") == AVAILABLE
 
 
-def test_designs_seen_without_meshes_draws_what_designs_seen_drew_before_the_mesh_sets(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The shipped reader's recipe draws it, so that `chessvlm reader build-default` still
-    # makes the shipped weights now that the sets drawn from 3D models are in `designs-seen`.
-    from chessvlm import rendering
-
-    meshes = {name for name, source in PIECE_SETS.items() if source.loader == "mesh"}
-    assert len(meshes) == 3 and meshes <= set(style_piece_sets("designs-seen"))
-    now = _draws("designs-seen-without-meshes", 300)
-    assert not {p.piece_set for p in now} & meshes
-    rendering._resolve_sets.cache_clear()
-    monkeypatch.setattr(
-        rendering, "available_piece_sets", lambda: tuple(n for n in AVAILABLE if n not in meshes)
-    )
-    try:
-        assert _draws("designs-seen", 300) == now  # art as it was: the same boards
-    finally:
-        rendering._resolve_sets.cache_clear()
-
-
 def test_the_inner_pair_splits_the_seen_designs_again_and_keeps_to_the_seen_looks() -> None:
     held, inner = held_out_designs(), inner_held_out_designs()
     assert not held & inner

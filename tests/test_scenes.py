@@ -30,7 +30,6 @@ def test_scenes_draw_only_their_side_of_the_design_split(designs):
 
 
 def test_a_style_can_replace_the_split_s_own_and_is_checked():
-    # (The shipped reader's margin scenes draw `designs-seen-without-meshes`.)
     draw = scene_stream(2, "seen", style="designs-held-out")
     looks = [board.look for _ in range(3) for board in draw("multi").boards]
     assert looks and all(

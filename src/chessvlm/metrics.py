@@ -523,9 +523,9 @@ def _style_group(label: dict) -> str | None:
 
 def design_of(label: dict) -> str | None:
     """The piece design a rendered label's board was drawn in (None: not a known set)."""
-    from chessvlm.pieces import PIECE_SETS
+    from chessvlm.rendering import record_piece_set
 
-    source = PIECE_SETS.get(_style_group(label) or "")
+    source = record_piece_set(label)
     return source.design if source else None
 
 

@@ -44,6 +44,7 @@ from chessvlm.pieces import (
     FETCH_HINT,
     PIECE_SETS,
     PIECE_SYMBOLS,
+    PieceSet,
     available_piece_sets,
     check_piece_set,
     piece_bitmap,
@@ -630,16 +631,6 @@ STYLES: dict[str, Style] = {
     # Leave designs out: whole piece designs and some looks (HELD_OUT_LOOKS) never trained on.
     "designs-seen": dataclasses.replace(_MIXED, designs="seen", looks="seen"),
     "designs-held-out": _DESIGNS_HELD_OUT,
-    # `designs-seen` as it was before the sets drawn here from 3D models (`chessvlm.meshes`)
-    # joined it: the shipped reader's recipe draws this, so that `chessvlm reader
-    # build-default` still makes the shipped weights. The next rebuild trains on
-    # `designs-seen` and retires it.
-    "designs-seen-without-meshes": dataclasses.replace(
-        _MIXED,
-        piece_sets=tuple(name for name, s in PIECE_SETS.items() if s.loader != "mesh"),
-        designs="seen",
-        looks="seen",
-    ),
     # The same split again inside the seen designs, to validate on designs a model never saw
     # without the held-out ones: train on the first, tune on the second. Both keep to the
     # seen looks, since the held-out looks are the test's.
@@ -664,6 +655,13 @@ def style_piece_sets(style: str | Style) -> tuple[str, ...]:
     if isinstance(style, str):
         style = STYLES[_check_name(style, STYLES, "style")]
     return style.drawable_piece_sets
+
+
+def record_piece_set(record: dict) -> PieceSet | None:
+    """The piece set a rendered record's board was drawn in (the first part of its `style`);
+    None for a board not rendered here or of a set not known."""
+    style = record.get("style")
+    return PIECE_SETS.get(style.split("/")[0]) if isinstance(style, str) else None
 
 
 # --------------------------------------------------------------------------- geometry

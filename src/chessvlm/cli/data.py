@@ -68,8 +68,8 @@ def _register_synth(commands) -> None:
             "rendering style: mixed (default: every look), seed (the seed's 512 px look), "
             "simple (one 224 px look), mixed-seen / mixed-held-out (train / test on look "
             "combinations never seen together), designs-seen / designs-held-out (train / test "
-            "on piece designs never seen), designs-inner-seen / designs-inner-held-out, "
-            "designs-seen-without-meshes (docs/looks.md)"
+            "on piece designs never seen), designs-inner-seen / designs-inner-held-out "
+            "(docs/looks.md)"
         ),
     )
     parser.add_argument(

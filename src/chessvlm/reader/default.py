@@ -2,8 +2,7 @@
 
 `chessvlm predict board.png` reads with the checkpoint in `DEFAULT_READER` when no `--model`
 is given. It is trained only on the piece designs and board looks of the `designs-seen`
-style (as it was before the 3D models drawn here joined it: `designs-seen-without-meshes`),
-so its figures on `designs-held-out` are those of designs it never saw.
+style, so its figures on `designs-held-out` are those of designs it never saw.
 `chessvlm reader build-default` renders its data, trains its readers with `DefaultRecipe`
 and writes their ensemble's checkpoint into the package (or `--out`), then trains the
 position prior that every reader's orientation weighs (`chessvlm.reader.orientation`,
@@ -52,8 +51,7 @@ class DefaultRecipe:
     reading time.
     """
 
-    # `designs-seen` without the sets drawn from 3D models, which came after these weights.
-    style: str = "designs-seen-without-meshes"
+    style: str = "designs-seen"
     train_samples: int = 20_000
     val_samples: int = 500
     seed: int = 0

@@ -69,6 +69,11 @@ class MatcherRecipe:
     weight_decay: float = 1e-4
     embedding: int = 64
     seed: int = 0
+    # Whether to train on the boards drawn in the piece sets made here from 3D models
+    # (`chessvlm.meshes`): with their pieces in its pairs, the matcher read 1.3 points fewer
+    # of the test's unseen-design boards exactly over four seeds, though the inner held-out
+    # designs' about as many (docs/reader.md, twenty-sixth session).
+    mesh_boards: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready form, stored in `matcher.json` (a changed recipe trains again)."""
@@ -259,17 +264,16 @@ def _related(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def train_square_matcher(
     data_dir: str | Path, recipe: MatcherRecipe = MatcherRecipe(), workers: int = 2
 ) -> tuple[SquareMatcher, dict[str, float]]:
-    """Train a matcher on `data_dir`'s train split (boards cut at their labelled boxes);
-    returns it (eval mode) and its figures on the val split (`matcher_figures`)."""
+    """Train a matcher on `data_dir`'s train split (boards cut at their labelled boxes; those
+    of the mesh sets only if `recipe.mesh_boards`); returns it (eval mode) and its figures on
+    the whole val split (`matcher_figures`)."""
     from chessvlm.reader.data import image_order_labels, load_board_set, read_split
 
-    def cells_and_labels(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        boards = load_board_set(
-            data_dir, read_split(data_dir, split), GRID * CELL, workers=workers, desc=split
-        )
+    def cells_and_labels(records: list[dict], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        boards = load_board_set(data_dir, records, GRID * CELL, workers=workers, desc=split)
         return boards.images, image_order_labels(boards.labels, boards.flipped)
 
-    images, labels = cells_and_labels("train")
+    images, labels = cells_and_labels(matcher_training_records(data_dir, recipe), "train")
     generator = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
@@ -296,7 +300,20 @@ def train_square_matcher(
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
     matcher.eval()
-    return matcher, matcher_figures(matcher, *cells_and_labels("val"))
+    return matcher, matcher_figures(matcher, *cells_and_labels(read_split(data_dir, "val"), "val"))
+
+
+def matcher_training_records(data_dir: str | Path, recipe: MatcherRecipe) -> list[dict]:
+    """The records of `data_dir`'s train split that `recipe` trains a matcher on."""
+    from chessvlm.reader.data import read_split
+    from chessvlm.rendering import record_piece_set
+
+    def drawn_from_meshes(record: dict) -> bool:
+        source = record_piece_set(record)
+        return source is not None and source.loader == "mesh"
+
+    records = read_split(data_dir, "train")
+    return [r for r in records if recipe.mesh_boards or not drawn_from_meshes(r)]
 
 
 @torch.inference_mode()
