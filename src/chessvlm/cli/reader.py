@@ -186,7 +186,8 @@ def _register_build_default(commands) -> None:
             "outside the board, on the same boards, and write it to --margin_out, and the "
             "square context that weighs each square by the rest of the board, and write it to "
             "--context_out, and the square matcher that weighs it by the squares that look "
-            "alike, on the same boards, and write it to --matcher_out. Rerunning resumes."
+            "alike, on the same boards less those of the sets drawn from 3D models, and write "
+            "it to --matcher_out. Rerunning resumes."
         ),
     )
     parser.add_argument("--work", required=True, help="folder for the data and the training")

@@ -10,7 +10,8 @@ position prior that every reader's orientation weighs (`chessvlm.reader.orientat
 (`chessvlm.reader.margin`, `MarginRecipe`, on the same training boards), the square
 context that weighs each square's reading by the rest of the board (`chessvlm.reader.context`,
 `ContextRecipe`) and the square matcher that weighs it by the squares that look alike
-(`chessvlm.reader.matching`, `MatcherRecipe`, on the same training boards), and writes them
+(`chessvlm.reader.matching`, `MatcherRecipe`, on the same training boards less those of the
+sets drawn from 3D models), and writes them
 into the package (or `--prior_out`, `--margin_out`, `--context_out`, `--matcher_out`).
 """
 
