@@ -22,10 +22,11 @@ from chessvlm.export import (
     OnnxReader,
     check_boards,
     check_export,
+    export_onnx,
     verify_export,
 )
 from chessvlm.reader.default import default_reader
-from chessvlm.reader.read import load_reader
+from chessvlm.reader.read import CONFIG_FILE, load_reader
 from chessvlm.serve.app import ServeConfig, create_app
 
 
@@ -73,6 +74,19 @@ def test_a_graph_that_disagrees_with_torch_fails_the_check(exported, tmp_path, m
         verify_export(reader, tmp_path, 2)
     check = json.loads((tmp_path / MANIFEST_FILE).read_text())["checked_against_torch"]
     assert check["max_meta_probability_difference"] > 1e-4
+
+
+def test_a_reader_with_zoom_views_exports_them(tmp_path):
+    zoomed = shutil.copytree(default_reader(), tmp_path / "zoomed")
+    config = json.loads((zoomed / CONFIG_FILE).read_text())
+    (zoomed / CONFIG_FILE).write_text(json.dumps({**config, "zoom_views": [0.97, 1.03]}))
+    result = export_onnx(zoomed, tmp_path / "onnx", check_boards=3)
+    assert result.passed and result.same_fen == 3
+    reader = load_reader(zoomed)
+    # The graph reads the views: without them torch would read other probabilities.
+    onnx_reader = OnnxReader(tmp_path / "onnx", reader.config, threads=1)
+    reader.model.members[0].zoom_views = ()
+    assert not check_export(reader, onnx_reader, 3).passed
 
 
 def test_serve_reads_with_an_onnx_export(exported):

@@ -49,12 +49,15 @@ from chessvlm.reader.matching import (
 from chessvlm.reader.model import (
     LOCATOR_SIZE,
     META_OUTPUTS,
+    ZOOM_VIEWS,
     BoardReader,
     ReaderSpec,
     decode_squares,
     image_cell_squares,
+    set_zoom_views,
     to_image_order,
     to_square_order,
+    zoomed_view,
 )
 from chessvlm.reader.read import (
     RECUT_BELOW,
@@ -314,6 +317,50 @@ def test_folding_for_inference_keeps_the_outputs(tmp_path):
     assert not any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     with pytest.raises(ChessVLMError, match="folded"):
         save_checkpoint(model, tmp_path, {"spec": model.spec.to_dict()})
+
+
+def test_a_zoomed_view_magnifies_or_shrinks_the_board_about_its_centre():
+    size = 64
+    images = torch.zeros(1, 3, size, size)
+    images[..., 16:48, 16:48] = 1.0  # a bright square half the board wide
+    assert torch.allclose(zoomed_view(images, 1.0), images, atol=1e-5)
+    bright = {span: int((zoomed_view(images, span)[0, 0] > 0.5).sum()) for span in (0.8, 1.25)}
+    # Half the board's width, seen by a view 0.8 (1.25) times as wide: 40 (26) px a side.
+    assert bright == {0.8: 40 * 40, 1.25: 26 * 26}
+    # Beyond the board's edge the view repeats the edge pixels.
+    edge = torch.rand(2, 3, size, size)
+    wider = zoomed_view(edge, 1.5)
+    assert torch.allclose(wider[..., 0, 0], edge[..., 0, 0])
+
+
+@torch.no_grad()
+def test_zoom_views_read_the_mean_of_each_views_log_probabilities():
+    torch.manual_seed(0)
+    model = BoardReader(ReaderSpec(image_size=TEST_IMAGE_SIZE)).eval()
+    images = torch.rand(3, 3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    views = [model(view) for view in (images, zoomed_view(images, 0.9), zoomed_view(images, 1.1))]
+    set_zoom_views(model, [0.9, 1.1])
+    squares, meta = model(images)
+    expected = torch.stack([logits.log_softmax(-1) for logits, _ in views]).mean(0)
+    assert torch.allclose(squares, expected, atol=1e-5)
+    assert torch.allclose(meta, torch.stack([logits for _, logits in views]).mean(0), atol=1e-5)
+    # Each board's reading is its own: a batch of one reads as in a batch of three.
+    assert torch.allclose(model(images[1:2])[0], squares[1:2], atol=1e-5)
+
+
+def test_a_checkpoints_zoom_views_are_loaded_and_bad_ones_named(tmp_path):
+    spec = ReaderSpec(image_size=TEST_IMAGE_SIZE)
+    config = {"spec": spec.to_dict(), "decode": "argmax"}
+    save_checkpoint(BoardReader(spec).eval(), tmp_path, {**config, "zoom_views": [0.97, 1.03]})
+    assert load_reader(tmp_path).model.zoom_views == (0.97, 1.03)
+    config = json.loads((tmp_path / "reader.json").read_text())
+    del config["zoom_views"]
+    for bad in ([3.0], "0.97", [True]):
+        (tmp_path / "reader.json").write_text(json.dumps({**config, "zoom_views": bad}))
+        with pytest.raises(InputError, match=r"reader\.json.*'zoom_views' must be"):
+            load_reader(tmp_path)
+    (tmp_path / "reader.json").write_text(json.dumps(config))
+    assert load_reader(tmp_path).model.zoom_views == ()  # written before zoom views: none
 
 
 def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
@@ -587,6 +634,7 @@ def test_training_writes_a_checkpoint_and_a_log(checkpoint):
     assert 0.0 <= config["val"]["per_square"] <= 1.0
     # One epoch on a few boards cannot read the side to move at the 95% a checkpoint needs.
     assert config["predicts_to_move"] is False
+    assert config["zoom_views"] == list(ZOOM_VIEWS)
     (entry,) = read_jsonl(checkpoint / LOG_FILE)
     assert entry["epoch"] == 1 and entry["complete"] is True
     assert (checkpoint / STATE_FILE).is_file()

@@ -201,3 +201,27 @@ def test_combine_command_writes_a_checkpoint_predict_reads(tmp_path, val_data, c
         0.9,
     )
     assert json.loads((out / CONFIG_FILE).read_text())["weights_storage"] == "float16"
+
+
+def test_an_ensemble_reads_in_the_zoom_views_combine_gives_not_its_members(tmp_path):
+    members = [_saved_reader(tmp_path / f"seed{seed}", seed) for seed in (0, 1)]
+    config = json.loads((members[0] / CONFIG_FILE).read_text())
+    (members[0] / CONFIG_FILE).write_text(json.dumps({**config, "zoom_views": [0.97, 1.03]}))
+    assert load_reader(members[0]).model.zoom_views == (0.97, 1.03)
+    plain = load_reader(combine_readers(members, tmp_path / "plain")).model
+    assert [member.zoom_views for member in plain.members] == [(), ()]
+    zoomed = load_reader(combine_readers(members, tmp_path / "zoomed", zoom_views=[0.9, 1.1]))
+    assert [member.zoom_views for member in zoomed.model.members] == [(0.9, 1.1)] * 2
+
+
+def test_the_zoom_views_flag_takes_widths_or_none(tmp_path, capsys):
+    members = [str(_saved_reader(tmp_path / f"seed{seed}", seed)) for seed in (0, 1)]
+    args = ["reader", "combine", "--model", members[0], "--model", members[1]]
+    assert main([*args, "--out", str(tmp_path / "a"), "--zoom_views", "0.95,1.05"]) == 0
+    assert json.loads((tmp_path / "a" / CONFIG_FILE).read_text())["zoom_views"] == [0.95, 1.05]
+    assert main([*args, "--out", str(tmp_path / "b"), "--zoom_views", "none"]) == 0
+    assert "zoom_views" not in json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    for bad in ("3", "wide"):
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path / "c"), "--zoom_views", bad])
+        assert "--zoom_views" in capsys.readouterr().err

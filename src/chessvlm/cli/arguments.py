@@ -153,6 +153,21 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def zoom_list(text: str) -> tuple[float, ...]:
+    """Argument type: comma-separated view widths relative to the board's, each from 0.5 to
+    2 (e.g. `0.97,1.03`), or `none`."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        message = f"expected numbers separated by commas, or none, got {text}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not all(0.5 <= value <= 2.0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected widths from 0.5 to 2, got {text}")
+    return values
+
+
 def non_negative_int(text: str) -> int:
     """Argument type: an integer of at least 0."""
     value = int(text)

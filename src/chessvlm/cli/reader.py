@@ -17,6 +17,7 @@ from chessvlm.cli.arguments import (
     positive_float,
     positive_int,
     positive_int_list,
+    zoom_list,
 )
 from chessvlm.io import require_folder
 
@@ -130,6 +131,14 @@ def _register_train(commands) -> None:
         help="train on the images as they are",
     )
     parser.add_argument("--seed", type=int, default=TRAIN("seed"), help="default: %(default)s")
+    parser.add_argument(
+        "--zoom_views",
+        type=zoom_list,
+        default=TRAIN("zoom_views"),
+        help="besides the board as cut, the trained reader reads it in views this many times "
+        "the board's width, centred, and takes the mean: comma-separated, or none to read "
+        "boards as cut, twice as fast (default: 0.97,1.03)",
+    )
     parser.add_argument(
         "--clip_model",
         help="pretrained CLIP (hub id or local folder, e.g. openai/clip-vit-base-patch32); "
@@ -272,6 +281,14 @@ def _register_combine(commands) -> None:
         help="with --always_members: a board is unsure when some square's top probability "
         "is under this (default: %(default)s)",
     )
+    parser.add_argument(
+        "--zoom_views",
+        type=zoom_list,
+        default=(),
+        help="views each member reads every board in besides the cut, as widths relative to "
+        "the board's, comma-separated, or none; the members' own settings are not used "
+        "(default: none)",
+    )
     parser.set_defaults(func=_run_combine)
 
 
@@ -289,6 +306,7 @@ def _run_combine(args: argparse.Namespace) -> int:
         storage=args.storage,
         always_members=args.always_members,
         unsure_below=args.unsure_below,
+        zoom_views=args.zoom_views,
     )
     print(f"ensemble checkpoint: {out}")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from chessvlm.errors import ChessVLMError
 from chessvlm.positions import SQUARE_CLASSES
-from chessvlm.reader.model import BoardReader, ReaderEnsemble
+from chessvlm.reader.model import BoardReader, ReaderEnsemble, set_zoom_views
 from chessvlm.reader.read import Reader, load_reader, save_checkpoint
 
 # Half precision halves the file (the shipped default must stay small); loading turns the
@@ -39,6 +39,7 @@ def combine_readers(
     storage: str | None = None,
     always_members: int | None = None,
     unsure_below: float = 1.0,
+    zoom_views: Sequence[float] = (),
 ) -> Path:
     """Write the reader checkpoints `members` as one ensemble checkpoint into `out` (a single
     member is written as one reader, in the same form).
@@ -50,7 +51,9 @@ def combine_readers(
     folder whose place says nothing). `storage` is how the weights are kept
     (`chessvlm.reader.storage.STORAGES`; None: `DEFAULT_STORAGE`). With `always_members`,
     only that many (the first) read every board and the others only the boards on which
-    those are unsure (`ReaderEnsemble`, `unsure_below`).
+    those are unsure (`ReaderEnsemble`, `unsure_below`). `zoom_views` are the views each
+    member reads every board in besides the cut (`BoardReader.forward`), whatever the members'
+    own checkpoints say: an ensemble's members already differ where one view would.
     """
     readers = [load_reader(member, fold=False) for member in members]
     _check_compatible(readers)
@@ -62,6 +65,9 @@ def combine_readers(
         model = ReaderEnsemble(models, always_members, unsure_below)
         if always_members is not None:
             config |= {"always_members": always_members, "unsure_below": unsure_below}
+    set_zoom_views(model, zoom_views)
+    if zoom_views:
+        config["zoom_views"] = [float(span) for span in zoom_views]
     if data_dir is not None:
         config |= _validation_choices(model, data_dir, readers[0].image_size, workers)
     out = Path(out)

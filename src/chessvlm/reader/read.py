@@ -49,6 +49,7 @@ from chessvlm.reader.model import (
     ReaderEnsemble,
     ReaderSpec,
     decode_squares,
+    set_zoom_views,
     to_square_order,
 )
 from chessvlm.reader.orientation import (
@@ -200,6 +201,7 @@ def load_reader(path: str | Path, *, fold: bool = True, precision: str = "auto")
     missing = [name for name in missing if name in model.trainable_state_dict()]
     if missing or unexpected:
         raise ChessVLMError(f"{path / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}")
+    set_zoom_views(model, _zoom_views(config, path / CONFIG_FILE))
     prepare_for_cpu(model)
     model.eval()
     if fold:
@@ -274,6 +276,20 @@ def _escalation(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
             str(config_path), f"'unsure_below' must be a probability: {unsure_below!r}"
         )
     return {"always": always, "unsure_below": float(unsure_below)}
+
+
+def _zoom_views(config: dict[str, Any], config_path: Path) -> list[float]:
+    """The views `reader.json` asks each board to be read in besides the cut itself
+    (`zoom_views`: each a width relative to the board's, 0.5-2); absent: none."""
+    spans = config.get("zoom_views", [])
+    if not isinstance(spans, list) or not all(
+        isinstance(span, int | float) and not isinstance(span, bool) and 0.5 <= span <= 2.0
+        for span in spans
+    ):
+        raise InputError(
+            str(config_path), f"'zoom_views' must be a list of widths from 0.5 to 2: {spans!r}"
+        )
+    return [float(span) for span in spans]
 
 
 def _read_config(path: Path) -> dict[str, Any]:

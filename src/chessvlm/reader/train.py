@@ -40,6 +40,7 @@ from chessvlm.reader.data import (
 from chessvlm.reader.model import (
     CONTEXT_LAYERS,
     META_OUTPUTS,
+    ZOOM_VIEWS,
     BoardReader,
     ReaderEnsemble,
     ReaderSpec,
@@ -113,6 +114,8 @@ class ReaderTrainConfig:
     # for weights that differ by CPU, so float32 stays the default. Weights and validation
     # stay float32.
     precision: str = "float32"
+    # The views the trained reader reads each board in besides the cut (`BoardReader.forward`).
+    zoom_views: tuple[float, ...] = ZOOM_VIEWS
 
     def spec(self) -> ReaderSpec:
         """The network this config trains."""
@@ -373,6 +376,7 @@ class _Trainer:
             "batch_size": self.config.batch_size,
             "learning_rate": self.lr,
             "augment": self.config.augment,
+            "zoom_views": list(self.config.zoom_views),
         }
 
     def finish(self, val: BoardSet) -> None:
