@@ -357,7 +357,7 @@ def test_a_checkpoints_zoom_views_are_loaded_and_bad_ones_named(tmp_path):
     del config["zoom_views"]
     for bad in ([3.0], "0.97", [True]):
         (tmp_path / "reader.json").write_text(json.dumps({**config, "zoom_views": bad}))
-        with pytest.raises(InputError, match=r"reader\.json.*'zoom_views' must be"):
+        with pytest.raises(InputError, match=r"reader\.json.*zoom_views: must be"):
             load_reader(tmp_path)
     (tmp_path / "reader.json").write_text(json.dumps(config))
     assert load_reader(tmp_path).model.zoom_views == ()  # written before zoom views: none
@@ -710,6 +710,12 @@ def test_a_bfloat16_step_computes_in_bfloat16(tmp_path, dataset):
     # The same network on the same boards: bfloat16's rounding moves the loss a little.
     assert losses["bfloat16"] != losses["float32"]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
+
+
+def test_training_with_zoom_views_out_of_range_is_refused_before_it_starts(tmp_path, dataset):
+    with pytest.raises(ChessVLMError, match=r"zoom_views: must be a list of widths"):
+        train_reader(_train_config(dataset, tmp_path / "reader", zoom_views=(0.97, 3.0)))
+    assert not (tmp_path / "reader").exists()
 
 
 def test_training_in_an_unknown_precision_is_refused(tmp_path, dataset):

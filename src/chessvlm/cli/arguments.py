@@ -154,8 +154,8 @@ def positive_int_list(text: str) -> tuple[int, ...]:
 
 
 def zoom_list(text: str) -> tuple[float, ...]:
-    """Argument type: comma-separated view widths relative to the board's, each from 0.5 to
-    2 (e.g. `0.97,1.03`), or `none`."""
+    """Argument type: comma-separated view widths relative to the board's (e.g. `0.97,1.03`),
+    or `none`; the reader checks their range (`chessvlm.reader.model.checked_zoom_views`)."""
     if text.strip().lower() == "none":
         return ()
     try:
@@ -163,8 +163,6 @@ def zoom_list(text: str) -> tuple[float, ...]:
     except ValueError:
         message = f"expected numbers separated by commas, or none, got {text}"
         raise argparse.ArgumentTypeError(message) from None
-    if not all(0.5 <= value <= 2.0 for value in values):
-        raise argparse.ArgumentTypeError(f"expected widths from 0.5 to 2, got {text}")
     return values
 
 

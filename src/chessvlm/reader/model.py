@@ -20,7 +20,7 @@ orientation (`image_cell_squares`), so a flipped board is read rotated, never mi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from chessvlm.errors import ChessVLMError
+from chessvlm.errors import ChessVLMError, ConfigError
 from chessvlm.positions import SQUARE_CLASSES
 
 NUM_CLASSES = len(SQUARE_CLASSES)
@@ -58,6 +58,9 @@ EDGE_CHANNELS = 8
 # saw, the mean of the three read 4-5 points more boards exactly after 12 minutes of training,
 # at half the speed; a three-member ensemble trained 12 epochs read none more (docs/reader.md).
 ZOOM_VIEWS = (0.97, 1.03)
+# The widths a view may take, relative to the board's: beyond them a board is no longer read
+# as it trained.
+ZOOM_VIEW_LIMITS = (0.5, 2.0)
 _PAWN_CLASSES = (SQUARE_CLASSES.index("P"), SQUARE_CLASSES.index("p"))
 _KING_CLASSES = (SQUARE_CLASSES.index("K"), SQUARE_CLASSES.index("k"))
 _BACK_RANK_SQUARES = [*range(0, 8), *range(56, 64)]
@@ -506,12 +509,27 @@ def zoomed_view(images: torch.Tensor, span: float) -> torch.Tensor:
     return view.contiguous(memory_format=torch.channels_last)
 
 
-def set_zoom_views(model: BoardReader | ReaderEnsemble, spans: Iterable[float]) -> None:
+def set_zoom_views(model: BoardReader | ReaderEnsemble, spans: Sequence[float]) -> None:
     """Make `model` (or each member of an ensemble) read every board also in a view of each
     of `spans` (`BoardReader.forward`); empty: as cut only."""
+    views = checked_zoom_views(spans)
     members = model.members if isinstance(model, ReaderEnsemble) else [model]
     for member in members:
-        member.zoom_views = tuple(float(span) for span in spans)
+        member.zoom_views = views
+
+
+def checked_zoom_views(spans: object) -> tuple[float, ...]:
+    """`spans` as zoom views (`BoardReader.zoom_views`): a list of widths within
+    `ZOOM_VIEW_LIMITS`, or a `ConfigError` saying what is wrong."""
+    low, high = ZOOM_VIEW_LIMITS
+    if not isinstance(spans, list | tuple) or not all(
+        isinstance(span, int | float) and not isinstance(span, bool) and low <= span <= high
+        for span in spans
+    ):
+        raise ConfigError(
+            "zoom_views", f"must be a list of widths from {low:g} to {high:g}: {spans!r}"
+        )
+    return tuple(float(span) for span in spans)
 
 
 @torch.no_grad()

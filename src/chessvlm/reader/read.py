@@ -48,6 +48,7 @@ from chessvlm.reader.model import (
     BoardReader,
     ReaderEnsemble,
     ReaderSpec,
+    checked_zoom_views,
     decode_squares,
     set_zoom_views,
     to_square_order,
@@ -278,18 +279,13 @@ def _escalation(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
     return {"always": always, "unsure_below": float(unsure_below)}
 
 
-def _zoom_views(config: dict[str, Any], config_path: Path) -> list[float]:
+def _zoom_views(config: dict[str, Any], config_path: Path) -> tuple[float, ...]:
     """The views `reader.json` asks each board to be read in besides the cut itself
-    (`zoom_views`: each a width relative to the board's, 0.5-2); absent: none."""
-    spans = config.get("zoom_views", [])
-    if not isinstance(spans, list) or not all(
-        isinstance(span, int | float) and not isinstance(span, bool) and 0.5 <= span <= 2.0
-        for span in spans
-    ):
-        raise InputError(
-            str(config_path), f"'zoom_views' must be a list of widths from 0.5 to 2: {spans!r}"
-        )
-    return [float(span) for span in spans]
+    (`zoom_views`); absent: none."""
+    try:
+        return checked_zoom_views(config.get("zoom_views", []))
+    except ChessVLMError as error:
+        raise InputError(str(config_path), str(error)) from None
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from chessvlm.reader.model import (
     ReaderEnsemble,
     ReaderSpec,
     box_error_in_squares,
+    checked_zoom_views,
     square_loss,
 )
 from chessvlm.reader.read import (
@@ -139,6 +140,7 @@ def train_reader(config: ReaderTrainConfig) -> Path:
     run again with the same `out`. `max_minutes` bounds the total training time (over resumes);
     the learning-rate schedule follows whichever of epochs or minutes runs out first.
     """
+    checked_zoom_views(config.zoom_views)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, config)
