@@ -26,7 +26,7 @@ from chessvlm.export import (
     verify_export,
 )
 from chessvlm.reader.default import default_reader
-from chessvlm.reader.read import CONFIG_FILE, load_reader
+from chessvlm.reader.read import load_reader, save_checkpoint
 from chessvlm.serve.app import ServeConfig, create_app
 
 
@@ -77,15 +77,18 @@ def test_a_graph_that_disagrees_with_torch_fails_the_check(exported, tmp_path, m
 
 
 def test_a_reader_with_zoom_views_exports_them(tmp_path):
-    zoomed = shutil.copytree(default_reader(), tmp_path / "zoomed")
-    config = json.loads((zoomed / CONFIG_FILE).read_text())
-    (zoomed / CONFIG_FILE).write_text(json.dumps({**config, "zoom_views": [0.97, 1.03]}))
-    result = export_onnx(zoomed, tmp_path / "onnx", check_boards=3)
+    # One trained member of the shipped reader, read with the views: confident readings, and a
+    # third of the ensemble's graph to trace.
+    shipped = load_reader(default_reader(), fold=False)
+    member = shipped.model.members[0]
+    config = {"spec": member.spec.to_dict(), "decode": shipped.config["decode"]}
+    save_checkpoint(member, tmp_path / "zoomed", {**config, "zoom_views": [0.97, 1.03]})
+    result = export_onnx(tmp_path / "zoomed", tmp_path / "onnx", check_boards=3)
     assert result.passed and result.same_fen == 3
-    reader = load_reader(zoomed)
-    # The graph reads the views: without them torch would read other probabilities.
+    reader = load_reader(tmp_path / "zoomed")
+    # The graph reads the views: without them torch reads other probabilities.
     onnx_reader = OnnxReader(tmp_path / "onnx", reader.config, threads=1)
-    reader.model.members[0].zoom_views = ()
+    reader.model.zoom_views = ()
     assert not check_export(reader, onnx_reader, 3).passed
 
 
