@@ -48,7 +48,6 @@ from chessvlm.reader.model import (
     BoardReader,
     ReaderEnsemble,
     ReaderSpec,
-    checked_zoom_views,
     decode_squares,
     set_zoom_views,
     to_square_order,
@@ -202,7 +201,10 @@ def load_reader(path: str | Path, *, fold: bool = True, precision: str = "auto")
     missing = [name for name in missing if name in model.trainable_state_dict()]
     if missing or unexpected:
         raise ChessVLMError(f"{path / WEIGHTS_FILE}: weights do not fit {CONFIG_FILE}")
-    set_zoom_views(model, _zoom_views(config, path / CONFIG_FILE))
+    try:
+        set_zoom_views(model, config.get("zoom_views", []))
+    except ChessVLMError as error:
+        raise InputError(str(path / CONFIG_FILE), str(error)) from None
     prepare_for_cpu(model)
     model.eval()
     if fold:
@@ -277,15 +279,6 @@ def _escalation(config: dict[str, Any], config_path: Path) -> dict[str, Any]:
             str(config_path), f"'unsure_below' must be a probability: {unsure_below!r}"
         )
     return {"always": always, "unsure_below": float(unsure_below)}
-
-
-def _zoom_views(config: dict[str, Any], config_path: Path) -> tuple[float, ...]:
-    """The views `reader.json` asks each board to be read in besides the cut itself
-    (`zoom_views`); absent: none."""
-    try:
-        return checked_zoom_views(config.get("zoom_views", []))
-    except ChessVLMError as error:
-        raise InputError(str(config_path), str(error)) from None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
