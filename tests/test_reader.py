@@ -412,6 +412,18 @@ def test_augmentation_keeps_shape_and_range():
     assert not torch.allclose(first, images.float() / 255)
 
 
+def test_augmentation_without_reframing_never_moves_the_board(monkeypatch):
+    from chessvlm.reader import augment
+
+    moved = []
+    monkeypatch.setattr(augment, "_reframe", lambda x, generator: moved.append(len(x)))
+    images = torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8)
+    kept = augment_batch(images, torch.Generator().manual_seed(3), reframe=False)
+    assert moved == [] and not torch.allclose(kept, images.float() / 255)
+    augment_batch(images, torch.Generator().manual_seed(3))
+    assert moved == [32]
+
+
 def test_redrawn_pieces_stay_in_their_squares():
     # One flat colour a square: a warp that kept each square to itself changes nothing.
     colours = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)

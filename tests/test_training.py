@@ -185,6 +185,56 @@ def test_collator_crops_a_record_with_a_board_box_to_it(tiny, tmp_path):
     assert processor.tokenizer.decode(got["labels"][0, labelled]) == answer + "<|im_end|>"
 
 
+def _board_examples(tmp_path: Path, count: int) -> list[Example]:
+    boards = random_play_boards(count, random.Random(2), max_plies=20)
+    examples = []
+    for index, board in enumerate(boards):
+        _draw(board, SIZE).save(tmp_path / f"{index}.png")
+        answer = '{"board": ["r . b q k b n r"]}'
+        examples.append(Example(str(index), tmp_path / f"{index}.png", "Read.", answer))
+    return examples
+
+
+def test_augmented_batches_change_only_the_pixels_the_same_way_each_time(tiny, tmp_path):
+    _, processor = load_model_and_processor(tiny, device="cpu")
+    examples = _board_examples(tmp_path, 4)
+    plain = VLMCollator(processor, SIZE)(examples)
+    collator = VLMCollator(processor, SIZE, augment_seed=0)
+    first, again = collator(examples), collator(examples)
+    assert torch.equal(first["pixel_values"], again["pixel_values"])  # a resume sees the same
+    assert not torch.equal(first["pixel_values"], plain["pixel_values"])
+    assert plain.keys() == first.keys()
+    for key in plain.keys() - {"pixel_values"}:
+        assert torch.equal(first[key], plain[key]), key
+    reseeded = VLMCollator(processor, SIZE, augment_seed=1)(examples)
+    assert not torch.equal(reseeded["pixel_values"], first["pixel_values"])
+    other_batch = collator(examples[:3])["pixel_values"]
+    assert not torch.equal(other_batch, first["pixel_values"][: len(other_batch)])
+    unaugmented = collator.without_augmentation()
+    assert torch.equal(unaugmented(examples)["pixel_values"], plain["pixel_values"])
+    assert collator.augment_seed == 0
+
+
+def test_validation_batches_are_not_augmented(tiny, tmp_path):
+    from transformers import TrainingArguments
+
+    model, processor = load_model_and_processor(tiny, device="cpu")
+    examples = _board_examples(tmp_path, 4)
+    collator = VLMCollator(processor, SIZE, augment_seed=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        use_cpu=True,
+        report_to="none",
+        per_device_eval_batch_size=4,
+        remove_unused_columns=False,
+    )
+    trainer = VLMTrainer(model=model, args=args, eval_dataset=examples, data_collator=collator)
+    validation = next(iter(trainer.get_eval_dataloader()))
+    plain = VLMCollator(processor, SIZE)(examples)
+    assert torch.equal(validation["pixel_values"], plain["pixel_values"])
+    assert trainer.data_collator is collator
+
+
 def test_board_box_outside_its_image_is_a_bad_sample(tiny, tmp_path):
     _, processor = load_model_and_processor(tiny, device="cpu")
     _draw(chess.Board(), SIZE).save(tmp_path / "board.png")
@@ -392,6 +442,15 @@ def test_square_loss_trains_and_is_recorded(data, tiny, tmp_path):
     out = train(dataclasses.replace(config, square_loss=True))
     assert read_run_config(out)["training"]["square_loss"] is True
     assert len(_losses(out)) == 2
+
+
+def test_augmented_training_runs_and_is_recorded(data, tiny, tmp_path):
+    config = _config(data, tiny, tmp_path / "run", use_lora=False, max_steps=2, augment=True)
+    out = train(config)
+    assert len(_losses(out)) == 2
+    run_config = read_run_config(out)
+    assert run_config["training"]["augment"] is True
+    assert "recoloured as the reader's training does" in describe_recipe(run_config)
 
 
 def read_tiny_config(tiny: Path) -> dict:

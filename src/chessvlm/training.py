@@ -16,8 +16,10 @@ rate and eval loss as training goes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +122,7 @@ class TrainConfig:
     skip_bad_samples: bool = False
     square_loss: bool = False
     routing_loss: bool = False
+    augment: bool = False
     seed: int = 0
 
 
@@ -282,6 +285,10 @@ class VLMCollator:
     With `routing_loss`, it holds `route_queries` [batch, 64], the position whose output
     predicts each board square of the answer (FEN order), and `route_keys` [batch, 64, n],
     the positions of the n visual tokens that show that square (see `chessvlm.routing`).
+    With `augment_seed`, each batch's boards are redrawn and recoloured as the board reader's
+    training does (`reader.augment.augment_batch`, without its loose or tight crops: the
+    board stays cut at its corners), from a generator seeded by `augment_seed` and the
+    batch's sample ids, so a resumed run sees the batch it would have seen.
     """
 
     def __init__(
@@ -290,9 +297,11 @@ class VLMCollator:
         image_size: int,
         square_loss: bool = False,
         routing_loss: bool = False,
+        augment_seed: int | None = None,
     ) -> None:
         self.processor = processor
         self.image_size = image_size
+        self.augment_seed = augment_seed
         side = visual_grid(processor, image_size)  # visual tokens per row, in reading order
         self.pad_id = processor.tokenizer.pad_token_id
         self.square_ids = _square_symbol_ids(processor.tokenizer) if square_loss else None
@@ -322,6 +331,8 @@ class VLMCollator:
         import torch
 
         images = [self._image(example) for example in examples]
+        if self.augment_seed is not None:
+            images = self._augmented(images, examples)
         texts = [chat_text(self.processor, e.prompt, e.answer) for e in examples]
         batch = self.processor(
             text=texts,
@@ -350,6 +361,27 @@ class VLMCollator:
                 examples, batch["input_ids"], starts
             )
         return {**batch, "labels": labels}
+
+    def without_augmentation(self) -> VLMCollator:
+        """This collator with the boards as they are (for validation)."""
+        plain = copy.copy(self)
+        plain.augment_seed = None
+        return plain
+
+    def _augmented(self, images: list[Any], examples: list[Example]) -> list[Any]:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from chessvlm.reader.augment import augment_batch
+
+        # torch's CPU generator keeps only 32 bits of a seed: the run's seed goes into the hash.
+        ids = "\n".join([str(self.augment_seed), *(example.id for example in examples)])
+        generator = torch.Generator().manual_seed(zlib.crc32(ids.encode()))
+        pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
+        boards = augment_batch(pixels.permute(0, 3, 1, 2), generator, reframe=False)
+        boards = boards.mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(board) for board in boards]
 
     def _visual_positions(self, input_ids: Any) -> Any:
         return (input_ids == self.processor.image_token_id).nonzero().flatten()
@@ -669,6 +701,16 @@ class VLMTrainer(Trainer):
             self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.clock_schedule)
         return self.lr_scheduler
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        # Validation reads the boards as they are: augmentation is for training batches only.
+        collator = self.data_collator
+        if isinstance(collator, VLMCollator):
+            self.data_collator = collator.without_augmentation()
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         import torch
 
@@ -752,7 +794,13 @@ def train(config: TrainConfig) -> Path:
         args=_training_arguments(config, has_eval=bool(eval_set)),
         train_dataset=train_set,
         eval_dataset=eval_set or None,
-        data_collator=VLMCollator(processor, image_size, config.square_loss, config.routing_loss),
+        data_collator=VLMCollator(
+            processor,
+            image_size,
+            config.square_loss,
+            config.routing_loss,
+            augment_seed=config.seed if config.augment else None,
+        ),
         processing_class=processor,
         callbacks=[RunFiles(output_dir, run_config)] + ([budget] if budget else []),
     )
@@ -791,6 +839,8 @@ def describe_recipe(run_config: dict) -> str:
         parts.append("routing loss on an attention head")
     if run_config.get("board_crop") == LABEL_BOX:
         parts.append("images cropped to their labelled board box")
+    if knobs.get("augment"):
+        parts.append("boards redrawn and recoloured as the reader's training does")
     prompt = str(run_config.get("prompt"))
     prompt = prompt if len(prompt) <= 40 else prompt[:37] + "..."
     parts.append(f"loss on the answer only; prompt {prompt!r}")
@@ -876,6 +926,7 @@ _RECORDED_KNOBS = (
     "lr_decay_fraction",
     "square_loss",
     "routing_loss",
+    "augment",
     "seed",
 )
 

@@ -218,6 +218,13 @@ def _register_train(subparsers) -> None:
         "(speeds up training from scratch; compact target, 224 px multiples)",
     )
     optim.add_argument(
+        "--augment",
+        action="store_true",
+        help="redraw and recolour each training board as the board reader's training does "
+        "(pieces warped and restroked, colours, blur, noise, JPEG; the crop is kept), so "
+        "that piece designs and looks it never saw read better",
+    )
+    optim.add_argument(
         "--seed",
         type=int,
         default=TRAIN("seed"),

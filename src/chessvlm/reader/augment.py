@@ -47,14 +47,21 @@ def _chance(generator: torch.Generator, size: int, probability: float) -> torch.
     return torch.rand(size, generator=generator) < probability
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1]."""
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator, reframe: bool = True
+) -> torch.Tensor:
+    """uint8 boards B x 3 x S x S -> augmented float boards in [0, 1].
+
+    `reframe` False keeps each board's edges where they are (no loose or tight crop): for
+    models that are always given the board cut at its exact corners.
+    """
     # The transforms below work in place on this one float copy of the batch (25 MB at
     # training's 32 x 256 x 256): copying it for each one cost time (bench_train_steps.py).
     x = images.to(torch.float32).mul_(1 / 255)
     _redraw_pieces(x, generator)
     _stroke_weight(x, generator)
-    _reframe(x, generator)
+    if reframe:
+        _reframe(x, generator)
     _lower_resolution(x, generator)
     x = _recolour(x, generator)
     _jpeg(x, generator)
